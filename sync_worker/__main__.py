@@ -1,0 +1,9 @@
+"""Lets `python -m sync_worker` behave exactly like the `crm-sync` console script."""
+
+from __future__ import annotations
+
+import sys
+
+from sync_worker.cli import main
+
+sys.exit(main())

@@ -1,0 +1,340 @@
+"""Reads and checks crm-sync's configuration, once, at the edge.
+
+Values come from the environment, a `.env` file and `/run/secrets` (in that order of
+precedence); every problem is reported with the variable's name, and secrets stay `SecretStr`
+so they cannot leak through a repr or a log line.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from collections.abc import Iterator
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+from email_validator import EmailNotValidError, validate_email
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from sync_worker.errors import ConfigError
+
+SECRETS_DIR = Path("/run/secrets")
+LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+MASK = "********"
+
+
+class CredentialsMode(StrEnum):
+    TEMPORARY_PASSWORD = "temporary_password"  # noqa: S105 (a mode name, not a password)
+    SETUP_LINK = "setup_link"
+
+
+class EmailBackend(StrEnum):
+    SMTP = "smtp"
+    RESEND = "resend"
+    CONSOLE = "console"
+    DISABLED = "disabled"
+
+
+class SmtpSecurity(StrEnum):
+    STARTTLS = "starttls"
+    SSL = "ssl"
+    NONE = "none"
+
+
+class LogFormat(StrEnum):
+    AUTO = "auto"
+    JSON = "json"
+    CONSOLE = "console"
+
+
+class LogLevel(StrEnum):
+    DEBUG = "DEBUG"
+    INFO = "INFO"
+    WARNING = "WARNING"
+    ERROR = "ERROR"
+
+
+_IDENTIFIER_PART = re.compile(r"^[^\x00\s.][^\x00.]*$")
+_CRON_FIELDS = 5
+
+
+def _source_config() -> SettingsConfigDict:
+    return SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        secrets_dir=str(SECRETS_DIR) if SECRETS_DIR.is_dir() else None,
+        case_sensitive=False,
+        extra="ignore",
+        frozen=True,
+        validate_default=True,
+    )
+
+
+class LoggingSettings(BaseSettings):
+    """What every command needs: how to log."""
+
+    model_config = _source_config()
+
+    log_format: LogFormat = LogFormat.AUTO
+    log_level: LogLevel = LogLevel.INFO
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+
+class MigrateSettings(LoggingSettings):
+    """What `crm-sync migrate` needs."""
+
+    supabase_db_url: SecretStr
+
+    @field_validator("supabase_db_url")
+    @classmethod
+    def _postgres_url(cls, value: SecretStr) -> SecretStr:
+        return _check_postgres_url(value)
+
+
+class Settings(LoggingSettings):
+    """The worker's whole configuration (DESIGN.md, "Configuration")."""
+
+    crm_database_url: SecretStr
+    crm_table: str = "sales_closure"
+    crm_email_column: str = "email"
+    crm_eligibility_column: str = "digital_sale_resume"
+    crm_name_column: str = ""
+    crm_id_column: str = ""
+
+    supabase_url: str
+    supabase_service_role_key: SecretStr
+    supabase_db_url: SecretStr | None = None
+
+    initial_credits: int = Field(default=4, ge=0, le=1000)
+    credentials_mode: CredentialsMode = CredentialsMode.TEMPORARY_PASSWORD
+    app_login_url: str = ""
+
+    email_backend: EmailBackend = EmailBackend.SMTP
+    email_from: str = ""
+    smtp_host: str = ""
+    smtp_port: int = Field(default=587, ge=1, le=65535)
+    smtp_username: str = ""
+    smtp_password: SecretStr | None = None
+    smtp_security: SmtpSecurity = SmtpSecurity.STARTTLS
+    resend_api_key: SecretStr | None = None
+
+    sync_interval_seconds: int = Field(default=300, ge=1)
+    sync_cron: str = ""
+    sync_concurrency: int = Field(default=8, ge=1, le=64)
+    sync_max_attempts: int = Field(default=8, ge=1)
+    health_port: int = Field(default=8080, ge=0, le=65535)
+
+    @field_validator("crm_database_url", "supabase_db_url")
+    @classmethod
+    def _postgres_urls(cls, value: SecretStr | None) -> SecretStr | None:
+        return None if value is None else _check_postgres_url(value)
+
+    @field_validator("crm_table")
+    @classmethod
+    def _table_name(cls, value: str) -> str:
+        parts = value.split(".")
+        if len(parts) > 2 or not all(_IDENTIFIER_PART.match(p) for p in parts):
+            raise ValueError("must be a table name, optionally schema-qualified (schema.table)")
+        return value
+
+    @field_validator("crm_email_column", "crm_eligibility_column")
+    @classmethod
+    def _column_name(cls, value: str) -> str:
+        if not _IDENTIFIER_PART.match(value):
+            raise ValueError("must be a column name")
+        return value
+
+    @field_validator("crm_name_column", "crm_id_column")
+    @classmethod
+    def _optional_column_name(cls, value: str) -> str:
+        if value and not _IDENTIFIER_PART.match(value):
+            raise ValueError("must be a column name or empty")
+        return value
+
+    @field_validator("supabase_url")
+    @classmethod
+    def _supabase_url(cls, value: str) -> str:
+        parts = urlsplit(value.strip())
+        if parts.scheme not in {"http", "https"} or not parts.hostname:
+            raise ValueError("must be an http(s) URL such as https://<ref>.supabase.co")
+        if parts.scheme == "http" and parts.hostname not in LOCAL_HOSTS:
+            raise ValueError("must use https (plain http is allowed only for localhost)")
+        return urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
+
+    @field_validator("supabase_service_role_key")
+    @classmethod
+    def _service_role_key(cls, value: SecretStr) -> SecretStr:
+        problem = service_role_key_problem(value.get_secret_value())
+        if problem:
+            raise ValueError(problem)
+        return value
+
+    @field_validator("app_login_url")
+    @classmethod
+    def _login_url(cls, value: str) -> str:
+        if value:
+            parts = urlsplit(value)
+            if parts.scheme not in {"http", "https"} or not parts.hostname:
+                raise ValueError("must be an http(s) URL")
+        return value
+
+    @field_validator("email_from")
+    @classmethod
+    def _email_from(cls, value: str) -> str:
+        if value:
+            address = value.rsplit("<", 1)[-1].rstrip(">").strip()
+            try:
+                validate_email(address, check_deliverability=False)
+            except EmailNotValidError as exc:
+                raise ValueError(f"is not a valid sender address ({exc})") from None
+        return value
+
+    @field_validator("sync_cron")
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        if value and len(value.split()) != _CRON_FIELDS:
+            raise ValueError("must be a 5-field crontab expression (minute hour day month weekday)")
+        return value.strip()
+
+    @model_validator(mode="after")
+    def _email_requirements(self) -> Settings:
+        problems: list[str] = []
+        backend = self.email_backend
+        if backend is not EmailBackend.DISABLED:
+            if not self.email_from:
+                problems.append(f"EMAIL_FROM: is required when EMAIL_BACKEND={backend}")
+            if not self.app_login_url:
+                problems.append(f"APP_LOGIN_URL: is required when EMAIL_BACKEND={backend}")
+        if backend is EmailBackend.SMTP:
+            if not self.smtp_host:
+                problems.append("SMTP_HOST: is required when EMAIL_BACKEND=smtp")
+            elif self.smtp_security is SmtpSecurity.NONE and self.smtp_host not in LOCAL_HOSTS:
+                problems.append(
+                    "SMTP_SECURITY: none is allowed only for a localhost SMTP_HOST; "
+                    "use starttls or ssl"
+                )
+        if backend is EmailBackend.RESEND and self.resend_api_key is None:
+            problems.append("RESEND_API_KEY: is required when EMAIL_BACKEND=resend")
+        if problems:
+            raise ConfigError(problems)
+        return self
+
+    def secret_values(self) -> list[str]:
+        """Every secret in this configuration, for the log processor that masks them."""
+        return _secret_values(self)
+
+
+def _check_postgres_url(value: SecretStr) -> SecretStr:
+    parts = urlsplit(value.get_secret_value())
+    if parts.scheme not in {"postgresql", "postgres"}:
+        raise ValueError("must be a postgresql:// URL")
+    return value
+
+
+def service_role_key_problem(key: str) -> str | None:
+    """Says why `key` is not a Supabase service-role key, or None if it is one.
+
+    Supabase issues legacy JWT keys (role claim `anon` or `service_role`) and newer
+    `sb_publishable_...` / `sb_secret_...` keys; only the secret kinds may run the worker.
+    """
+    key = key.strip()
+    if key.startswith("sb_secret_"):
+        return None
+    if key.startswith("sb_publishable_"):
+        return "is a publishable (anon) key; the worker needs the service-role (secret) key"
+    role = jwt_role(key)
+    if role == "service_role":
+        return None
+    if role is not None:
+        return f"is a key for role '{role}'; the worker needs the service-role key"
+    return "is not a Supabase service-role key (expected a JWT or an sb_secret_ key)"
+
+
+def jwt_role(token: str) -> str | None:
+    """Reads the `role` claim of a JWT without verifying it (we are not its audience)."""
+    pieces = token.split(".")
+    if len(pieces) != 3:
+        return None
+    payload = pieces[1] + "=" * (-len(pieces[1]) % 4)
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(payload))
+    except (binascii.Error, ValueError):
+        return None
+    role = claims.get("role") if isinstance(claims, dict) else None
+    return role if isinstance(role, str) else None
+
+
+def mask_url(url: str) -> str:
+    """Hides the password of a URL, keeping what an operator needs to recognise it."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{parts.username or ''}:{MASK}@{host}"
+    if parts.port is not None:
+        netloc += f":{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def _secret_values(settings: BaseSettings) -> list[str]:
+    found: list[str] = []
+    for name in type(settings).model_fields:
+        value = getattr(settings, name)
+        if isinstance(value, SecretStr):
+            secret = value.get_secret_value()
+            found.append(secret)
+            password = urlsplit(secret).password if "://" in secret else None
+            if password:
+                found.append(password)
+    return [s for s in found if len(s) >= 4]
+
+
+def describe(settings: BaseSettings) -> Iterator[tuple[str, str]]:
+    """Yields (VARIABLE, shown value) pairs with every secret masked."""
+    for name in type(settings).model_fields:
+        value: Any = getattr(settings, name)
+        if isinstance(value, SecretStr):
+            raw = value.get_secret_value()
+            shown = mask_url(raw) if "://" in raw else MASK
+        elif value is None:
+            shown = ""
+        else:
+            shown = str(value)
+        yield name.upper(), shown
+
+
+def _problems(exc: ValidationError) -> list[str]:
+    problems: list[str] = []
+    for error in exc.errors(include_url=False, include_input=False):
+        loc = ".".join(str(p) for p in error["loc"]) or "configuration"
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "missing":
+            message = "is required"
+        problems.append(f"{loc.upper()}: {message}")
+    return problems
+
+
+S = TypeVar("S", bound=LoggingSettings)
+
+
+def load(kind: type[S], env_file: Path | None = Path(".env")) -> S:
+    """Builds settings of `kind` from the process environment, `.env` and `/run/secrets`.
+
+    Raises:
+        ConfigError: naming every variable that is missing or wrong.
+    """
+    try:
+        return kind(_env_file=env_file)
+    except ValidationError as exc:
+        raise ConfigError(_problems(exc)) from None

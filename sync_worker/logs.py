@@ -1,0 +1,112 @@
+"""Configures structlog for crm-sync: one call, JSON or console lines, secrets masked.
+
+Every event passes `mask_secrets`, which hides values of secret-looking keys, known secret
+values wherever they appear, and the passwords of URLs, so a careless log call cannot leak.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import Iterable, Mapping
+from typing import Any, TextIO
+
+import structlog
+from structlog.typing import EventDict, Processor, WrappedLogger
+
+from sync_worker.config import MASK
+
+_SECRET_KEY = re.compile(
+    r"pass(word|wd)?|secret|token|api_?key|authorization|credential|private_?key|cookie",
+    re.IGNORECASE,
+)
+# scheme://user:password@host -> keep the user, hide the password.
+_URL_PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^:/@\s]*:)(?P<pw>[^@\s]+)(?=@)", re.I)
+# A bare JWT anywhere in a string (three base64url segments, the first a JSON header).
+_JWT = re.compile(r"eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}")
+
+
+class MaskSecrets:
+    """Processor that replaces secrets in an event with a fixed mask, recursively."""
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        self._secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
+
+    def add(self, secrets: Iterable[str]) -> None:
+        """Registers more secret values (e.g. once settings are loaded)."""
+        self._secrets = sorted(
+            set(self._secrets) | {s for s in secrets if s}, key=len, reverse=True
+        )
+
+    def __call__(self, _logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
+        return {key: self._clean(key, value) for key, value in event_dict.items()}
+
+    def mask_text(self, text: str) -> str:
+        """Masks known secrets, URL passwords and JWTs inside free text."""
+        for secret in self._secrets:
+            if secret in text:
+                text = text.replace(secret, MASK)
+        text = _URL_PASSWORD.sub(lambda m: m["head"] + MASK, text)
+        return _JWT.sub(MASK, text)
+
+    def _clean(self, key: object, value: Any) -> Any:
+        if isinstance(key, str) and _SECRET_KEY.search(key) and value not in (None, "", False):
+            return MASK
+        if isinstance(value, str):
+            return self.mask_text(value)
+        if isinstance(value, Mapping):
+            return {k: self._clean(k, v) for k, v in value.items()}
+        if isinstance(value, list | tuple | set | frozenset):
+            return [self._clean(None, v) for v in value]
+        if isinstance(value, BaseException):
+            return self.mask_text(f"{type(value).__name__}: {value}")
+        return value
+
+
+mask_secrets = MaskSecrets()
+
+
+def add_exception_text(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
+    """Renders `exc_info` to text before masking, so tracebacks get masked too."""
+    if event_dict.get("exc_info"):
+        event_dict = structlog.processors.format_exc_info(_logger, _method, event_dict)
+    return event_dict
+
+
+def configure_logging(
+    log_format: str = "auto",
+    level: str = "INFO",
+    secrets: Iterable[str] = (),
+    stream: TextIO | None = None,
+) -> None:
+    """Sets up structlog for the whole process; call once at the edge.
+
+    Args:
+        log_format: `json`, `console`, or `auto` (json unless the stream is a terminal).
+        level: minimum level name.
+        secrets: values to mask wherever they appear.
+        stream: where lines go (stderr by default; stdout is for command output).
+    """
+    out = stream or sys.stderr
+    mask_secrets.add(secrets)
+    use_json = log_format == "json" or (log_format == "auto" and not out.isatty())
+    renderer: Processor = (
+        structlog.processors.JSONRenderer(sort_keys=False)
+        if use_json
+        else structlog.dev.ConsoleRenderer(colors=out.isatty())
+    )
+    processors: list[Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        add_exception_text,
+        mask_secrets,
+        renderer,
+    ]
+    structlog.configure(
+        processors=processors,
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level]),
+        logger_factory=structlog.PrintLoggerFactory(out),
+        cache_logger_on_first_use=False,
+    )

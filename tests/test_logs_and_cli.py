@@ -1,0 +1,96 @@
+"""Structured logging with secrets masked, and the command line's surface."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+
+import pytest
+import structlog
+
+from sync_worker.cli import main
+from sync_worker.logs import MaskSecrets, configure_logging
+
+
+def test_mask_secrets_hides_keys_values_urls_and_jwts() -> None:
+    mask = MaskSecrets(["s3cret-value"])
+    event = mask(
+        None,
+        "info",
+        {
+            "event": "connected with s3cret-value",
+            "password": "hunter2",
+            "smtp_password": "x",
+            "api_key": "re_123",
+            "Authorization": "Bearer abc",
+            "url": "postgresql://user:pw123@db:5432/x",
+            "nested": {"token": "t", "list": ["s3cret-value", "ok"]},
+            "jwt_in_text": "key eyJhbGciOiJIUzI1NiJ9.eyJyb2xlIjoiYW5vbiJ9.abcdefghij here",
+            "count": 3,
+            "error": ValueError("bad s3cret-value"),
+        },
+    )
+    text = json.dumps(event, default=str)
+    for leaked in ("s3cret-value", "hunter2", "re_123", "Bearer abc", "pw123", "eyJhbGci"):
+        assert leaked not in text
+    assert event["url"] == "postgresql://user:********@db:5432/x"
+    assert event["count"] == 3
+    assert event["nested"]["list"][1] == "ok"
+
+
+def test_every_line_is_json_with_run_id_and_masked() -> None:
+    stream = io.StringIO()
+    configure_logging("json", "INFO", secrets=["topsecret"], stream=stream)
+    with structlog.contextvars.bound_contextvars(run_id="r-1"):
+        log = structlog.get_logger("t")
+        log.debug("hidden")
+        log.info("customer_created", email="a@b.co", note="uses topsecret")
+        try:
+            raise RuntimeError("failed with topsecret inside")
+        except RuntimeError:
+            log.exception("boom")
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert [line["event"] for line in lines] == ["customer_created", "boom"]
+    assert all(line["run_id"] == "r-1" for line in lines)
+    assert "topsecret" not in stream.getvalue()
+    assert "RuntimeError" in lines[1]["exception"]
+
+
+def test_help_lists_every_command_of_the_design(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    for command in (
+        "run",
+        "migrate",
+        "status",
+        "verify",
+        "config",
+        "--once",
+        "--dry-run",
+        "--repair",
+        "--json",
+    ):
+        assert command in out
+
+
+def test_unknown_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["frobnicate"])
+    assert exit_.value.code == 2
+    assert "invalid choice" in capsys.readouterr().err
+
+
+def test_python_dash_m_is_the_same_program() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "sync_worker", "--version"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert done.returncode == 0
+    assert done.stdout.startswith("crm-sync ")

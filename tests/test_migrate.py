@@ -1,0 +1,188 @@
+"""`crm-sync migrate`: ordered, once each, under a lock, on fresh and on live-like databases."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+from sync_worker import migrate as migrate_module
+from sync_worker.cli import main
+from sync_worker.errors import DependencyUnavailable, MigrationError
+from sync_worker.migrate import Migration, migrate, packaged_migrations, pending_migrations
+from sync_worker.sandbox import database
+from tests.pg import create_auth_user, scalar
+
+
+@pytest.fixture
+def bootstrapped(admin_url: str) -> Iterator[str]:
+    """A Supabase-like database with no migration applied yet."""
+    name = database.unique_name("crm_sync_mig")
+    url = database.create_supabase_database(admin_url, name, with_migrations=False)
+    yield url
+    database.drop_database(admin_url, name)
+
+
+def test_migrations_are_numbered_and_ordered() -> None:
+    names = [m.name for m in packaged_migrations()]
+    assert names == sorted(names)
+    assert names[0].startswith("0001_")
+    assert len(names) >= 6
+
+
+def test_migrate_twice_is_a_no_op(bootstrapped: str) -> None:
+    first = migrate(bootstrapped)
+    assert first.applied == tuple(m.name for m in packaged_migrations())
+    second = migrate(bootstrapped)
+    assert second.applied == ()
+    assert len(second.already_applied) == len(first.applied)
+    assert migrate(bootstrapped, dry_run=True).pending == ()
+
+
+def test_dry_run_lists_pending_and_changes_nothing(bootstrapped: str) -> None:
+    result = migrate(bootstrapped, dry_run=True)
+    assert result.pending == tuple(m.name for m in packaged_migrations())
+    with psycopg.connect(bootstrapped) as conn:
+        assert scalar(conn, "select to_regclass('public.crm_sync_schema_migrations')") is None
+        assert scalar(conn, "select to_regclass('public.digital_resume_by_crm')") is None
+
+
+def test_two_migrators_at_once_apply_each_file_once(bootstrapped: str) -> None:
+    results: list[Any] = []
+    start = threading.Barrier(2)
+
+    def run() -> None:
+        start.wait()
+        results.append(migrate(bootstrapped))
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    applied = sorted(len(r.applied) for r in results)
+    assert applied == [0, len(packaged_migrations())]
+
+
+def test_applies_on_a_database_that_already_has_profiles_and_payments(bootstrapped: str) -> None:
+    """The live app already has profiles (with balances) and payment_details."""
+    with psycopg.connect(bootstrapped, autocommit=True) as conn:
+        conn.execute(
+            """
+            create table public.profiles (
+              id uuid primary key references auth.users (id) on delete cascade,
+              email text,
+              full_name text,
+              avatar_url text,
+              credits_remaining integer default 0 not null
+            );
+            create table public.payment_details (
+              id uuid primary key default gen_random_uuid(),
+              user_id uuid references auth.users (id),
+              amount numeric,
+              currency text,
+              status text,
+              provider_order_id text,
+              created_at timestamptz default now(),
+              updated_at timestamptz default now()
+            );
+            """
+        )
+        user = create_auth_user(conn, "Legacy.User@example.com")
+        conn.execute(
+            "insert into public.profiles (id, email, credits_remaining) values (%s, %s, 5)",
+            (user.id, "Legacy.User@Example.com"),
+        )
+    result = migrate(bootstrapped)
+    assert len(result.applied) == len(packaged_migrations())
+    with psycopg.connect(bootstrapped, autocommit=True) as conn:
+        assert scalar(conn, "select email from public.profiles where id = %s", user.id) == (
+            "legacy.user@example.com"
+        )
+        # The old balance became the ledger's opening entry, so balance = ledger holds.
+        assert (
+            scalar(conn, "select sum(delta) from public.credit_ledger where user_id = %s", user.id)
+            == 5
+        )
+        conn.execute(
+            "insert into public.payment_details (user_id, amount, status)"
+            " values (%s, 9.99, 'completed')",
+            (user.id,),
+        )
+        assert (
+            scalar(conn, "select credits_remaining from public.profiles where id = %s", user.id)
+            == 8
+        )
+        # The app's extra column stays editable by its owner; the balance does not.
+        assert scalar(
+            conn,
+            "select has_column_privilege('authenticated', 'public.profiles', 'avatar_url',"
+            " 'update')",
+        )
+        assert not scalar(
+            conn,
+            "select has_column_privilege('authenticated', 'public.profiles',"
+            " 'credits_remaining', 'update')",
+        )
+
+
+def test_an_edited_applied_migration_is_refused() -> None:
+    original = Migration("0001", "0001_x.sql", "select 1;")
+    edited = Migration("0001", "0001_x.sql", "select 2;")
+    assert pending_migrations([original], {"0001": original.checksum}) == []
+    with pytest.raises(MigrationError, match="changed after it was applied"):
+        pending_migrations([edited], {"0001": original.checksum})
+
+
+def test_a_failing_migration_is_rolled_back_whole(
+    bootstrapped: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    broken = [
+        Migration("0001", "0001_ok.sql", "create table public.ok_table (id int);"),
+        Migration(
+            "0002",
+            "0002_broken.sql",
+            "create table public.half_done (id int); select * from no_such_table;",
+        ),
+    ]
+    monkeypatch.setattr(migrate_module, "packaged_migrations", lambda: broken)
+    with pytest.raises(MigrationError, match=r"0002_broken\.sql failed"):
+        migrate(bootstrapped)
+    with psycopg.connect(bootstrapped) as conn:
+        assert scalar(conn, "select to_regclass('public.ok_table')") is not None
+        assert scalar(conn, "select to_regclass('public.half_done')") is None
+        assert scalar(conn, "select count(*) from public.crm_sync_schema_migrations") == 1
+
+
+def test_an_unreachable_database_is_a_dependency_error() -> None:
+    with pytest.raises(DependencyUnavailable):
+        migrate("postgresql://postgres@127.0.0.1:1/nothing")
+
+
+def test_cli_migrate(
+    bootstrapped: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("SUPABASE_DB_URL", bootstrapped)
+    assert main(["migrate", "--dry-run"]) == 0
+    assert "pending  0001_" in capsys.readouterr().out
+    assert main(["migrate"]) == 0
+    out = capsys.readouterr().out
+    assert "applied  0006_security.sql" in out
+    assert main(["migrate"]) == 0
+    assert capsys.readouterr().out.startswith("0 applied")
+
+
+def test_cli_migrate_exit_codes(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("SUPABASE_DB_URL", raising=False)
+    monkeypatch.chdir("/")  # no .env here
+    assert main(["migrate"]) == 2
+    assert "SUPABASE_DB_URL: is required" in capsys.readouterr().err
+    monkeypatch.setenv("SUPABASE_DB_URL", "postgresql://postgres:hunter22@127.0.0.1:1/x")
+    assert main(["migrate"]) == 69
+    captured = capsys.readouterr()
+    assert "hunter22" not in captured.out + captured.err

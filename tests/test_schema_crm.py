@@ -1,0 +1,327 @@
+"""The CRM tables, stats, enrolment RPC and lease on a real PostgreSQL (defects 11, 12, 19)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+import pytest
+
+from tests.pg import (
+    User,
+    acting_as,
+    as_user,
+    balance,
+    create_auth_user,
+    enrol,
+    enrol_user,
+    scalar,
+)
+
+
+def stats(conn: psycopg.Connection[Any], user: User) -> tuple[Any, ...]:
+    row = conn.execute(
+        "select total_applications, total_recordings, total_resumes,"
+        " last_application_date, last_recording_date"
+        " from public.crm_dashboard_stats where email = %s",
+        (user.email,),
+    ).fetchone()
+    assert row is not None
+    return tuple(row)
+
+
+def true_counts(conn: psycopg.Connection[Any], user: User) -> tuple[Any, ...]:
+    row = conn.execute(
+        """
+        select (select count(*) from public.crm_job_requests where email = %(e)s),
+               (select count(*) from public.crm_recordings where email = %(e)s),
+               (select count(*) from public.crm_resumes where email = %(e)s),
+               (select max(created_at) from public.crm_job_requests where email = %(e)s),
+               (select max(created_at) from public.crm_recordings where email = %(e)s)
+        """,
+        {"e": user.email},
+    ).fetchone()
+    assert row is not None
+    return tuple(row)
+
+
+def test_defect_11_the_tracking_table_is_lower_case(db: psycopg.Connection[Any]) -> None:
+    assert scalar(db, "select to_regclass('public.digital_resume_by_crm') is not null")
+    # Unquoted, the seed's name folds to the same table; quoted, the mixed-case name is absent.
+    assert scalar(db, "select count(*) from digital_resume_by_CRM") == 0
+    assert scalar(db, """select to_regclass('public."digital_resume_by_CRM"')""") is None
+
+
+def test_defect_12_each_email_foreign_key_is_declared_once(db: psycopg.Connection[Any]) -> None:
+    rows = db.execute(
+        """
+        select c.conrelid::regclass::text, count(*)
+          from pg_constraint c
+         where c.contype = 'f'
+           and c.confrelid = 'public.digital_resume_by_crm'::regclass
+         group by 1 order by 1
+        """
+    ).fetchall()
+    assert rows == [
+        ("crm_dashboard_stats", 1),
+        ("crm_job_requests", 1),
+        ("crm_recordings", 1),
+        ("crm_resumes", 1),
+    ]
+
+
+def test_emails_are_stored_normalised(db: psycopg.Connection[Any]) -> None:
+    user = create_auth_user(db, "norm@example.com")
+    with pytest.raises(psycopg.errors.CheckViolation):
+        db.execute(
+            "insert into public.digital_resume_by_crm (email, user_id) values (%s, %s)",
+            ("Norm@Example.com", user.id),
+        )
+    with pytest.raises(psycopg.errors.CheckViolation):
+        db.execute(
+            "update public.profiles set email = ' NORM@example.com' where id = %s", (user.id,)
+        )
+
+
+def test_every_new_auth_user_gets_a_profile_with_no_credits(db: psycopg.Connection[Any]) -> None:
+    user = create_auth_user(db, "fresh@example.com", "Fresh Person")
+    row = db.execute(
+        "select email, full_name, credits_remaining from public.profiles where id = %s",
+        (user.id,),
+    ).fetchone()
+    assert row == ("fresh@example.com", "Fresh Person", 0)
+
+
+def test_profile_trigger_coexists_with_the_apps_own(db: psycopg.Connection[Any]) -> None:
+    db.execute(
+        """
+        create function public.app_handle_new_user() returns trigger language plpgsql as $$
+        begin
+          insert into public.profiles (id, email, full_name) values (new.id, new.email, 'by app');
+          return new;
+        end $$;
+        create trigger on_auth_user_created after insert on auth.users
+          for each row execute function public.app_handle_new_user();
+        """
+    )
+    try:
+        user = create_auth_user(db, "both@example.com")
+        assert (
+            scalar(db, "select full_name from public.profiles where id = %s", user.id) == "by app"
+        )
+    finally:
+        db.execute("drop trigger on_auth_user_created on auth.users")
+        db.execute("drop function public.app_handle_new_user()")
+
+
+def test_defect_19_stats_stay_exact_on_insert_and_delete(db: psycopg.Connection[Any]) -> None:
+    user = create_auth_user(db, "stats@example.com")
+    enrol_user(db, user)
+    assert stats(db, user) == (0, 0, 0, None, None)
+    with as_user(db, user):
+        jobs = [
+            db.execute(
+                "insert into public.crm_job_requests (email, job_title, created_at)"
+                " values (%s, %s, %s) returning id",
+                (user.email, f"job {i}", f"2026-01-0{i + 1} 10:00+00"),
+            ).fetchone()[0]  # type: ignore[index]
+            for i in range(3)
+        ]
+        recs = [
+            db.execute(
+                "insert into public.crm_recordings (email, job_request_id, created_at)"
+                " values (%s, %s, %s) returning id",
+                (user.email, jobs[i], f"2026-02-0{i + 1} 10:00+00"),
+            ).fetchone()[0]  # type: ignore[index]
+            for i in range(2)
+        ]
+        db.execute(
+            "insert into public.crm_resumes (email, resume_url) values (%s, 'r.pdf')", (user.email,)
+        )
+    assert stats(db, user) == true_counts(db, user)
+    assert stats(db, user)[:3] == (3, 2, 1)
+
+    with as_user(db, user):
+        db.execute("delete from public.crm_recordings where id = %s", (recs[1],))
+        db.execute("delete from public.crm_job_requests where id = %s", (jobs[2],))
+        db.execute("delete from public.crm_resumes")
+    assert stats(db, user) == true_counts(db, user)
+    assert stats(db, user)[:3] == (2, 1, 0)
+    with as_user(db, user):
+        db.execute("delete from public.crm_recordings")
+    assert stats(db, user) == true_counts(db, user)
+    assert stats(db, user)[4] is None
+    # A deleted recording does not give its credit back: consumption is final.
+    assert balance(db, user) == 2
+
+
+def test_deleting_a_crm_customer_cascades(db: psycopg.Connection[Any]) -> None:
+    user = create_auth_user(db, "cascade@example.com")
+    enrol_user(db, user)
+    with as_user(db, user):
+        job = db.execute(
+            "insert into public.crm_job_requests (email) values (%s) returning id", (user.email,)
+        ).fetchone()[0]  # type: ignore[index]
+        db.execute(
+            "insert into public.crm_recordings (email, job_request_id) values (%s, %s)",
+            (user.email, job),
+        )
+        db.execute("insert into public.crm_resumes (email) values (%s)", (user.email,))
+    db.execute("delete from public.digital_resume_by_crm where email = %s", (user.email,))
+    for table in ("crm_job_requests", "crm_recordings", "crm_resumes", "crm_dashboard_stats"):
+        assert scalar(db, f"select count(*) from public.{table} where email = %s", user.email) == 0
+    # The account and its balance stay: only the CRM data went.
+    assert balance(db, user) == 3
+
+
+def test_enrolment_is_idempotent_and_writes_nothing_the_second_time(
+    db: psycopg.Connection[Any],
+) -> None:
+    user = create_auth_user(db, "idem@example.com")
+    first = enrol_user(db, user, full_name="Idem", crm_lead_id="AWL-1", payment_details={"v": 1})
+    assert (first["outcome"], first["credits_granted"], first["welcome_email_status"]) == (
+        "enrolled",
+        4,
+        "pending",
+    )
+    snapshot = db.execute(
+        "select xmin::text, * from public.digital_resume_by_crm where email = %s", (user.email,)
+    ).fetchone()
+    stats_xmin = scalar(
+        db, "select xmin::text from public.crm_dashboard_stats where email = %s", user.email
+    )
+    second = enrol_user(db, user, full_name="Idem", crm_lead_id="AWL-1", payment_details={"v": 1})
+    assert (second["outcome"], second["credits_granted"], second["credits_remaining"]) == (
+        "unchanged",
+        0,
+        4,
+    )
+    assert (
+        db.execute(
+            "select xmin::text, * from public.digital_resume_by_crm where email = %s", (user.email,)
+        ).fetchone()
+        == snapshot
+    )
+    assert (
+        scalar(db, "select xmin::text from public.crm_dashboard_stats where email = %s", user.email)
+        == stats_xmin
+    )
+    third = enrol_user(db, user, crm_lead_id="AWL-2")
+    assert third["outcome"] == "updated"
+    assert (
+        scalar(
+            db, "select full_name from public.digital_resume_by_crm where email = %s", user.email
+        )
+        == "Idem"
+    )
+
+
+def test_enrolment_rejects_what_does_not_add_up_and_keeps_going(
+    db: psycopg.Connection[Any],
+) -> None:
+    good = create_auth_user(db, "good@example.com")
+    other = create_auth_user(db, "other@example.com")
+    rows = enrol(
+        db,
+        [
+            {"email": "nobody@example.com", "user_id": "00000000-0000-0000-0000-000000000001"},
+            {"email": "mismatch@example.com", "user_id": other.id},
+            {"email": "  GOOD@Example.COM ", "user_id": good.id, "full_name": "Good"},
+            {"email": "bad-uuid@example.com", "user_id": "not-a-uuid"},
+        ],
+    )
+    outcomes = [(r["email"], r["outcome"]) for r in rows]
+    assert outcomes == [
+        ("nobody@example.com", "rejected"),
+        ("mismatch@example.com", "rejected"),
+        ("good@example.com", "enrolled"),
+        ("bad-uuid@example.com", "error"),
+    ]
+    assert balance(db, good) == 4
+    assert balance(db, other) == 0
+    # The same account cannot be enrolled under a second email, nor an email twice.
+    [row] = enrol(db, [{"email": "other@example.com", "user_id": good.id}])
+    assert row["outcome"] == "rejected"
+
+
+def test_linked_regular_user_keeps_their_balance_and_gets_four_once(
+    db: psycopg.Connection[Any],
+) -> None:
+    user = create_auth_user(db, "existing@example.com")
+    db.execute(
+        "insert into public.payment_details (user_id, amount, status) values (%s, 12.99,"
+        " 'completed')",
+        (user.id,),
+    )
+    row = enrol_user(db, user, account_origin="linked")
+    assert (row["credits_granted"], row["credits_remaining"], row["account_origin"]) == (
+        4,
+        7,
+        "linked",
+    )
+    assert enrol_user(db, user, account_origin="linked")["credits_remaining"] == 7
+
+
+def test_deactivate_and_reactivate(db: psycopg.Connection[Any]) -> None:
+    user = create_auth_user(db, "churn@example.com")
+    enrol_user(db, user)
+    with acting_as(db, "service_role"):
+        gone = db.execute(
+            "select public.deactivate_crm_customers(array[' CHURN@example.com'])"
+        ).fetchall()
+        again = db.execute(
+            "select public.deactivate_crm_customers(array['churn@example.com'])"
+        ).fetchall()
+    assert (gone, again) == ([("churn@example.com",)], [])
+    with acting_as(db, "service_role"):
+        assert scalar(db, "select public.is_crm_user(%s)", user.id) is False
+    row = enrol_user(db, user)
+    assert (row["outcome"], row["credits_granted"], row["credits_remaining"]) == (
+        "reactivated",
+        0,
+        4,
+    )
+
+
+def test_welcome_email_is_recorded_once(db: psycopg.Connection[Any]) -> None:
+    user = create_auth_user(db, "mail@example.com")
+    enrol_user(db, user)
+    with acting_as(db, "service_role"):
+        first = scalar(db, "select public.record_welcome_email(%s, 'new_account')", user.email)
+        second = scalar(db, "select public.record_welcome_email(%s, 'new_account')", user.email)
+    assert (first, second) == (True, False)
+    assert enrol_user(db, user)["welcome_email_status"] == "sent"
+
+
+def test_lease_one_holder_renewal_takeover_release(db: psycopg.Connection[Any]) -> None:
+    def acquire(holder: str, ttl: int = 60) -> bool:
+        with acting_as(db, "service_role"):
+            return bool(scalar(db, "select public.acquire_sync_lease(%s, %s)", holder, ttl))
+
+    def release(holder: str) -> bool:
+        with acting_as(db, "service_role"):
+            return bool(scalar(db, "select public.release_sync_lease(%s)", holder))
+
+    assert acquire("worker-a")
+    assert not acquire("worker-b")
+    assert acquire("worker-a")  # renewal
+    # worker-a crashes: its lease runs out and worker-b takes over.
+    db.execute("update public.crm_sync_lease set expires_at = clock_timestamp() - interval '1 s'")
+    assert acquire("worker-b")
+    assert not release("worker-a")
+    assert not acquire("worker-a")
+    assert release("worker-b")
+    assert acquire("worker-a")
+    assert release("worker-a")
+
+
+def test_monitoring_views_answer_the_seed_queries(db: psycopg.Connection[Any]) -> None:
+    with acting_as(db, "service_role"):
+        active = scalar(db, "select total_crm_users from public.crm_user_count")
+        kinds = [r[0] for r in db.execute("select data_type from public.crm_data_distribution")]
+        credits = db.execute("select * from public.crm_credit_distribution").fetchall()
+    assert active == scalar(db, "select count(*) from public.digital_resume_by_crm where is_active")
+    assert kinds == ["Job Requests", "Recordings", "Resumes"]
+    assert sum(n for _, n in credits) == scalar(
+        db, "select count(*) from public.digital_resume_by_crm"
+    )
