@@ -1,1 +1,4 @@
-"""A local Supabase-compatible stack (Auth admin API, PostgREST subset, SMTP sink) for tests and the demo."""
+"""A local Supabase-compatible stack (Auth admin API, PostgREST subset, SMTP sink).
+
+Used by the tests, the benchmarks and the demo in place of a hosted Supabase project.
+"""
