@@ -4,9 +4,15 @@
     ├── DependencyUnavailable      a dependency did not answer after retries (exit 69)
     ├── LeaseHeld                  another run holds the lease (exit 75)
     ├── MigrationError             a migration failed or was edited after it was applied
+    ├── CrmSourceError             reading the CRM failed (bad table/column, SQL error)
+    ├── SupabaseError              an Auth or REST call failed; carries status and code
+    ├── MailError                  a message was not accepted; carries retriable/retry_after
     └── CustomerError              about one customer; carries the customer's email
         ├── RetriableCustomerError worth trying again in a later cycle
         └── SkippableCustomerError the CRM row must change before it can succeed
+
+Boundary errors carry `retriable` (worth another attempt now: timeouts, 429, 5xx) and
+`retry_after` (seconds the server asked us to wait, if any); tenacity retries on those alone.
 
 ConfigError stays outside the tree: it is the operator's mistake, found before any I/O,
 and always exits 2.
@@ -60,6 +66,51 @@ class LeaseHeld(SyncError):
 
 class MigrationError(SyncError):
     """A migration could not be applied."""
+
+
+class CrmSourceError(SyncError):
+    """The CRM could not be read as configured (no such table or column, no privilege)."""
+
+    exit_code = ExitCode.USAGE
+
+
+class _BoundaryError(SyncError):
+    def __init__(
+        self, message: str, *, retriable: bool = False, retry_after: float | None = None
+    ) -> None:
+        self.retriable = retriable
+        self.retry_after = retry_after
+        super().__init__(message)
+
+
+class SupabaseError(_BoundaryError):
+    """A Supabase Auth or REST call failed."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        code: str | None = None,
+        retriable: bool = False,
+        retry_after: float | None = None,
+    ) -> None:
+        self.status = status
+        self.code = code
+        super().__init__(message, retriable=retriable, retry_after=retry_after)
+
+
+class MailError(_BoundaryError):
+    """The mail server or API did not accept a message."""
+
+
+class MailUnavailable(MailError):
+    """The mail server or API cannot be reached at all; later messages would fail too."""
+
+
+def is_retriable(exc: BaseException) -> bool:
+    """The one predicate every tenacity policy uses."""
+    return isinstance(exc, _BoundaryError) and exc.retriable
 
 
 class CustomerError(SyncError):

@@ -1,0 +1,169 @@
+"""The report of one cycle: counts per action and outcome, failures by reason, and its
+printed summary. A pydantic model, because it leaves the process (logs, `--json`, history)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, Field
+
+from sync_worker.source import CrmSnapshot
+
+if TYPE_CHECKING:
+    from sync_worker.errors import DependencyUnavailable
+    from sync_worker.plan import SyncPlan
+    from sync_worker.record import EnrolmentResult
+
+PREVIEW_SIZE = 5
+
+
+class InvalidLine(BaseModel):
+    email: str | None
+    reason: str
+    lead_id: str | None = None
+
+
+class FailureLine(BaseModel):
+    email: str
+    step: str
+    reason: str
+
+
+class CycleReport(BaseModel):
+    """What one cycle did."""
+
+    run_id: str
+    started_at: datetime
+    finished_at: datetime | None = None
+    duration_seconds: float = 0.0
+    dry_run: bool = False
+    crm_rows: int = 0
+    eligible_customers: int = 0
+    invalid: list[InvalidLine] = Field(default_factory=list)
+    planned: dict[str, int] = Field(default_factory=dict)
+    created: int = 0
+    linked: int = 0
+    enrolled: int = 0
+    reactivated: int = 0
+    refreshed: int = 0
+    credits_granted: int = 0
+    emails_sent: int = 0
+    deactivated: int = 0
+    failures: list[FailureLine] = Field(default_factory=list)
+    aborted: str | None = None
+    preview: dict[str, list[str]] = Field(default_factory=dict)
+
+    @classmethod
+    def begin(
+        cls, run_id: str, started: datetime, dry_run: bool, snapshot: CrmSnapshot, plan: SyncPlan
+    ) -> CycleReport:
+        return cls(
+            run_id=run_id,
+            started_at=started,
+            dry_run=dry_run,
+            crm_rows=snapshot.rows_read,
+            eligible_customers=len(snapshot.customers),
+            invalid=[
+                InvalidLine(email=i.raw_email, reason=i.reason, lead_id=i.lead_id)
+                for i in snapshot.invalid
+            ],
+            planned=plan.counts(),
+        )
+
+    def apply(
+        self,
+        *,
+        created: list[str],
+        linked: list[str],
+        enrolled: dict[str, EnrolmentResult],
+        emailed: list[str],
+        deactivated: list[str],
+        failures: Iterable[FailureLine],
+        aborted: DependencyUnavailable | None,
+    ) -> None:
+        outcomes = Counter(r.outcome for r in enrolled.values())
+        self.created = len(created)
+        self.linked = len(linked)
+        self.enrolled = outcomes["enrolled"]
+        self.reactivated = outcomes["reactivated"]
+        self.refreshed = outcomes["updated"]
+        self.credits_granted = sum(r.credits_granted for r in enrolled.values())
+        self.emails_sent = len(emailed)
+        self.deactivated = len(deactivated)
+        self.failures = list(failures)
+        self.aborted = str(aborted) if aborted else None
+
+    def finish(
+        self, finished: datetime, duration: float, plan_preview: SyncPlan | None = None
+    ) -> None:
+        self.finished_at = finished
+        self.duration_seconds = round(duration, 3)
+        if plan_preview is not None:
+            for step in plan_preview.steps:
+                shown = self.preview.setdefault(step.action.value, [])
+                if len(shown) < PREVIEW_SIZE:
+                    shown.append(step.email)
+
+    def failures_by_reason(self) -> dict[str, int]:
+        return dict(Counter(f"{f.step}: {_short(f.reason)}" for f in self.failures))
+
+    def log_fields(self) -> dict[str, Any]:
+        return {
+            "dry_run": self.dry_run,
+            "crm_rows": self.crm_rows,
+            "eligible": self.eligible_customers,
+            "invalid": len(self.invalid),
+            "planned": self.planned,
+            "created": self.created,
+            "linked": self.linked,
+            "enrolled": self.enrolled,
+            "reactivated": self.reactivated,
+            "refreshed": self.refreshed,
+            "credits_granted": self.credits_granted,
+            "emails_sent": self.emails_sent,
+            "deactivated": self.deactivated,
+            "failed": len(self.failures),
+            "failures_by_reason": self.failures_by_reason(),
+            "aborted": self.aborted,
+            "duration_seconds": self.duration_seconds,
+        }
+
+    def render(self) -> str:
+        """The human summary printed at the end of a cycle."""
+        head = "DRY RUN: nothing was written, no email sent" if self.dry_run else "cycle finished"
+        lines = [
+            f"crm-sync {head} (run {self.run_id}, {self.duration_seconds:.1f} s)",
+            f"  CRM: {self.crm_rows} eligible sale rows, {self.eligible_customers} customers,"
+            f" {len(self.invalid)} invalid rows",
+            "  plan: " + ", ".join(f"{k} {v}" for k, v in self.planned.items() if v) or "  plan: -",
+        ]
+        if self.dry_run:
+            for action, emails in self.preview.items():
+                more = self.planned.get(action, 0) - len(emails)
+                suffix = f" (+{more} more)" if more > 0 else ""
+                lines.append(f"    {action}: {', '.join(emails)}{suffix}")
+        else:
+            lines += [
+                f"  accounts: {self.created} created, {self.linked} linked",
+                f"  enrolled: {self.enrolled} new, {self.reactivated} reactivated,"
+                f" {self.refreshed} refreshed; {self.credits_granted} credits granted",
+                f"  emails sent: {self.emails_sent}",
+                f"  deactivated: {self.deactivated}",
+                f"  failed: {len(self.failures)}",
+            ]
+            for reason, count in sorted(self.failures_by_reason().items()):
+                lines.append(f"    {count} x {reason}")
+        for invalid in self.invalid:
+            shown = invalid.email if invalid.email is not None else "(no email)"
+            lead = f" [{invalid.lead_id}]" if invalid.lead_id else ""
+            lines.append(f"  invalid CRM row{lead}: {shown!r}: {invalid.reason}")
+        if self.aborted:
+            lines.append(f"  ABORTED: {self.aborted}")
+        return "\n".join(lines)
+
+
+def _short(reason: str) -> str:
+    return reason.split(":", 1)[-1].strip()[:120] if ":" in reason else reason[:120]

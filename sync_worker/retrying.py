@@ -1,0 +1,77 @@
+"""The retry policy of every external call: which errors, how long to wait, when to give up.
+
+Only errors that say they are retriable (`errors.is_retriable`) are retried, with exponential
+backoff and jitter, never sooner than a server's Retry-After, and never past a deadline.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import ParamSpec, TypeVar
+
+import structlog
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception,
+    stop_after_attempt,
+    stop_after_delay,
+    wait_exponential,
+    wait_random,
+)
+
+from sync_worker.errors import is_retriable
+
+log = structlog.get_logger("crm_sync.retry")
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How hard one adapter tries before it reports a failure."""
+
+    attempts: int = 4
+    initial_wait: float = 0.5
+    max_wait: float = 8.0
+    deadline: float = 30.0
+    # Never wait longer than this for a Retry-After; past it the call fails and a later cycle
+    # tries again.
+    max_retry_after: float = 30.0
+
+    def retrying(self, operation: str) -> Retrying:
+        """A tenacity `Retrying` for one call site; `operation` names it in logs."""
+        backoff = wait_exponential(multiplier=self.initial_wait, max=self.max_wait) + wait_random(
+            0, self.initial_wait
+        )
+
+        def wait(state: RetryCallState) -> float:
+            exc = state.outcome.exception() if state.outcome else None
+            retry_after = getattr(exc, "retry_after", None) or 0.0
+            return max(min(float(retry_after), self.max_retry_after), backoff(state))
+
+        def before_sleep(state: RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome else None
+            log.warning(
+                "retrying",
+                operation=operation,
+                attempt=state.attempt_number,
+                wait_seconds=round(state.upcoming_sleep, 3),
+                error=str(exc),
+            )
+
+        return Retrying(
+            retry=retry_if_exception(is_retriable),
+            stop=stop_after_attempt(self.attempts) | stop_after_delay(self.deadline),
+            wait=wait,
+            before_sleep=before_sleep,
+            reraise=True,
+        )
+
+    def call(self, operation: str, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Calls `fn(*args, **kwargs)` under this policy."""
+        return self.retrying(operation)(fn, *args, **kwargs)
+
+
+NO_RETRY = RetryPolicy(attempts=1)

@@ -1,0 +1,63 @@
+"""Builds the cycle's real collaborators from settings: the imperative shell's wiring."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from types import TracebackType
+
+from sync_worker.config import Settings
+from sync_worker.cycle import CycleServices
+from sync_worker.mailers import build_mailer
+from sync_worker.provision import SupabaseProvisioner
+from sync_worker.record import SupabaseStore
+from sync_worker.retrying import RetryPolicy
+from sync_worker.source import CrmColumns, read_snapshot
+from sync_worker.state import load_failures, load_tracking
+from sync_worker.supabase_api import SupabaseApi
+
+
+def crm_columns(settings: Settings) -> CrmColumns:
+    return CrmColumns(
+        table=settings.crm_table,
+        email=settings.crm_email_column,
+        eligibility=settings.crm_eligibility_column,
+        name=settings.crm_name_column,
+        lead_id=settings.crm_id_column,
+    )
+
+
+class LiveServices(AbstractContextManager["LiveServices"]):
+    """Owns the Supabase client for as long as the process needs it."""
+
+    def __init__(self, settings: Settings, policy: RetryPolicy | None = None) -> None:
+        self.settings = settings
+        self.api = SupabaseApi(
+            settings.supabase_url,
+            settings.supabase_service_role_key.get_secret_value(),
+            policy=policy,
+            max_connections=max(settings.sync_concurrency * 2, 4),
+        )
+
+    def for_cycle(self, should_stop: Callable[[], bool] = lambda: False) -> CycleServices:
+        """Fresh per-cycle collaborators (a mailer holds one SMTP connection per cycle)."""
+        settings = self.settings
+        database_url = settings.crm_database_url.get_secret_value()
+        columns = crm_columns(settings)
+        return CycleServices(
+            read_crm=lambda: read_snapshot(database_url, columns),
+            load_tracking=lambda: load_tracking(self.api),
+            load_failures=lambda: load_failures(self.api),
+            provisioner=SupabaseProvisioner(self.api),
+            store=SupabaseStore(self.api),
+            mailer=build_mailer(settings),
+            should_stop=should_stop,
+        )
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.api.close()

@@ -1,0 +1,120 @@
+"""The plan: every rule of what a cycle does per customer, as a pure function."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from sync_worker.customers import AccountOrigin, CrmCustomer, FailureState, TrackedCustomer
+from sync_worker.plan import Action, make_plan, next_attempt_delay
+
+NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+
+
+def crm(email: str, name: str | None = None, lead: str | None = None) -> CrmCustomer:
+    return CrmCustomer(email=email, name=name, lead_ids=(lead,) if lead else ())
+
+
+def tracked(
+    email: str,
+    *,
+    active: bool = True,
+    sent: bool = True,
+    name: str | None = None,
+    lead: str | None = None,
+) -> TrackedCustomer:
+    return TrackedCustomer(
+        email=email,
+        user_id="u-" + email,
+        is_active=active,
+        welcome_email_status="sent" if sent else "pending",
+        account_origin=AccountOrigin.CREATED,
+        full_name=name,
+        crm_lead_id=lead,
+    )
+
+
+def failure(
+    email: str, *, attempts: int = 1, due_in: int = -1, parked: bool = False
+) -> FailureState:
+    return FailureState(
+        email=email,
+        step="account",
+        reason="HTTP 503",
+        attempts=attempts,
+        next_attempt_at=NOW + timedelta(minutes=due_in),
+        parked=parked,
+    )
+
+
+def action_of(plan_steps: object, email: str) -> Action:
+    for step in plan_steps:  # type: ignore[attr-defined]
+        if step.email == email:
+            return step.action  # type: ignore[no-any-return]
+    raise AssertionError(email)
+
+
+@pytest.mark.parametrize(
+    ("customer", "row", "expected"),
+    [
+        (crm("new@x.co"), None, Action.PROVISION),
+        (crm("done@x.co"), tracked("done@x.co"), Action.NOTHING),
+        (crm("unsent@x.co"), tracked("unsent@x.co", sent=False), Action.RESUME_EMAIL),
+        (crm("back@x.co"), tracked("back@x.co", active=False), Action.REACTIVATE),
+        (crm("back2@x.co"), tracked("back2@x.co", active=False, sent=False), Action.REACTIVATE),
+        (None, tracked("gone@x.co"), Action.DEACTIVATE),
+        (None, tracked("gone2@x.co", active=False), Action.NOTHING),
+        (crm("renamed@x.co", "New Name"), tracked("renamed@x.co", name="Old"), Action.REFRESH),
+        (crm("lead@x.co", lead="AWL-2"), tracked("lead@x.co", lead="AWL-1"), Action.REFRESH),
+        (crm("noname@x.co"), tracked("noname@x.co", name="Kept"), Action.NOTHING),
+    ],
+)
+def test_one_decision_per_situation(
+    customer: CrmCustomer | None, row: TrackedCustomer | None, expected: Action
+) -> None:
+    email = customer.email if customer else row.email  # type: ignore[union-attr]
+    plan = make_plan({email: customer} if customer else {}, {email: row} if row else {}, {}, NOW)
+    assert [s.action for s in plan.steps] == [expected]
+
+
+def test_failures_wait_until_due_and_park_after_max() -> None:
+    customers = {e: crm(e) for e in ("due@x.co", "later@x.co", "parked@x.co")}
+    failures = {
+        "due@x.co": failure("due@x.co", due_in=-1),
+        "later@x.co": failure("later@x.co", due_in=+10),
+        "parked@x.co": failure("parked@x.co", attempts=8, parked=True),
+    }
+    plan = make_plan(customers, {}, failures, NOW)
+    assert action_of(plan.steps, "due@x.co") is Action.PROVISION
+    assert action_of(plan.steps, "later@x.co") is Action.WAIT
+    assert action_of(plan.steps, "parked@x.co") is Action.PARKED
+    assert [s.email for s in plan.work] == ["due@x.co"]
+
+
+def test_a_failure_never_blocks_deactivation() -> None:
+    plan = make_plan(
+        {}, {"g@x.co": tracked("g@x.co")}, {"g@x.co": failure("g@x.co", due_in=60)}, NOW
+    )
+    assert action_of(plan.steps, "g@x.co") is Action.DEACTIVATE
+
+
+def test_a_fully_done_crm_costs_nothing() -> None:
+    emails = [f"c{i}@x.co" for i in range(3000)]
+    plan = make_plan({e: crm(e) for e in emails}, {e: tracked(e) for e in emails}, {}, NOW)
+    assert plan.work == []
+    assert plan.counts()["nothing"] == 3000
+
+
+def test_counts_cover_every_action_and_order_is_stable() -> None:
+    plan = make_plan({"b@x.co": crm("b@x.co"), "a@x.co": crm("a@x.co")}, {}, {}, NOW)
+    assert [s.email for s in plan.steps] == ["a@x.co", "b@x.co"]
+    assert set(plan.counts()) == {a.value for a in Action}
+    assert plan.counts()["provision"] == 2
+
+
+def test_backoff_doubles_and_is_capped() -> None:
+    assert next_attempt_delay(1) == timedelta(minutes=5)
+    assert next_attempt_delay(2) == timedelta(minutes=10)
+    assert next_attempt_delay(4) == timedelta(minutes=40)
+    assert next_attempt_delay(30) == timedelta(hours=6)

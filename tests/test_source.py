@@ -1,0 +1,167 @@
+"""Reading the CRM from a real PostgreSQL: eligibility, emails, merging, safety, scale."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from decimal import Decimal
+from typing import Any
+
+import psycopg
+import pytest
+
+from sync_worker.errors import CrmSourceError, DependencyUnavailable
+from sync_worker.sandbox import database
+from sync_worker.source import CrmColumns, merge_rows, read_snapshot
+
+LIVE = CrmColumns(
+    table="sales_closure",
+    email="email",
+    eligibility="digital_resume_sale_value",
+    name="lead_name",
+    lead_id="lead_id",
+)
+
+
+@pytest.fixture(scope="module")
+def crm_url(admin_url: str) -> Iterator[str]:
+    name = database.unique_name("crm_sync_crm")
+    url = database.create_database(admin_url, name)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(
+            """
+            create table sales_closure (
+              id serial primary key,
+              lead_id text,
+              lead_name text,
+              email text,
+              company_application_email text,
+              digital_resume_sale_value numeric,
+              digital_sale_resume text,
+              closed_at timestamptz default now()
+            );
+            create schema crm;
+            create table crm."Sales Closure" (mail text, amount numeric);
+            insert into crm."Sales Closure" values ('q@x.co', 1);
+            """
+        )
+        rows: list[tuple[Any, ...]] = [
+            ("AWL-1", "Ann Lee", "ann@example.com", Decimal("49.99"), "49.99"),
+            ("AWL-2", None, "  ANN@Example.COM ", Decimal("10"), "10"),  # same customer
+            ("AWL-3", "Bo", "bo@example.com", None, None),  # NULL: not eligible
+            ("AWL-4", "Cy", "cy@example.com", Decimal("0"), "0"),  # zero
+            ("AWL-5", "Di", "di@example.com", Decimal("-5"), "-5"),  # negative
+            ("AWL-6", "Ed", "not-an-email", Decimal("5"), "5"),  # invalid
+            ("AWL-7", "Fay", None, Decimal("5"), "5"),  # no email
+            ("AWL-8", "Gus", "gus@example.com", Decimal("NaN"), "abc"),  # NaN / text
+            ("AWL-9", "Hal", "hal@example.com", Decimal("0.01"), "1e3"),
+        ]
+        with conn.cursor() as cur:
+            cur.executemany(
+                "insert into sales_closure (lead_id, lead_name, email,"
+                " digital_resume_sale_value, digital_sale_resume) values (%s, %s, %s, %s, %s)",
+                rows,
+            )
+    yield url
+    database.drop_database(admin_url, name)
+
+
+def test_live_crm_columns(crm_url: str) -> None:
+    snapshot = read_snapshot(crm_url, LIVE)
+    assert sorted(snapshot.customers) == ["ann@example.com", "hal@example.com"]
+    ann = snapshot.customers["ann@example.com"]
+    assert (ann.name, ann.lead_ids, ann.sale_rows, ann.sale_value) == (
+        "Ann Lee",
+        ("AWL-1", "AWL-2"),
+        2,
+        Decimal("59.99"),
+    )
+    assert snapshot.rows_read == 5
+    invalid = {(i.raw_email, i.lead_id) for i in snapshot.invalid}
+    assert invalid == {("not-an-email", "AWL-6"), (None, "AWL-7")}
+    assert all(i.reason for i in snapshot.invalid)
+
+
+def test_seed_columns_with_a_text_eligibility_column(crm_url: str) -> None:
+    """Non-numeric text ('abc', '1e3') is not eligible; no name or id column configured."""
+    snapshot = read_snapshot(crm_url, CrmColumns())
+    assert sorted(snapshot.customers) == ["ann@example.com"]
+    assert snapshot.customers["ann@example.com"].name is None
+
+
+def test_schema_qualified_and_quoted_names(crm_url: str) -> None:
+    snapshot = read_snapshot(
+        crm_url, CrmColumns(table="crm.Sales Closure", email="mail", eligibility="amount")
+    )
+    assert list(snapshot.customers) == ["q@x.co"]
+
+
+@pytest.mark.parametrize(
+    "columns",
+    [
+        CrmColumns(table="no_such_table"),
+        CrmColumns(email='email"; drop table sales_closure; --'),
+        CrmColumns(table="sales_closure; drop table sales_closure"),
+    ],
+)
+def test_wrong_names_are_a_clear_error_and_never_sql(crm_url: str, columns: CrmColumns) -> None:
+    with pytest.raises(CrmSourceError, match="no such table or column"):
+        read_snapshot(crm_url, columns)
+    with psycopg.connect(crm_url) as conn:
+        assert conn.execute("select count(*) from sales_closure").fetchone() == (9,)
+
+
+def test_the_read_is_read_only(crm_url: str) -> None:
+    with psycopg.connect(crm_url, autocommit=True) as conn:
+        conn.execute(
+            """
+            create table audit (n int);
+            create function sneaky() returns numeric language sql volatile as
+              $$ insert into audit values (1); select 1::numeric $$;
+            create view writes_when_read as select 'w@x.co'::text as email, sneaky() as v;
+            """
+        )
+    with pytest.raises(CrmSourceError, match="read-only transaction"):
+        read_snapshot(crm_url, CrmColumns(table="writes_when_read", eligibility="v"))
+
+
+def test_unreachable_crm() -> None:
+    with pytest.raises(DependencyUnavailable, match="CRM database"):
+        read_snapshot("postgresql://postgres@127.0.0.1:1/crm", CrmColumns())
+
+
+def test_thousands_of_rows_past_every_page(admin_url: str) -> None:
+    name = database.unique_name("crm_sync_big")
+    url = database.create_database(admin_url, name)
+    try:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(
+                "create table sales_closure (email text, digital_sale_resume numeric);"
+                " insert into sales_closure"
+                " select 'Customer' || g || '@Example.com', 1 + g % 3"
+                " from generate_series(1, 2500) g;"
+                " insert into sales_closure select 'customer' || g || '@example.com ', 5"
+                " from generate_series(1, 2500, 2) g;"
+            )
+        snapshot = read_snapshot(url, CrmColumns())
+        assert len(snapshot.customers) == 2500
+        assert snapshot.rows_read == 3750
+        assert snapshot.customers["customer1@example.com"].sale_rows == 2
+    finally:
+        database.drop_database(admin_url, name)
+
+
+def test_merge_rows_is_pure() -> None:
+    snapshot = merge_rows(
+        [
+            ("b@x.co", "1", None, "L2"),
+            (" B@X.CO", "2", "Bea", "L1"),
+            ("b@x.co", "3", "Other", "L2"),
+        ]
+    )
+    [customer] = snapshot.customers.values()
+    assert (customer.name, customer.lead_ids, customer.sale_rows, customer.sale_value) == (
+        "Bea",
+        ("L1", "L2"),
+        3,
+        Decimal(6),
+    )

@@ -1,0 +1,248 @@
+"""Rendering of the welcome email: both kinds, both credentials, names, escaping, no leaks."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+from email.message import EmailMessage
+
+import pytest
+
+from sync_worker.welcome_email import (
+    WelcomeEmail,
+    render,
+    render_bodies,
+    render_subject,
+)
+
+SENDER = "CareerCast <noreply@careercast.example>"
+LOGIN_URL = "https://app.careercast.example/login"
+PASSWORD = "Tmp-9f2K&x<Q>7zLw3pR"  # characters that need escaping in HTML
+SETUP_LINK = "https://ref.supabase.co/auth/v1/verify?token=abc123&type=recovery"
+
+
+def new_account(
+    *, name: str | None = "Jane Doe", password: str | None = PASSWORD, link: str | None = None
+) -> WelcomeEmail:
+    return WelcomeEmail(
+        to="jane@example.com",
+        name=name,
+        kind="new_account",
+        login_url=LOGIN_URL,
+        credits=4,
+        temporary_password=password,
+        setup_link=link,
+    )
+
+
+def credits_added(
+    *, name: str | None = "Bob", credits: int = 6, granted: int | None = 4
+) -> WelcomeEmail:
+    return WelcomeEmail(
+        to="bob@example.com",
+        name=name,
+        kind="credits_added",
+        login_url=LOGIN_URL,
+        credits=credits,
+        credits_granted=granted,
+    )
+
+
+def parts(message: EmailMessage) -> tuple[str, str]:
+    """The decoded text and HTML parts of a message, after a round trip through bytes."""
+    parsed = email.message_from_bytes(message.as_bytes(), policy=email.policy.default)
+    assert isinstance(parsed, EmailMessage)
+    text_part = parsed.get_body(("plain",))
+    html_part = parsed.get_body(("html",))
+    assert text_part is not None
+    assert html_part is not None
+    return str(text_part.get_content()), str(html_part.get_content())
+
+
+def test_new_account_with_password_has_everything_the_customer_needs() -> None:
+    message = render(new_account(), SENDER)
+
+    assert message.get_content_type() == "multipart/alternative"
+    assert message["Subject"] == "Your CareerCast Digital Resume account is ready"
+    assert message["From"] == SENDER
+    assert message["To"].addresses[0].addr_spec == "jane@example.com"
+    assert message["Message-ID"].endswith("@careercast.example>")
+    assert message["Date"]
+    text, html = parts(message)
+    for body in (text, html):
+        assert "Hello Jane Doe," in body
+        assert LOGIN_URL in body
+        assert "jane@example.com" in body
+        assert "change this temporary password when you first sign in" in body
+        assert "4 free credits" in body
+        assert "3 more credits for $9.99" in body
+        assert "Billing" in body
+    assert f"Temporary password: {PASSWORD}" in text
+    assert "Tmp-9f2K&amp;x&lt;Q&gt;7zLw3pR" in html
+    assert PASSWORD not in html  # only its escaped form
+    assert "Set your password" not in text
+
+
+def test_new_account_with_setup_link_shows_the_link_and_no_password() -> None:
+    message = render(new_account(password=None, link=SETUP_LINK), SENDER)
+
+    text, html = parts(message)
+    assert f"Set your password here: {SETUP_LINK}" in text
+    assert 'href="https://ref.supabase.co/auth/v1/verify?token=abc123&amp;type=recovery"' in html
+    assert "Temporary password" not in text
+    assert "Temporary password" not in html
+
+
+def test_without_a_name_the_greeting_is_neutral() -> None:
+    text, html = render_bodies(new_account(name=None))
+    assert text.startswith("Hello,\n")
+    assert "<p>Hello,</p>" in html
+
+    blank_text, _ = render_bodies(new_account(name="  \t "))
+    assert blank_text.startswith("Hello,\n")
+
+
+def test_credits_added_says_so_and_carries_no_credentials() -> None:
+    message = render(credits_added(), SENDER)
+
+    assert message["Subject"] == "4 free credits were added to your CareerCast account"
+    text, html = parts(message)
+    for body in (text, html):
+        assert "Hello Bob," in body
+        assert "4 free credits" in body
+        assert "existing CareerCast account" in body
+        assert "6 credits" in body  # their balance, which may include paid credits
+        assert "Sign in as usual" in body
+        assert LOGIN_URL in body
+        assert "3 more credits for $9.99" in body
+        assert "password:" not in body.lower()
+        assert "Set your password" not in body
+
+
+def test_subject_uses_the_real_number_of_credits() -> None:
+    assert render_subject(credits_added(granted=7)) == (
+        "7 free credits were added to your CareerCast account"
+    )
+    assert render_subject(credits_added(granted=1)) == (
+        "1 free credit was added to your CareerCast account"
+    )
+
+
+def test_credits_added_without_the_granted_number_stays_truthful() -> None:
+    email = credits_added(granted=None, credits=9)
+    assert render_subject(email) == "Free credits were added to your CareerCast account"
+    text, _ = render_bodies(email)
+    assert "We added free credits to your existing CareerCast account" in text
+    assert "You now have 9 credits." in text
+
+
+def test_every_interpolated_value_is_html_escaped() -> None:
+    hostile = WelcomeEmail(
+        to="x@example.com",
+        name='<script>alert("x")</script>',
+        kind="new_account",
+        login_url='https://app.example/login?a=1&b="2"',
+        credits=4,
+        temporary_password="<b>pw</b>&'",
+    )
+    text, html = render_bodies(hostile)
+
+    assert "<script>" not in html
+    assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;" in html
+    assert "<b>pw</b>" not in html
+    assert "&lt;b&gt;pw&lt;/b&gt;&amp;&#x27;" in html
+    assert 'href="https://app.example/login?a=1&amp;b=&quot;2&quot;"' in html
+    # The text part is plain text: shown as typed.
+    assert '<script>alert("x")</script>' in text
+
+
+def test_a_name_cannot_inject_headers() -> None:
+    message = render(new_account(name="Eve\r\nBcc: victim@example.com"), SENDER)
+
+    raw = message.as_string()
+    assert "\nBcc:" not in raw
+    assert message["Bcc"] is None
+    assert message["To"].addresses[0].display_name == "Eve Bcc: victim@example.com"
+
+
+def test_repr_never_shows_the_password_or_the_link() -> None:
+    with_password = new_account()
+    with_link = new_account(password=None, link=SETUP_LINK)
+
+    assert PASSWORD not in repr(with_password)
+    assert "temporary_password" not in repr(with_password)
+    assert SETUP_LINK not in repr(with_link)
+    assert "token=abc123" not in str(with_link)
+
+
+def test_redacted_masks_the_credentials() -> None:
+    shown = new_account().redacted()
+    text, _ = render_bodies(shown)
+    assert PASSWORD not in text
+    assert "Temporary password: ********" in text
+
+    link_text, _ = render_bodies(new_account(password=None, link=SETUP_LINK).redacted())
+    assert SETUP_LINK not in link_text
+
+
+def test_idempotency_key_is_deterministic_and_valid_for_resend() -> None:
+    key = new_account().idempotency_key
+
+    assert key == new_account().idempotency_key
+    assert key.startswith("crm-welcome-")
+    assert 1 <= len(key) <= 256
+    assert PASSWORD not in key
+    # Another kind or another recipient is another email.
+    assert credits_added().idempotency_key != key
+    assert (
+        WelcomeEmail(
+            to="other@example.com",
+            name="Jane Doe",
+            kind="new_account",
+            login_url=LOGIN_URL,
+            credits=4,
+            temporary_password=PASSWORD,
+        ).idempotency_key
+        != key
+    )
+    # A later cycle that had to set a new password sends a new email, not a conflicting one.
+    assert new_account(password="another-password-123").idempotency_key != key
+    # The name does not matter: the customer does.
+    assert new_account(name="J. Doe").idempotency_key == key
+
+
+def test_message_ids_are_unique_per_render() -> None:
+    first = render(new_account(), SENDER)
+    second = render(new_account(), SENDER)
+    assert first["Message-ID"] != second["Message-ID"]
+
+
+@pytest.mark.parametrize(
+    ("kind", "password", "link"),
+    [
+        ("new_account", None, None),
+        ("new_account", PASSWORD, SETUP_LINK),
+        ("credits_added", PASSWORD, None),
+        ("credits_added", None, SETUP_LINK),
+        ("password_reset", PASSWORD, None),
+    ],
+)
+def test_inconsistent_credentials_are_a_programming_error(
+    kind: str, password: str | None, link: str | None
+) -> None:
+    with pytest.raises(ValueError, match=r"exactly one|no password|kind must be"):
+        WelcomeEmail(
+            to="jane@example.com",
+            name=None,
+            kind=kind,  # type: ignore[arg-type]
+            login_url=LOGIN_URL,
+            credits=4,
+            temporary_password=password,
+            setup_link=link,
+        )
+
+
+def test_the_error_never_carries_the_password() -> None:
+    with pytest.raises(ValueError, match="exactly one") as caught:
+        new_account(password=PASSWORD, link=SETUP_LINK)
+    assert PASSWORD not in str(caught.value)
