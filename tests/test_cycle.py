@@ -1,0 +1,391 @@
+"""The sync cycle end to end: a real CRM database, the local Supabase stack, a real SMTP sink."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from decimal import Decimal
+from email.message import EmailMessage
+from typing import Any
+
+import psycopg
+import pytest
+from supabase import create_client
+
+from sync_worker.config import Settings
+from sync_worker.cycle import exit_code_of, run_cycle
+from sync_worker.errors import ExitCode
+from sync_worker.report import CycleReport
+from sync_worker.retrying import RetryPolicy
+from sync_worker.sandbox import database
+from sync_worker.sandbox.faults import FaultKind, FaultPlan
+from sync_worker.sandbox.stack import Sandbox
+from sync_worker.services import LiveServices
+
+FAST = RetryPolicy(attempts=6, initial_wait=0.01, max_wait=0.05, deadline=10, max_retry_after=0.05)
+LOGIN_URL = "https://careercast.example.com/login"
+PASSWORD_LINE = re.compile(r"Temporary password:\s*(\S+)")
+
+
+@pytest.fixture(scope="module")
+def sandbox(admin_url: str) -> Iterator[Sandbox]:
+    with Sandbox.start(admin_url, bcrypt_cost=4) as running:
+        yield running
+
+
+@pytest.fixture
+def crm_url(admin_url: str) -> Iterator[str]:
+    name = database.unique_name("crm_sync_cycle_crm")
+    url = database.create_database(admin_url, name)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(
+            "create table sales_closure (id serial primary key, lead_id text, lead_name text,"
+            " email text, digital_resume_sale_value numeric, closed_at timestamptz default now())"
+        )
+    yield url
+    database.drop_database(admin_url, name)
+
+
+@pytest.fixture(autouse=True)
+def clean(sandbox: Sandbox) -> Iterator[None]:
+    yield
+    with psycopg.connect(sandbox.db_url, autocommit=True) as conn:
+        conn.execute("delete from auth.users")
+        conn.execute("delete from public.crm_sync_failures")
+    sandbox.mail.clear()
+    sandbox.faults.clear()
+    sandbox.requests.reset()
+
+
+def add_sales(url: str, *rows: tuple[str | None, str | None, Any, str | None]) -> None:
+    """(email, name, eligibility value, lead id) per sale row."""
+    with psycopg.connect(url, autocommit=True) as conn, conn.cursor() as cur:
+        cur.executemany(
+            "insert into sales_closure (email, lead_name, digital_resume_sale_value, lead_id)"
+            " values (%s, %s, %s, %s)",
+            rows,
+        )
+
+
+def settings_for(sandbox: Sandbox, crm_url: str, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "crm_database_url": crm_url,
+        "crm_eligibility_column": "digital_resume_sale_value",
+        "crm_name_column": "lead_name",
+        "crm_id_column": "lead_id",
+        "supabase_url": sandbox.url,
+        "supabase_service_role_key": sandbox.service_role_key,
+        "app_login_url": LOGIN_URL,
+        "email_backend": "smtp",
+        "email_from": "ApplyWizz <no-reply@applywizz.example>",
+        "smtp_host": sandbox.smtp_host,
+        "smtp_port": sandbox.smtp_port,
+        "smtp_security": "none",
+        **overrides,
+    }
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+def run(settings: Settings) -> CycleReport:
+    with LiveServices(settings, policy=FAST) as services:
+        return run_cycle(settings, services.for_cycle())
+
+
+def query(sandbox: Sandbox, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+    with psycopg.connect(sandbox.db_url) as conn:
+        return conn.execute(sql, params).fetchall()  # type: ignore[arg-type]
+
+
+def mail_to(sandbox: Sandbox, email: str) -> list[EmailMessage]:
+    return [m for m in sandbox.mail if m["To"] and email in m["To"]]
+
+
+def text_of(message: EmailMessage) -> str:
+    part = message.get_body(preferencelist=("plain",))
+    assert part is not None
+    return str(part.get_content())  # type: ignore[attr-defined]
+
+
+def password_in(message: EmailMessage) -> str:
+    match = PASSWORD_LINE.search(text_of(message))
+    assert match, text_of(message)
+    return match.group(1)
+
+
+def sign_in(sandbox: Sandbox, email: str, password: str) -> str:
+    client = create_client(sandbox.url, sandbox.anon_key)
+    response = client.auth.sign_in_with_password({"email": email, "password": password})
+    assert response.user is not None
+    return str(response.user.id)
+
+
+def assert_provisioned_once(sandbox: Sandbox, email: str, credits: int = 4) -> None:
+    [(user_id,)] = query(sandbox, "select id from auth.users where lower(email) = %s", email)
+    assert query(
+        sandbox, "select credits_remaining from public.profiles where id = %s", user_id
+    ) == [(credits,)]
+    assert query(
+        sandbox,
+        "select user_id, is_active, welcome_email_status, credits_remaining"
+        " from public.digital_resume_by_crm where email = %s",
+        email,
+    ) == [(user_id, True, "sent", credits)]
+    assert query(
+        sandbox, "select count(*) from public.crm_dashboard_stats where email = %s", email
+    ) == [(1,)]
+    assert query(
+        sandbox,
+        "select count(*) from public.credit_ledger where user_id = %s and reason = 'crm_enrolment'",
+        user_id,
+    ) == [(1,)]
+    assert len(mail_to(sandbox, email)) == 1
+
+
+def test_first_run_provisions_each_customer_once_and_second_run_does_nothing(
+    sandbox: Sandbox, crm_url: str
+) -> None:
+    add_sales(
+        crm_url,
+        ("ann@example.com", "Ann Lee", Decimal("49.99"), "AWL-1"),
+        ("  ANN@Example.com ", None, Decimal("10"), "AWL-2"),  # same customer, second sale
+        ("Bob.Stone@Example.COM", "Bob Stone", Decimal("49.99"), "AWL-3"),
+        ("cy@example.com", "Cy", None, "AWL-4"),  # NULL: not eligible
+        ("di@example.com", "Di", Decimal("0"), "AWL-5"),  # zero
+        ("ed@example.com", "Ed", Decimal("-1"), "AWL-6"),  # negative
+        ("fay@@example", "Fay", Decimal("49.99"), "AWL-7"),  # invalid email
+        (None, "Gus", Decimal("49.99"), "AWL-8"),  # no email
+    )
+    settings = settings_for(sandbox, crm_url)
+    first = run(settings)
+    assert (first.created, first.linked, first.enrolled, first.emails_sent) == (2, 0, 2, 2)
+    assert first.credits_granted == 8
+    assert {i.email for i in first.invalid} == {"fay@@example", None}
+    assert first.failures == []
+    assert exit_code_of(first) is ExitCode.OK
+    for email in ("ann@example.com", "bob.stone@example.com"):
+        assert_provisioned_once(sandbox, email)
+    # Nothing invalid or ineligible reached Supabase.
+    assert query(sandbox, "select count(*) from auth.users") == [(2,)]
+    # The emailed password works at the password endpoint, and is personal.
+    ann, bob = mail_to(sandbox, "ann@example.com")[0], mail_to(sandbox, "bob.stone@example.com")[0]
+    assert "Ann Lee" in text_of(ann)
+    assert LOGIN_URL in text_of(ann)
+    assert password_in(ann) != password_in(bob)
+    assert len(password_in(ann)) >= 16
+    sign_in(sandbox, "ann@example.com", password_in(ann))
+    [(meta,)] = query(
+        sandbox, "select raw_user_meta_data from auth.users where email = 'ann@example.com'"
+    )
+    assert meta["source"] == "crm"
+    assert meta["must_change_password"] is True
+
+    sandbox.requests.reset()
+    second = run(settings)
+    assert second.planned["nothing"] == 2
+    assert (second.created, second.enrolled, second.emails_sent) == (0, 0, 0)
+    assert sandbox.requests.writes() == 0
+    assert len(sandbox.mail) == 2
+    assert exit_code_of(second) is ExitCode.OK
+
+
+def test_an_existing_user_is_linked_and_keeps_their_password(
+    sandbox: Sandbox, crm_url: str
+) -> None:
+    admin = create_client(sandbox.url, sandbox.service_role_key).auth.admin
+    admin.create_user(
+        {"email": "kim@example.com", "password": "Kims-Own-Passw0rd", "email_confirm": True}
+    )
+    # A look-alike whose email contains Kim's: the substring filter finds it, we must not.
+    admin.create_user({"email": "xkim@example.com.au", "password": "x" * 12, "email_confirm": True})
+    add_sales(crm_url, ("KIM@example.com ", "Kim", Decimal("49.99"), "AWL-9"))
+    settings = settings_for(sandbox, crm_url)
+    report = run(settings)
+    assert (report.created, report.linked, report.emails_sent) == (0, 1, 1)
+    user_id = sign_in(sandbox, "kim@example.com", "Kims-Own-Passw0rd")
+    assert query(
+        sandbox, "select user_id::text, account_origin from public.digital_resume_by_crm"
+    ) == [(user_id, "linked")]
+    [message] = mail_to(sandbox, "kim@example.com")
+    assert "4 free credits were added" in message["Subject"]
+    assert "Kims-Own-Passw0rd" not in text_of(message)
+    assert not PASSWORD_LINE.search(text_of(message))
+    assert_provisioned_once(sandbox, "kim@example.com")
+    again = run(settings)
+    assert (again.linked, again.emails_sent, again.credits_granted) == (0, 0, 0)
+    sign_in(sandbox, "kim@example.com", "Kims-Own-Passw0rd")
+
+
+def test_mail_down_for_one_cycle(sandbox: Sandbox, crm_url: str) -> None:
+    add_sales(crm_url, ("mo@example.com", "Mo", 1, None), ("ny@example.com", "Ny", 1, None))
+    closed_port = _closed_port()
+    down = run(settings_for(sandbox, crm_url, smtp_port=closed_port))
+    assert exit_code_of(down) is ExitCode.UNAVAILABLE
+    assert down.aborted and "mail" in down.aborted
+    assert (down.created, down.emails_sent) == (2, 0)
+    assert query(
+        sandbox,
+        "select email, welcome_email_status, credits_remaining from public.digital_resume_by_crm"
+        " order by email",
+    ) == [("mo@example.com", "pending", 4), ("ny@example.com", "pending", 4)]
+
+    back = run(settings_for(sandbox, crm_url))
+    assert (back.created, back.emails_sent, back.failures) == (0, 2, [])
+    assert exit_code_of(back) is ExitCode.OK
+    for email in ("mo@example.com", "ny@example.com"):
+        assert_provisioned_once(sandbox, email)
+        # The password set right before this email is the one that works.
+        sign_in(sandbox, email, password_in(mail_to(sandbox, email)[0]))
+    assert run(settings_for(sandbox, crm_url)).emails_sent == 0
+    assert len(sandbox.mail) == 2
+
+
+def test_supabase_failing_for_a_while_duplicates_nothing(sandbox: Sandbox, crm_url: str) -> None:
+    emails = [f"flaky{i}@example.com" for i in range(20)]
+    add_sales(crm_url, *[(e, None, 1, None) for e in emails])
+    settings = settings_for(sandbox, crm_url, sync_concurrency=4)
+    sandbox.faults = FaultPlan(
+        fault_rate=0.3,
+        mix={FaultKind.UNAVAILABLE: 1, FaultKind.RATE_LIMITED: 1},
+        seed=7,
+        retry_after_s=1,
+    )
+    flaky = run(settings)
+    sandbox.faults.clear()
+    steady = run(settings)
+    assert flaky.created + steady.created == 20
+    assert steady.failures == []
+    for email in emails:
+        assert_provisioned_once(sandbox, email)
+    assert sandbox.requests.count(group="auth", method="POST", route="/admin/users") >= 20
+
+
+def test_removed_from_the_crm_then_back(sandbox: Sandbox, crm_url: str) -> None:
+    add_sales(crm_url, ("pat@example.com", "Pat", 1, "AWL-1"))
+    settings = settings_for(sandbox, crm_url)
+    run(settings)
+    with psycopg.connect(crm_url, autocommit=True) as conn:
+        conn.execute("update sales_closure set digital_resume_sale_value = 0")
+    gone = run(settings)
+    assert gone.deactivated == 1
+    assert query(sandbox, "select is_active from public.digital_resume_by_crm") == [(False,)]
+    with psycopg.connect(crm_url, autocommit=True) as conn:
+        conn.execute("update sales_closure set digital_resume_sale_value = 5")
+    back = run(settings)
+    assert (back.reactivated, back.emails_sent, back.credits_granted) == (1, 0, 0)
+    assert_provisioned_once(sandbox, "pat@example.com")
+
+
+def test_a_failing_customer_never_stops_the_others_and_is_parked(
+    sandbox: Sandbox, crm_url: str
+) -> None:
+    with psycopg.connect(sandbox.db_url, autocommit=True) as conn:
+        conn.execute(
+            """
+            create or replace function public.block_signups() returns trigger
+            language plpgsql as $$
+            begin
+              if new.email like '%@blocked.example' then raise exception 'blocked'; end if;
+              return new;
+            end $$;
+            create or replace trigger block_signups after insert on auth.users
+              for each row execute function public.block_signups();
+            """
+        )
+    try:
+        add_sales(crm_url, ("ok@example.com", None, 1, None), ("no@blocked.example", None, 1, None))
+        settings = settings_for(sandbox, crm_url, sync_max_attempts=2)
+        first = run(settings)
+        assert first.created == 1
+        assert [(f.email, f.step) for f in first.failures] == [("no@blocked.example", "account")]
+        assert exit_code_of(first) is ExitCode.CUSTOMERS_FAILED
+        [(attempts, parked, due)] = query(
+            sandbox,
+            "select attempts, parked_at is not null, next_attempt_at > now()"
+            " from public.crm_sync_failures where email = 'no@blocked.example'",
+        )
+        assert (attempts, parked, due) == (1, False, True)
+        waiting = run(settings)
+        assert waiting.planned["wait"] == 1
+        assert exit_code_of(waiting) is ExitCode.OK
+        query(sandbox, "select 1")
+        with psycopg.connect(sandbox.db_url, autocommit=True) as conn:
+            conn.execute("update public.crm_sync_failures set next_attempt_at = now()")
+        second = run(settings)
+        assert len(second.failures) == 1
+        assert query(
+            sandbox, "select attempts, parked_at is not null from public.crm_sync_failures"
+        ) == [(2, True)]
+        parked = run(settings)
+        assert parked.planned["parked"] == 1
+        assert exit_code_of(parked) is ExitCode.OK
+        assert_provisioned_once(sandbox, "ok@example.com")
+    finally:
+        with psycopg.connect(sandbox.db_url, autocommit=True) as conn:
+            conn.execute("drop trigger if exists block_signups on auth.users")
+
+
+def test_an_account_created_before_a_crash_is_resumed_as_ours(
+    sandbox: Sandbox, crm_url: str
+) -> None:
+    admin = create_client(sandbox.url, sandbox.service_role_key).auth.admin
+    admin.create_user(
+        {
+            "email": "cut@example.com",
+            "password": "Lost-in-the-crash-1",
+            "email_confirm": True,
+            "app_metadata": {"created_by": "crm-sync"},
+        }
+    )
+    add_sales(crm_url, ("cut@example.com", "Cut", 1, None))
+    report = run(settings_for(sandbox, crm_url))
+    assert (report.created, report.linked, report.emails_sent) == (1, 0, 1)
+    [message] = mail_to(sandbox, "cut@example.com")
+    sign_in(sandbox, "cut@example.com", password_in(message))
+
+
+def test_setup_link_mode(sandbox: Sandbox, crm_url: str) -> None:
+    add_sales(crm_url, ("lin@example.com", "Lin", 1, None))
+    report = run(settings_for(sandbox, crm_url, credentials_mode="setup_link"))
+    assert report.emails_sent == 1
+    body = text_of(mail_to(sandbox, "lin@example.com")[0])
+    assert "/auth/v1/verify" in body
+    assert not PASSWORD_LINE.search(body)
+
+
+def test_dry_run_writes_nothing(sandbox: Sandbox, crm_url: str) -> None:
+    add_sales(crm_url, ("dry@example.com", None, 1, None))
+    settings = settings_for(sandbox, crm_url)
+    with LiveServices(settings, policy=FAST) as services:
+        report = run_cycle(settings, services.for_cycle(), dry_run=True)
+    assert report.planned["provision"] == 1
+    assert report.preview["provision"] == ["dry@example.com"]
+    assert "DRY RUN" in report.render()
+    assert sandbox.requests.writes() == 0
+    assert sandbox.mail == []
+
+
+def test_thousands_of_customers_past_every_page(sandbox: Sandbox, crm_url: str) -> None:
+    with psycopg.connect(crm_url, autocommit=True) as conn:
+        conn.execute(
+            "insert into sales_closure (email, digital_resume_sale_value)"
+            " select 'Bulk' || g || '@Example.com', 1 from generate_series(1, 2500) g"
+        )
+    settings = settings_for(sandbox, crm_url, sync_concurrency=8)
+    first = run(settings)
+    assert (first.created, first.enrolled, first.emails_sent) == (2500, 2500, 2500)
+    assert first.failures == []
+    assert query(
+        sandbox, "select count(*), sum(credits_remaining) from public.digital_resume_by_crm"
+    ) == [(2500, 10000)]
+    sandbox.requests.reset()
+    second = run(settings)
+    assert second.planned["nothing"] == 2500
+    assert sandbox.requests.writes() == 0
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
