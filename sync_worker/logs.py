@@ -10,7 +10,7 @@ import logging
 import re
 import sys
 from collections.abc import Iterable, Mapping
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
@@ -67,6 +67,19 @@ class MaskSecrets:
 mask_secrets = MaskSecrets()
 
 
+class _LiveStderr:
+    """Writes to whatever `sys.stderr` is at the time of writing (tests swap it)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+    def isatty(self) -> bool:
+        return sys.stderr.isatty()
+
+
 def add_exception_text(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
     """Renders `exc_info` to text before masking, so tracebacks get masked too."""
     if event_dict.get("exc_info"):
@@ -88,7 +101,7 @@ def configure_logging(
         secrets: values to mask wherever they appear.
         stream: where lines go (stderr by default; stdout is for command output).
     """
-    out = stream or sys.stderr
+    out = stream or cast(TextIO, _LiveStderr())
     mask_secrets.add(secrets)
     use_json = log_format == "json" or (log_format == "auto" and not out.isatty())
     renderer: Processor = (

@@ -12,6 +12,7 @@ from typing import Any
 
 import psycopg
 import pytest
+import structlog
 
 from sync_worker.sandbox import database
 
@@ -45,3 +46,11 @@ def db(supabase_db: str) -> Iterator[psycopg.Connection[Any]]:
     """An autocommit connection as the database owner (like a migration or `verify`)."""
     with psycopg.connect(supabase_db, autocommit=True) as conn:
         yield conn
+
+
+@pytest.fixture(autouse=True)
+def _fresh_logging() -> Iterator[None]:
+    """Each test starts from structlog's defaults, whatever an earlier test configured."""
+    yield
+    structlog.reset_defaults()
+    structlog.contextvars.clear_contextvars()

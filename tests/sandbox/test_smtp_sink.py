@@ -1,0 +1,45 @@
+"""The SMTP sink keeps every message in memory and, when given a folder, as .eml files."""
+
+from __future__ import annotations
+
+import smtplib
+from email.message import EmailMessage
+from pathlib import Path
+
+from sync_worker.sandbox import MailSink
+
+
+def message(to: str, subject: str) -> EmailMessage:
+    mail = EmailMessage()
+    mail["From"] = "CareerCast <welcome@careercast.example>"
+    mail["To"] = to
+    mail["Subject"] = subject
+    mail.set_content("Your login: ...\n")
+    return mail
+
+
+def test_sink_keeps_messages_and_writes_eml_files(tmp_path: Path) -> None:
+    with MailSink(folder=tmp_path) as sink:
+        with smtplib.SMTP(sink.host, sink.port, timeout=5) as smtp:
+            smtp.send_message(message("a@example.com", "Welcome, Ada"))
+            smtp.send_message(message("b@example.com", "Welcome, Bo"), to_addrs=["b@example.com"])
+
+        assert sink.port > 0
+        assert [m["Subject"] for m in sink.messages] == ["Welcome, Ada", "Welcome, Bo"]
+        assert sink.envelopes[1].rcpt_tos == ("b@example.com",)
+        assert sink.messages[0].get_content() == "Your login: ...\n"
+
+    files = sorted(tmp_path.glob("*.eml"))
+    assert [f.name for f in files] == ["0001.eml", "0002.eml"]
+    assert b"Subject: Welcome, Ada" in files[0].read_bytes()
+
+
+def test_clear_empties_the_same_list(tmp_path: Path) -> None:
+    with MailSink() as sink:
+        kept = sink.messages
+        with smtplib.SMTP(sink.host, sink.port, timeout=5) as smtp:
+            smtp.send_message(message("a@example.com", "Hi"))
+        sink.clear()
+
+        assert kept is sink.messages
+        assert kept == []
