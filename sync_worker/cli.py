@@ -14,10 +14,13 @@ from collections.abc import Callable, Sequence
 import structlog
 
 from sync_worker import __version__, config
-from sync_worker.cycle import exit_code_of, run_cycle
+from sync_worker.cycle import exit_code_of
+from sync_worker.daemon import Daemon
 from sync_worker.errors import ConfigError, ExitCode, SyncError
+from sync_worker.lease import worker_id
 from sync_worker.logs import configure_logging
 from sync_worker.migrate import migrate
+from sync_worker.runner import run_guarded_cycle
 from sync_worker.services import LiveServices
 
 log = structlog.get_logger("crm_sync.cli")
@@ -101,12 +104,18 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    if not args.once and not args.dry_run:
-        return _cmd_not_built(args)
     settings = config.load(config.Settings)
     _configure(settings, *settings.secret_values())
+    if not args.once and not args.dry_run:
+        return Daemon(settings).run()
     with LiveServices(settings) as services:
-        report = run_cycle(settings, services.for_cycle(), dry_run=args.dry_run, run_id=args.run_id)
+        report = run_guarded_cycle(
+            services,
+            worker=worker_id(),
+            run_id=args.run_id,
+            dry_run=args.dry_run,
+            lease_ttl_seconds=settings.sync_lease_ttl_seconds,
+        )
     print(report.render())
     return exit_code_of(report)
 

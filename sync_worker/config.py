@@ -132,6 +132,10 @@ class Settings(LoggingSettings):
     sync_concurrency: int = Field(default=8, ge=1, le=64)
     sync_max_attempts: int = Field(default=8, ge=1)
     health_port: int = Field(default=8080, ge=0, le=65535)
+    # Not in DESIGN.md's table: how long a lease lives without a heartbeat (a crashed holder is
+    # taken over after this), and how long the daemon lets calls in flight finish on SIGTERM.
+    sync_lease_ttl_seconds: int = Field(default=60, ge=3, le=3600)
+    sync_shutdown_grace_seconds: float = Field(default=8.0, ge=0, le=300)
 
     @field_validator("crm_database_url", "supabase_db_url")
     @classmethod

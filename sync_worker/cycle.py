@@ -173,7 +173,9 @@ def _execute(
             enrolments.append(
                 Enrolment(step.customer, step.tracked.user_id, step.tracked.account_origin)
             )
-    if outcomes.aborted is None and not services.should_stop():
+    # Enrolment runs even when asked to stop: the accounts created so far are enrolled in one
+    # short call rather than left for the next run to find again.
+    if outcomes.aborted is None:
         _enrol(settings, services, enrolments, outcomes)
     if outcomes.aborted is None and not services.should_stop():
         _send_welcome_emails(settings, services, plan, provisioned, outcomes)

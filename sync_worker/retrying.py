@@ -24,6 +24,8 @@ from tenacity import (
 from sync_worker.errors import is_retriable
 
 log = structlog.get_logger("crm_sync.retry")
+# Called with the operation's name before every retry (the daemon counts them in /metrics).
+RETRY_LISTENERS: list[Callable[[str], None]] = []
 P = ParamSpec("P")
 T = TypeVar("T")
 
@@ -60,6 +62,8 @@ class RetryPolicy:
                 wait_seconds=round(state.upcoming_sleep, 3),
                 error=str(exc),
             )
+            for listener in RETRY_LISTENERS:
+                listener(operation)
 
         return Retrying(
             retry=retry_if_exception(is_retriable),

@@ -1,0 +1,185 @@
+"""The long-running worker: a scheduler that runs guarded cycles, a health server, and a
+two-stage shutdown (first SIGTERM/SIGINT: finish what is in flight; second: exit at once).
+
+APScheduler's BackgroundScheduler runs the one job; the main thread only waits for a stop
+signal, so the signal handler does nothing but set an event (APScheduler installs no signal
+handlers of its own).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+import uuid
+from datetime import UTC, datetime
+from types import FrameType
+
+import psycopg
+import structlog
+from apscheduler.events import EVENT_JOB_ERROR, JobExecutionEvent
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from sync_worker.config import Settings
+from sync_worker.errors import LeaseHeld, SyncError
+from sync_worker.health import HealthServer
+from sync_worker.lease import worker_id
+from sync_worker.metrics import SyncMetrics
+from sync_worker.retrying import RETRY_LISTENERS
+from sync_worker.runner import run_guarded_cycle
+from sync_worker.schedule import trigger_for
+from sync_worker.services import LiveServices
+
+log = structlog.get_logger("crm_sync.daemon")
+
+JOB_ID = "crm-sync-cycle"
+READINESS_CACHE_SECONDS = 10.0
+
+
+class Daemon:
+    """Runs cycles on a schedule until told to stop."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.worker = worker_id()
+        self.metrics = SyncMetrics()
+        self.stop_requested = threading.Event()
+        self._idle = threading.Event()
+        self._idle.set()
+        self._signals = 0
+        self._last_outcome: str | None = None
+        self._scheduler: BackgroundScheduler | None = None
+        self._live: LiveServices | None = None
+        self._readiness: tuple[float, bool, str] = (0.0, False, "no cycle yet")
+
+    # -- signals -----------------------------------------------------------------------------
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        self._signals += 1
+        if self._signals > 1:
+            os._exit(128 + signum)  # second signal: now
+        self.stop_requested.set()
+
+    # -- the job -----------------------------------------------------------------------------
+
+    def _tick(self) -> None:
+        if self.stop_requested.is_set() or self._live is None:
+            return
+        self._idle.clear()
+        run_id = uuid.uuid4().hex[:12]
+        try:
+            with structlog.contextvars.bound_contextvars(run_id=run_id, worker=self.worker):
+                report = run_guarded_cycle(
+                    self._live,
+                    worker=self.worker,
+                    run_id=run_id,
+                    should_stop=self.stop_requested.is_set,
+                    lease_ttl_seconds=self.settings.sync_lease_ttl_seconds,
+                )
+                outcome = (
+                    "failed" if report.aborted else "partial" if report.failures else "succeeded"
+                )
+                self.metrics.observe_cycle(report, outcome)
+                self._last_outcome = outcome
+        except LeaseHeld:
+            log.info("cycle_skipped", reason="another run holds the lease", run_id=run_id)
+            self.metrics.cycles.labels("skipped").inc()
+        except SyncError as exc:
+            log.error("cycle_failed", error=str(exc), run_id=run_id)
+            self.metrics.cycles.labels("failed").inc()
+            self._last_outcome = "failed"
+        finally:
+            self._idle.set()
+
+    def _on_job_error(self, event: JobExecutionEvent) -> None:
+        log.error("cycle_crashed", error=repr(event.exception))
+        self._last_outcome = "failed"
+        self.metrics.cycles.labels("crashed").inc()
+
+    # -- probes ------------------------------------------------------------------------------
+
+    def alive(self) -> bool:
+        scheduler = self._scheduler
+        return scheduler is not None and scheduler.running and not self.stop_requested.is_set()
+
+    def ready(self) -> tuple[bool, str]:
+        """Ready when the last cycle did not fail and the CRM and Supabase answer (cached)."""
+        checked_at, ok, reason = self._readiness
+        if time.monotonic() - checked_at < READINESS_CACHE_SECONDS:
+            return ok, reason
+        ok, reason = self._check_ready()
+        self._readiness = (time.monotonic(), ok, reason)
+        return ok, reason
+
+    def _check_ready(self) -> tuple[bool, str]:
+        if self._last_outcome is None:
+            return False, "no cycle finished yet"
+        if self._last_outcome == "failed":
+            return False, "the last cycle failed"
+        try:
+            url = self.settings.crm_database_url.get_secret_value()
+            with psycopg.connect(url, connect_timeout=3) as conn:
+                conn.execute("select 1")
+        except psycopg.Error:
+            return False, "the CRM database does not answer"
+        live = self._live
+        try:
+            assert live is not None
+            live.api.client.table("crm_sync_lease").select("name").limit(1).execute()
+        except Exception:
+            return False, "Supabase does not answer"
+        return True, "ready"
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Runs until SIGTERM/SIGINT; returns the process exit code."""
+        settings = self.settings
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        RETRY_LISTENERS.append(self.metrics.observe_retry)
+        with LiveServices(settings) as live:
+            self._live = live
+            health = None
+            if settings.health_port:
+                health = HealthServer(
+                    settings.health_port,
+                    alive=self.alive,
+                    ready=self.ready,
+                    metrics=self.metrics.exposition,
+                ).start()
+            scheduler = BackgroundScheduler(
+                executors={"default": ThreadPoolExecutor(1)},
+                job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
+            )
+            scheduler.add_listener(self._on_job_error, EVENT_JOB_ERROR)
+            scheduler.add_job(
+                self._tick,
+                trigger_for(settings.sync_interval_seconds, settings.sync_cron),
+                id=JOB_ID,
+                name="crm-sync cycle",
+                next_run_time=datetime.now(UTC),  # a first cycle at start
+            )
+            self._scheduler = scheduler
+            scheduler.start()
+            log.info(
+                "daemon_started",
+                worker=self.worker,
+                interval_seconds=None if settings.sync_cron else settings.sync_interval_seconds,
+                cron=settings.sync_cron or None,
+                health_port=health.port if health else None,
+            )
+            self.stop_requested.wait()
+            log.info("daemon_stopping", grace_seconds=settings.sync_shutdown_grace_seconds)
+            scheduler.shutdown(wait=False)
+            finished = self._idle.wait(settings.sync_shutdown_grace_seconds)
+            if health is not None:
+                health.stop()
+            if not finished:
+                # The lease runs out by itself; what was cut off is resumed by the next run.
+                log.warning("daemon_grace_expired")
+                os._exit(0)
+        log.info("daemon_stopped")
+        return 0

@@ -1,0 +1,94 @@
+"""The sync lease: one active cycle across every process, replica and cron run.
+
+Taken and renewed through the `acquire_sync_lease` RPC (a time-to-live plus a heartbeat), so
+a crashed holder's lease runs out and another run takes over.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import structlog
+
+from sync_worker.errors import LeaseHeld, SupabaseError
+from sync_worker.supabase_api import SupabaseApi
+
+log = structlog.get_logger("crm_sync.lease")
+
+DEFAULT_TTL_SECONDS = 60
+
+
+def worker_id() -> str:
+    """Names this process in the lease and the run history."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+class SyncLease:
+    """Takes, renews and releases the lease for one holder."""
+
+    def __init__(self, api: SupabaseApi, holder: str, ttl_seconds: int = DEFAULT_TTL_SECONDS):
+        self._api = api
+        self.holder = holder
+        self.ttl_seconds = ttl_seconds
+        self.lost = threading.Event()
+
+    def acquire(self) -> bool:
+        """Takes (or renews) the lease; False when someone else holds it."""
+        response = self._api.call(
+            "acquire lease",
+            lambda: self._api.client.rpc(
+                "acquire_sync_lease", {"p_holder": self.holder, "p_ttl_seconds": self.ttl_seconds}
+            ).execute(),
+        )
+        return bool(response.data)
+
+    def release(self) -> None:
+        try:
+            self._api.call(
+                "release lease",
+                lambda: self._api.client.rpc(
+                    "release_sync_lease", {"p_holder": self.holder}
+                ).execute(),
+            )
+        except SupabaseError as exc:
+            # It runs out by itself after its time-to-live.
+            log.warning("lease_not_released", holder=self.holder, error=str(exc))
+
+    @contextmanager
+    def held(self) -> Iterator[SyncLease]:
+        """Holds the lease for the block, renewing it every third of its time-to-live.
+
+        Raises:
+            LeaseHeld: another run holds it.
+        """
+        if not self.acquire():
+            raise LeaseHeld("another crm-sync run holds the lease; nothing was done")
+        stop = threading.Event()
+        heartbeat = threading.Thread(
+            target=self._heartbeat, args=(stop,), name="crm-sync-lease", daemon=True
+        )
+        heartbeat.start()
+        try:
+            yield self
+        finally:
+            stop.set()
+            heartbeat.join(timeout=5)
+            self.release()
+
+    def _heartbeat(self, stop: threading.Event) -> None:
+        while not stop.wait(self.ttl_seconds / 3):
+            try:
+                renewed = self.acquire()
+            except SupabaseError as exc:
+                log.warning("lease_renewal_failed", holder=self.holder, error=str(exc))
+                continue
+            if not renewed:
+                # Someone took over (we were too slow to renew): stop taking new customers.
+                log.error("lease_lost", holder=self.holder)
+                self.lost.set()
+                return

@@ -1,0 +1,80 @@
+"""The daemon's Prometheus metrics, in a registry of its own (served on /metrics)."""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from sync_worker.report import CycleReport
+
+
+class SyncMetrics:
+    """Counters and gauges updated after every cycle (and every retry)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.cycles = Counter(
+            "crm_sync_cycles", "Sync cycles by outcome.", ["outcome"], registry=self.registry
+        )
+        self.customers = Counter(
+            "crm_sync_customers",
+            "Customers by action and outcome.",
+            ["action", "outcome"],
+            registry=self.registry,
+        )
+        self.retries = Counter(
+            "crm_sync_retries", "Retried external calls.", ["operation"], registry=self.registry
+        )
+        self.emails = Counter(
+            "crm_sync_emails_sent", "Welcome emails sent.", registry=self.registry
+        )
+        self.duration = Histogram(
+            "crm_sync_cycle_duration_seconds",
+            "Duration of sync cycles.",
+            buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1800),
+            registry=self.registry,
+        )
+        self.last_success = Gauge(
+            "crm_sync_last_success_timestamp_seconds",
+            "When the last cycle finished without failures (Unix time).",
+            registry=self.registry,
+        )
+        self.pending = Gauge(
+            "crm_sync_customers_pending",
+            "Customers not yet fully provisioned (waiting for a retry, or failed this cycle).",
+            registry=self.registry,
+        )
+        self.failed = Gauge(
+            "crm_sync_customers_failed",
+            "Customers parked after SYNC_MAX_ATTEMPTS failed attempts.",
+            registry=self.registry,
+        )
+
+    def observe_cycle(self, report: CycleReport, outcome: str) -> None:
+        self.cycles.labels(outcome).inc()
+        self.duration.observe(report.duration_seconds)
+        for action, outcome_label, count in (
+            ("provision", "created", report.created),
+            ("provision", "linked", report.linked),
+            ("enrol", "enrolled", report.enrolled),
+            ("enrol", "reactivated", report.reactivated),
+            ("enrol", "refreshed", report.refreshed),
+            ("deactivate", "deactivated", report.deactivated),
+            ("email", "sent", report.emails_sent),
+        ):
+            if count:
+                self.customers.labels(action, outcome_label).inc(count)
+        for failure in report.failures:
+            self.customers.labels(failure.step, "failed").inc()
+        self.emails.inc(report.emails_sent)
+        self.pending.set(report.planned.get("wait", 0) + len(report.failures))
+        self.failed.set(report.planned.get("parked", 0))
+        if outcome == "succeeded":
+            self.last_success.set(time.time())
+
+    def observe_retry(self, operation: str) -> None:
+        self.retries.labels(operation).inc()
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,62 @@
+"""Runs one guarded cycle: under the lease, recorded in the run history. Used by `--once`,
+cron and every daemon tick alike."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from sync_worker.cycle import run_cycle
+from sync_worker.errors import DependencyUnavailable, SupabaseError, SyncError
+from sync_worker.lease import SyncLease
+from sync_worker.report import CycleReport
+from sync_worker.runs import RunHistory
+from sync_worker.services import LiveServices
+
+
+def _status(report: CycleReport, interrupted: bool) -> str:
+    if report.aborted:
+        return "failed"
+    if interrupted:
+        return "interrupted"
+    return "partial" if report.failures else "succeeded"
+
+
+def run_guarded_cycle(
+    live: LiveServices,
+    *,
+    worker: str,
+    run_id: str,
+    dry_run: bool = False,
+    should_stop: Callable[[], bool] = lambda: False,
+    lease_ttl_seconds: int = 60,
+) -> CycleReport:
+    """One cycle under the lease. A dry run writes nothing, so it takes no lease either.
+
+    Raises:
+        LeaseHeld: another run holds the lease (exit 75).
+        DependencyUnavailable: Supabase or the CRM could not be reached (exit 69).
+    """
+    settings = live.settings
+    if dry_run:
+        return run_cycle(settings, live.for_cycle(should_stop), dry_run=True, run_id=run_id)
+    lease = SyncLease(live.api, worker, lease_ttl_seconds)
+    history = RunHistory(live.api, worker)
+
+    def stop() -> bool:
+        return should_stop() or lease.lost.is_set()
+
+    try:
+        with lease.held():
+            history_id = history.start(run_id, datetime.now(UTC))
+            try:
+                report = run_cycle(settings, live.for_cycle(stop), run_id=run_id)
+            except SyncError as exc:
+                history.finish(history_id, datetime.now(UTC), "failed", None, str(exc))
+                raise
+            history.finish(
+                history_id, datetime.now(UTC), _status(report, stop()), report, report.aborted
+            )
+            return report
+    except SupabaseError as exc:
+        raise DependencyUnavailable("Supabase", str(exc)) from exc

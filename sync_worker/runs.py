@@ -1,0 +1,64 @@
+"""The run history in Supabase: one `crm_sync_runs` row per cycle, opened and closed."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import structlog
+
+from sync_worker.errors import SupabaseError
+from sync_worker.report import CycleReport
+from sync_worker.supabase_api import SupabaseApi
+
+log = structlog.get_logger("crm_sync.runs")
+
+
+class RunHistory:
+    """Writes the run history; a failure to write it never fails the cycle itself."""
+
+    def __init__(self, api: SupabaseApi, worker: str) -> None:
+        self._api = api
+        self.worker = worker
+
+    def start(self, run_id: str, started: datetime) -> str | None:
+        row = {"worker_id": self.worker, "started_at": started.isoformat(), "status": "running"}
+        try:
+            response = self._api.call(
+                "start run",
+                lambda: self._api.client.table("crm_sync_runs").insert(row).execute(),
+            )
+        except SupabaseError as exc:
+            log.warning("run_history_unavailable", run_id=run_id, error=str(exc))
+            return None
+        data: Any = response.data
+        return str(data[0]["id"]) if data else None
+
+    def finish(
+        self,
+        history_id: str | None,
+        finished: datetime,
+        status: str,
+        report: CycleReport | None,
+        error: str | None = None,
+    ) -> None:
+        if history_id is None:
+            return
+        values: dict[str, Any] = {
+            "finished_at": finished.isoformat(),
+            "status": status,
+            "error": error,
+            "counts": report.log_fields() | {"run_id": report.run_id} if report else {},
+        }
+        try:
+            self._api.call(
+                "finish run",
+                lambda: (
+                    self._api.client.table("crm_sync_runs")
+                    .update(values)
+                    .eq("id", history_id)
+                    .execute()
+                ),
+            )
+        except SupabaseError as exc:
+            log.warning("run_history_unavailable", error=str(exc))

@@ -1,0 +1,249 @@
+"""The daemon and cron safety as an operator meets them: real processes, signals, the lease."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from sync_worker.sandbox import database
+from sync_worker.sandbox.faults import FaultPlan
+from sync_worker.sandbox.stack import Sandbox
+
+GRACE_SECONDS = 8
+
+
+@pytest.fixture(scope="module")
+def sandbox(admin_url: str) -> Iterator[Sandbox]:
+    with Sandbox.start(admin_url, bcrypt_cost=4) as running:
+        yield running
+
+
+@pytest.fixture
+def crm_url(admin_url: str, sandbox: Sandbox) -> Iterator[str]:
+    name = database.unique_name("crm_sync_daemon_crm")
+    url = database.create_database(admin_url, name)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("create table sales_closure (email text, digital_sale_resume numeric)")
+    yield url
+    database.drop_database(admin_url, name)
+    with psycopg.connect(sandbox.db_url, autocommit=True) as conn:
+        for table in ("auth.users", "public.crm_sync_runs", "public.crm_sync_lease"):
+            conn.execute(f"delete from {table}")
+    sandbox.faults.clear()
+    sandbox.mail.clear()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def environment(sandbox: Sandbox, crm_url: str, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CRM_", "SUPABASE_", "SYNC_"))}
+    env.update(
+        CRM_DATABASE_URL=crm_url,
+        SUPABASE_URL=sandbox.url,
+        SUPABASE_SERVICE_ROLE_KEY=sandbox.service_role_key,
+        APP_LOGIN_URL="https://careercast.example.com/login",
+        EMAIL_BACKEND="smtp",
+        EMAIL_FROM="no-reply@applywizz.example",
+        SMTP_HOST=sandbox.smtp_host,
+        SMTP_PORT=str(sandbox.smtp_port),
+        SMTP_SECURITY="none",
+        SYNC_INTERVAL_SECONDS="1",
+        SYNC_LEASE_TTL_SECONDS="3",
+        SYNC_SHUTDOWN_GRACE_SECONDS=str(GRACE_SECONDS),
+        HEALTH_PORT="0",
+        LOG_FORMAT="json",
+    )
+    env.update(extra)
+    return env
+
+
+def start(env: dict[str, str], tmp_path: Path, *args: str) -> subprocess.Popen[bytes]:
+    log = (tmp_path / f"worker-{time.monotonic_ns()}.log").open("wb")
+    return subprocess.Popen(
+        [sys.executable, "-m", "sync_worker", *args],
+        env=env,
+        cwd=tmp_path,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+
+
+def once(env: dict[str, str], tmp_path: Path) -> int:
+    done = subprocess.run(
+        [sys.executable, "-m", "sync_worker", "--once"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    return done.returncode
+
+
+def add_customers(crm_url: str, count: int, prefix: str = "d") -> list[str]:
+    emails = [f"{prefix}{i}@example.com" for i in range(count)]
+    with psycopg.connect(crm_url, autocommit=True) as conn, conn.cursor() as cur:
+        cur.executemany("insert into sales_closure values (%s, 1)", [(email,) for email in emails])
+    return emails
+
+
+def rows(sandbox: Sandbox, sql: str) -> list[tuple[Any, ...]]:
+    with psycopg.connect(sandbox.db_url) as conn:
+        return conn.execute(sql).fetchall()  # type: ignore[arg-type]
+
+
+def wait_for(check: Callable[[], bool], timeout: float = 30, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def stop(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> tuple[int, float]:
+    began = time.monotonic()
+    process.send_signal(sig)
+    code = process.wait(timeout=GRACE_SECONDS + 5)
+    return code, time.monotonic() - began
+
+
+def get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 (loopback)
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+def assert_each_customer_once(sandbox: Sandbox, emails: list[str]) -> None:
+    assert rows(sandbox, "select count(*), count(distinct lower(email)) from auth.users") == [
+        (len(emails), len(emails))
+    ]
+    assert rows(
+        sandbox,
+        "select count(*) from public.digital_resume_by_crm where welcome_email_status = 'sent'"
+        " and credits_remaining = 4",
+    ) == [(len(emails),)]
+    assert rows(
+        sandbox, "select count(*) from public.credit_ledger where reason = 'crm_enrolment'"
+    ) == [(len(emails),)]
+    received = sorted(m["To"] for m in sandbox.mail)
+    assert received == sorted(emails)
+
+
+def finished_runs(sandbox: Sandbox) -> list[tuple[Any, ...]]:
+    return rows(
+        sandbox,
+        "select started_at, finished_at, status, worker_id from public.crm_sync_runs"
+        " where finished_at is not null order by started_at",
+    )
+
+
+def test_daemon_runs_cycles_serves_probes_and_stops_cleanly(
+    sandbox: Sandbox, crm_url: str, tmp_path: Path
+) -> None:
+    emails = add_customers(crm_url, 3)
+    port = free_port()
+    daemon = start(environment(sandbox, crm_url, HEALTH_PORT=str(port)), tmp_path, "run")
+    try:
+        wait_for(lambda: len(finished_runs(sandbox)) >= 2, what="two cycles")
+        assert get(f"http://127.0.0.1:{port}/healthz")[0] == 200
+        assert get(f"http://127.0.0.1:{port}/readyz") == (200, "ready\n")
+        status, metrics = get(f"http://127.0.0.1:{port}/metrics")
+        assert status == 200
+        for name in (
+            'crm_sync_cycles_total{outcome="succeeded"}',
+            'crm_sync_customers_total{action="provision",outcome="created"} 3.0',
+            "crm_sync_emails_sent_total 3.0",
+            "crm_sync_cycle_duration_seconds_count",
+            "crm_sync_last_success_timestamp_seconds",
+            "crm_sync_customers_pending 0.0",
+        ):
+            assert name in metrics, name
+        assert get(f"http://127.0.0.1:{port}/nothing")[0] == 404
+    finally:
+        code, took = stop(daemon)
+    assert code == 0
+    assert took < GRACE_SECONDS
+    assert rows(sandbox, "select count(*) from public.crm_sync_lease") == [(0,)]
+    assert_each_customer_once(sandbox, emails)
+    log = "".join(p.read_text() for p in tmp_path.glob("worker-*.log"))
+    assert sandbox.service_role_key not in log
+    assert '"event": "daemon_stopped"' in log
+
+
+def test_sigterm_mid_cycle_exits_in_grace_and_the_next_run_finishes(
+    sandbox: Sandbox, crm_url: str, tmp_path: Path
+) -> None:
+    emails = add_customers(crm_url, 30, "cut")
+    sandbox.faults.auth = FaultPlan(latency_ms=100)
+    env = environment(sandbox, crm_url, SYNC_CONCURRENCY="1", SYNC_INTERVAL_SECONDS="60")
+    daemon = start(env, tmp_path, "run")
+    try:
+        wait_for(lambda: rows(sandbox, "select count(*) from auth.users")[0][0] >= 3, what="3")
+    finally:
+        code, took = stop(daemon)
+    assert code == 0
+    assert took < GRACE_SECONDS
+    created = rows(sandbox, "select count(*) from auth.users")[0][0]
+    assert 3 <= created < 30
+    assert [r[2] for r in finished_runs(sandbox)] == ["interrupted"]
+    assert rows(sandbox, "select count(*) from public.crm_sync_lease") == [(0,)]
+
+    sandbox.faults.clear()
+    assert once(env, tmp_path) == 0
+    assert_each_customer_once(sandbox, emails)
+
+
+def test_two_daemons_and_a_once_never_overlap(
+    sandbox: Sandbox, crm_url: str, tmp_path: Path
+) -> None:
+    emails = add_customers(crm_url, 12, "pair")
+    sandbox.faults.auth = FaultPlan(latency_ms=40)
+    env = environment(sandbox, crm_url, SYNC_CONCURRENCY="1")
+    daemons = [start(env, tmp_path, "run") for _ in range(2)]
+    try:
+        once_code = once(env, tmp_path)
+        wait_for(lambda: len(finished_runs(sandbox)) >= 4, timeout=60, what="four cycles")
+    finally:
+        codes = [stop(d)[0] for d in daemons]
+    assert codes == [0, 0]
+    assert once_code in (0, 75)
+    runs = finished_runs(sandbox)
+    for earlier, later in zip(runs, runs[1:], strict=False):
+        assert earlier[1] <= later[0], f"runs overlap: {earlier} and {later}"
+    assert len({r[3] for r in runs}) >= 2  # both daemons (or the once) ran cycles
+    assert_each_customer_once(sandbox, emails)
+
+
+def test_a_killed_holders_lease_is_taken_over_after_its_ttl(
+    sandbox: Sandbox, crm_url: str, tmp_path: Path
+) -> None:
+    emails = add_customers(crm_url, 20, "kill")
+    sandbox.faults.auth = FaultPlan(latency_ms=100)
+    env = environment(sandbox, crm_url, SYNC_CONCURRENCY="1", SYNC_INTERVAL_SECONDS="60")
+    daemon = start(env, tmp_path, "run")
+    wait_for(lambda: rows(sandbox, "select count(*) from auth.users")[0][0] >= 2, what="work")
+    daemon.kill()
+    daemon.wait(timeout=10)
+    assert rows(sandbox, "select count(*) from public.crm_sync_lease") == [(1,)]
+    assert once(env, tmp_path) == 75
+    sandbox.faults.clear()
+    time.sleep(3.2)  # SYNC_LEASE_TTL_SECONDS
+    assert once(env, tmp_path) == 0
+    assert_each_customer_once(sandbox, emails)
