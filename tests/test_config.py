@@ -224,3 +224,19 @@ def test_cli_config_errors_exit_2(
 def test_mask_url() -> None:
     assert config.mask_url("postgresql://u:p@h:5/d") == "postgresql://u:********@h:5/d"
     assert config.mask_url("postgresql://u@h/d") == "postgresql://u@h/d"
+
+
+def test_the_example_env_names_every_variable_and_loads(monkeypatch: pytest.MonkeyPatch) -> None:
+    example = Path(__file__).parent.parent / "config" / "example.env"
+    pairs = dict(
+        line.split("=", 1)
+        for line in example.read_text().splitlines()
+        if line and not line.startswith("#")
+    )
+    assert set(pairs) == set(NAMES)
+    filled = {**pairs, "SUPABASE_SERVICE_ROLE_KEY": SERVICE_KEY, "SUPABASE_DB_URL": ""}
+    for name, value in filled.items():
+        if value:
+            monkeypatch.setenv(name, value)
+    settings = config.load(config.Settings)
+    assert settings.crm_eligibility_column == "digital_resume_sale_value"
