@@ -22,6 +22,8 @@ from sync_worker.logs import configure_logging
 from sync_worker.migrate import migrate
 from sync_worker.runner import run_guarded_cycle
 from sync_worker.services import LiveServices
+from sync_worker.status import status_command
+from sync_worker.verify import verify_command
 
 log = structlog.get_logger("crm_sync.cli")
 
@@ -120,14 +122,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return exit_code_of(report)
 
 
-def _cmd_not_built(args: argparse.Namespace) -> int:
-    # Listed so --help shows the whole contract; each lands with its issue.
-    print(
-        f"crm-sync {args.command}: not available in this version yet "
-        "(see the open issues for the sync cycle and the daemon)",
-        file=sys.stderr,
-    )
-    return ExitCode.USAGE
+def _cmd_status(args: argparse.Namespace) -> int:
+    settings = config.load(config.Settings)
+    _configure(settings, *settings.secret_values())
+    return status_command(settings, as_json=args.json)
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    settings = config.load(config.Settings)
+    _configure(settings, *settings.secret_values())
+    return verify_command(settings, repair=args.repair)
 
 
 def _configure(settings: config.LoggingSettings, *secrets: str) -> None:
@@ -138,8 +142,8 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "config": _cmd_config,
     "migrate": _cmd_migrate,
     "run": _cmd_run,
-    "status": _cmd_not_built,
-    "verify": _cmd_not_built,
+    "status": _cmd_status,
+    "verify": _cmd_verify,
 }
 
 

@@ -69,6 +69,8 @@ create table if not exists public.job_requests (
   created_at timestamptz not null default now(),
   updated_at timestamptz not null default now()
 );
+-- `crm-sync verify` compares creation times with enrolment times (data isolation).
+alter table public.job_requests add column if not exists created_at timestamptz not null default now();
 create index if not exists job_requests_user_id_idx on public.job_requests (user_id);
 
 create table if not exists public.recordings (
@@ -79,6 +81,7 @@ create table if not exists public.recordings (
   duration integer check (duration >= 0),
   created_at timestamptz not null default now()
 );
+alter table public.recordings add column if not exists created_at timestamptz not null default now();
 create index if not exists recordings_user_id_idx on public.recordings (user_id);
 
 -- A profile (0 credits) for every new auth user. `on conflict do nothing` lets it coexist with

@@ -1,0 +1,446 @@
+"""`crm-sync status`: the last runs, the customers waiting or failing, and the seed's three
+monitoring queries, read from Supabase and shown as tables or JSON."""
+
+from __future__ import annotations
+
+import io
+import shutil
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from functools import partial
+from typing import Any
+
+from pydantic import BaseModel, Field
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+from sync_worker.config import Settings
+from sync_worker.errors import DependencyUnavailable, ExitCode, SupabaseError
+from sync_worker.supabase_api import SupabaseApi
+
+# Every read names its page explicitly, so no server default (PostgREST's db-max-rows, a
+# proxy's cap) can cut a list short without us noticing.
+PAGE_SIZE = 1000
+SHOWN_ROWS = 50
+RENDER_WIDTH = 140
+MIN_WIDTH = 100
+
+_RUN_COLUMNS = "id,worker_id,started_at,finished_at,status,dry_run,counts,error"
+_PENDING_COLUMNS = "email,user_id,full_name,created_at,last_sync_at"
+_FAILURE_COLUMNS = (
+    "email,step,reason,attempts,retriable,first_failed_at,last_failed_at,next_attempt_at,parked_at"
+)
+# What a run's counts say, in the order an operator reads them (keys of CycleReport.log_fields).
+_SUMMARY_KEYS = (
+    ("eligible", "eligible"),
+    ("created", "created"),
+    ("linked", "linked"),
+    ("enrolled", "enrolled"),
+    ("reactivated", "reactivated"),
+    ("refreshed", "refreshed"),
+    ("emails_sent", "emailed"),
+    ("deactivated", "deactivated"),
+    ("failed", "failed"),
+    ("invalid", "invalid"),
+)
+
+
+class RunLine(BaseModel):
+    """One row of the run history."""
+
+    id: str
+    worker_id: str
+    started_at: datetime
+    finished_at: datetime | None = None
+    duration_seconds: float | None = None
+    status: str
+    dry_run: bool = False
+    summary: str
+    counts: dict[str, Any] = Field(default_factory=dict)
+    error: str | None = None
+
+
+class PendingCustomer(BaseModel):
+    """An enrolled customer whose welcome email has not been accepted yet."""
+
+    email: str
+    user_id: str
+    full_name: str | None = None
+    enrolled_at: datetime | None = None
+    last_sync_at: datetime | None = None
+
+
+class FailedCustomer(BaseModel):
+    """A customer whose last attempt at some step failed; `parked` ones are no longer retried."""
+
+    email: str
+    step: str
+    reason: str
+    attempts: int
+    retriable: bool = True
+    parked: bool = False
+    first_failed_at: datetime | None = None
+    last_failed_at: datetime | None = None
+    next_attempt_at: datetime | None = None
+
+
+class DataCount(BaseModel):
+    data_type: str
+    count: int
+
+
+class CreditBucket(BaseModel):
+    credits_remaining: int
+    user_count: int
+
+
+class MonitoringFigures(BaseModel):
+    """The seed's monitoring queries (views crm_user_count, crm_data_distribution,
+    crm_credit_distribution)."""
+
+    total_crm_users: int = 0
+    inactive_crm_users: int = 0
+    data_distribution: list[DataCount] = Field(default_factory=list)
+    credit_distribution: list[CreditBucket] = Field(default_factory=list)
+
+
+class StatusReport(BaseModel):
+    """Everything `crm-sync status` shows."""
+
+    generated_at: datetime
+    runs: list[RunLine] = Field(default_factory=list)
+    pending: list[PendingCustomer] = Field(default_factory=list)
+    failed: list[FailedCustomer] = Field(default_factory=list)
+    monitoring: MonitoringFigures = Field(default_factory=MonitoringFigures)
+
+
+QueryBuilder = Callable[[], Any]
+
+
+def read_pages(
+    api: SupabaseApi,
+    operation: str,
+    query: QueryBuilder,
+    *,
+    limit: int | None = None,
+    page_size: int | None = None,
+) -> Iterator[dict[str, Any]]:
+    """Yields the rows of `query()` (a select with a total order) one explicit page at a time.
+
+    Args:
+        api: the service-role client.
+        operation: names the read in errors and retries.
+        query: builds a fresh, ordered select for each page.
+        limit: stop after this many rows.
+        page_size: rows per request (PAGE_SIZE when None).
+    """
+    size = page_size or PAGE_SIZE
+
+    def page(first: int, last: int) -> Any:
+        return query().range(first, last).execute()
+
+    start = 0
+    while limit is None or start < limit:
+        end = start + size - 1 if limit is None else min(start + size, limit) - 1
+        rows: list[dict[str, Any]] = api.call(operation, partial(page, start, end)).data or []
+        yield from rows
+        if len(rows) < end - start + 1:
+            return
+        start = end + 1
+
+
+def _runs(api: SupabaseApi, count: int) -> list[RunLine]:
+    table = api.client.table("crm_sync_runs")
+    rows = read_pages(
+        api,
+        "read crm_sync_runs",
+        lambda: table.select(_RUN_COLUMNS).order("started_at", desc=True).order("id"),
+        limit=count,
+    )
+    return [_run_line(row) for row in rows]
+
+
+def _run_line(row: dict[str, Any]) -> RunLine:
+    started = datetime.fromisoformat(row["started_at"])
+    finished = _timestamp(row.get("finished_at"))
+    counts: dict[str, Any] = row.get("counts") or {}
+    return RunLine(
+        id=str(row["id"]),
+        worker_id=row["worker_id"],
+        started_at=started,
+        finished_at=finished,
+        duration_seconds=round((finished - started).total_seconds(), 3) if finished else None,
+        status=row["status"],
+        dry_run=bool(row.get("dry_run")),
+        summary=summarise_counts(counts),
+        counts=counts,
+        error=row.get("error"),
+    )
+
+
+def summarise_counts(counts: dict[str, Any]) -> str:
+    """One line of a run's counts: eligible always, the other outcomes when not zero."""
+    parts = [
+        f"{label} {counts[key]}"
+        for key, label in _SUMMARY_KEYS
+        if isinstance(counts.get(key), int) and (counts[key] or key == "eligible")
+    ]
+    return ", ".join(parts) or "-"
+
+
+def _pending(api: SupabaseApi) -> list[PendingCustomer]:
+    table = api.client.table("digital_resume_by_crm")
+    rows = read_pages(
+        api,
+        "read pending customers",
+        lambda: (
+            table.select(_PENDING_COLUMNS)
+            .eq("is_active", True)
+            .eq("welcome_email_status", "pending")
+            .order("email")
+        ),
+    )
+    return [
+        PendingCustomer(
+            email=row["email"],
+            user_id=str(row["user_id"]),
+            full_name=row.get("full_name"),
+            enrolled_at=_timestamp(row.get("created_at")),
+            last_sync_at=_timestamp(row.get("last_sync_at")),
+        )
+        for row in rows
+    ]
+
+
+def _failed(api: SupabaseApi) -> list[FailedCustomer]:
+    table = api.client.table("crm_sync_failures")
+    rows = read_pages(
+        api, "read crm_sync_failures", lambda: table.select(_FAILURE_COLUMNS).order("email")
+    )
+    return [
+        FailedCustomer(
+            email=row["email"],
+            step=row["step"],
+            reason=row["reason"],
+            attempts=int(row["attempts"]),
+            retriable=bool(row.get("retriable", True)),
+            parked=row.get("parked_at") is not None,
+            first_failed_at=_timestamp(row.get("first_failed_at")),
+            last_failed_at=_timestamp(row.get("last_failed_at")),
+            next_attempt_at=_timestamp(row.get("next_attempt_at")),
+        )
+        for row in rows
+    ]
+
+
+def _monitoring(api: SupabaseApi) -> MonitoringFigures:
+    client = api.client
+    users = list(
+        read_pages(
+            api,
+            "read crm_user_count",
+            lambda: client.table("crm_user_count").select("total_crm_users,inactive_crm_users"),
+        )
+    )
+    data = read_pages(
+        api,
+        "read crm_data_distribution",
+        lambda: client.table("crm_data_distribution").select("data_type,count").order("data_type"),
+    )
+    credits = read_pages(
+        api,
+        "read crm_credit_distribution",
+        lambda: (
+            client.table("crm_credit_distribution")
+            .select("credits_remaining,user_count")
+            .order("credits_remaining", desc=True)
+        ),
+    )
+    first = users[0] if users else {}
+    # The seed lists the data types in this order; keep it rather than the alphabet's.
+    order = {"Job Requests": 0, "Recordings": 1, "Resumes": 2}
+    distribution = sorted(
+        (DataCount(data_type=r["data_type"], count=int(r["count"])) for r in data),
+        key=lambda d: (order.get(d.data_type, len(order)), d.data_type),
+    )
+    return MonitoringFigures(
+        total_crm_users=int(first.get("total_crm_users") or 0),
+        inactive_crm_users=int(first.get("inactive_crm_users") or 0),
+        data_distribution=distribution,
+        credit_distribution=[
+            CreditBucket(
+                credits_remaining=int(r["credits_remaining"]), user_count=int(r["user_count"])
+            )
+            for r in credits
+        ],
+    )
+
+
+def collect_status(api: SupabaseApi, *, runs: int = 10) -> StatusReport:
+    """Reads the status from Supabase with the service-role client.
+
+    Args:
+        api: the service-role client.
+        runs: how many of the newest runs to show.
+
+    Raises:
+        SupabaseError: a read failed after retries.
+    """
+    return StatusReport(
+        generated_at=datetime.now(UTC),
+        runs=_runs(api, runs) if runs > 0 else [],
+        pending=_pending(api),
+        failed=_failed(api),
+        monitoring=_monitoring(api),
+    )
+
+
+def render_status(report: StatusReport, *, width: int = RENDER_WIDTH) -> str:
+    """The status as plain-text tables (no colour, so it reads the same in a log file)."""
+    buffer = io.StringIO()
+    console = text_console(buffer, width)
+    console.print(f"crm-sync status at {_shown(report.generated_at)} (all times UTC)\n")
+
+    runs = titled_table(f"Last {len(report.runs)} runs (newest first)")
+    for column in ("started", "finished", "duration", "status"):
+        runs.add_column(column, no_wrap=True)
+    runs.add_column("worker", overflow="fold")
+    runs.add_column("counts", min_width=24)
+    runs.add_column("error", overflow="fold")
+    for run in report.runs:
+        runs.add_row(
+            _shown(run.started_at),
+            _shown(run.finished_at),
+            f"{run.duration_seconds:.1f} s" if run.duration_seconds is not None else "-",
+            run.status + (" (dry run)" if run.dry_run else ""),
+            run.worker_id,
+            run.summary,
+            run.error or "",
+        )
+    _print(console, runs, len(report.runs), "no runs recorded yet")
+
+    pending = titled_table(f"Customers pending their welcome email: {len(report.pending)}")
+    pending.add_column("email", overflow="fold")
+    pending.add_column("name", overflow="fold")
+    pending.add_column("enrolled", no_wrap=True)
+    pending.add_column("last sync", no_wrap=True)
+    for customer in report.pending[:SHOWN_ROWS]:
+        pending.add_row(
+            customer.email,
+            customer.full_name or "",
+            _shown(customer.enrolled_at),
+            _shown(customer.last_sync_at),
+        )
+    _print(console, pending, len(report.pending), "none")
+
+    parked = sum(1 for f in report.failed if f.parked)
+    failed = titled_table(
+        f"Customers failed: {len(report.failed)} ({len(report.failed) - parked} retrying,"
+        f" {parked} parked)"
+    )
+    failed.add_column("email", overflow="fold")
+    failed.add_column("step", no_wrap=True)
+    failed.add_column("attempts", justify="right", no_wrap=True)
+    failed.add_column("state", no_wrap=True)
+    failed.add_column("next attempt", no_wrap=True)
+    failed.add_column("reason", overflow="fold")
+    for failure in report.failed[:SHOWN_ROWS]:
+        failed.add_row(
+            failure.email,
+            failure.step,
+            str(failure.attempts),
+            "parked" if failure.parked else "retrying",
+            "-" if failure.parked else _shown(failure.next_attempt_at),
+            failure.reason,
+        )
+    _print(console, failed, len(report.failed), "none")
+
+    figures = report.monitoring
+    users = titled_table("CRM user count")
+    users.add_column("total_crm_users", justify="right")
+    users.add_column("inactive_crm_users", justify="right")
+    users.add_row(str(figures.total_crm_users), str(figures.inactive_crm_users))
+    _print(console, users, 1, "")
+
+    data = titled_table("CRM data distribution")
+    data.add_column("data_type")
+    data.add_column("count", justify="right")
+    for item in figures.data_distribution:
+        data.add_row(item.data_type, str(item.count))
+    _print(console, data, len(figures.data_distribution), "no data")
+
+    credits = titled_table("CRM credit distribution")
+    credits.add_column("credits_remaining", justify="right")
+    credits.add_column("user_count", justify="right")
+    for bucket in figures.credit_distribution:
+        credits.add_row(str(bucket.credits_remaining), str(bucket.user_count))
+    _print(console, credits, len(figures.credit_distribution), "no CRM users")
+    return plain_text(buffer)
+
+
+def status_command(settings: Settings, *, as_json: bool) -> int:
+    """`crm-sync status [--json]`: prints the status and returns exit code 0.
+
+    Raises:
+        DependencyUnavailable: Supabase could not be read (exit 69).
+    """
+    api = SupabaseApi(settings.supabase_url, settings.supabase_service_role_key.get_secret_value())
+    try:
+        report = collect_status(api)
+    except SupabaseError as exc:
+        raise unavailable(exc) from exc
+    finally:
+        api.close()
+    width = max(shutil.get_terminal_size((RENDER_WIDTH, 24)).columns, MIN_WIDTH)
+    print(report.model_dump_json(indent=2) if as_json else render_status(report, width=width))
+    return ExitCode.OK
+
+
+def unavailable(exc: SupabaseError) -> DependencyUnavailable:
+    """The command-level error for a failed read: 69, with a hint when the schema is old."""
+    hint = ""
+    if exc.code in {"PGRST202", "PGRST205", "42883", "42P01"} or exc.status == 404:
+        hint = " (are the migrations applied? run `crm-sync migrate`)"
+    return DependencyUnavailable("Supabase", f"{exc}{hint}")
+
+
+def titled_table(title: str) -> Table:
+    return Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False)
+
+
+def _print(console: Console, table: Table, total: int, empty: str) -> None:
+    if total == 0:
+        console.print(f"{table.title}\n  {empty}\n")
+        return
+    console.print(table)
+    if total > table.row_count:
+        console.print(f"  ... and {total - table.row_count} more (see --json)")
+    console.print()
+
+
+def text_console(buffer: io.StringIO, width: int) -> Console:
+    return Console(
+        file=buffer,
+        width=width,
+        color_system=None,
+        highlight=False,
+        emoji=False,
+        markup=False,
+        soft_wrap=False,
+    )
+
+
+def plain_text(buffer: io.StringIO) -> str:
+    """What a console printed into `buffer`, without trailing blanks."""
+    return "\n".join(line.rstrip() for line in buffer.getvalue().splitlines()).strip() + "\n"
+
+
+def _shown(value: datetime | None) -> str:
+    if value is None:
+        return "-"
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _timestamp(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None

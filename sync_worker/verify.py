@@ -1,0 +1,267 @@
+"""`crm-sync verify [--repair]`: checks the seed's success metrics (credit accuracy, dashboard
+accuracy, data isolation, every eligible CRM customer enrolled) and, on request, recomputes
+the derived rows that can safely be recomputed (stats and credit mirrors, never a balance)."""
+
+from __future__ import annotations
+
+import io
+import shutil
+from collections import Counter
+from datetime import UTC, datetime
+from typing import Any
+
+from postgrest.types import CountMethod
+from pydantic import BaseModel, Field
+
+from sync_worker.config import Settings
+from sync_worker.errors import ExitCode, SupabaseError
+from sync_worker.services import crm_columns
+from sync_worker.source import CrmSnapshot, read_snapshot
+from sync_worker.state import load_failures, load_tracking
+from sync_worker.status import (
+    MIN_WIDTH,
+    plain_text,
+    read_pages,
+    text_console,
+    titled_table,
+    unavailable,
+)
+from sync_worker.supabase_api import SupabaseApi
+
+# The database checks (crm_sync_verify in migration 0007) and the one made here from the CRM.
+DATABASE_CHECKS = ("credit_accuracy", "credit_mirror", "dashboard_stats", "data_isolation")
+ENROLMENT_CHECK = "crm_enrolment"
+RENDER_WIDTH = 140
+
+
+class Mismatch(BaseModel):
+    """One thing that is not as the sources say it should be."""
+
+    check: str
+    email: str | None = None
+    user_id: str | None = None
+    expected: str
+    actual: str
+
+
+class CheckResult(BaseModel):
+    """One check's figures: what it examined, found, repaired, and what is left."""
+
+    check: str
+    checked: int
+    found: int
+    repaired: int = 0
+    remaining: int
+
+
+class VerifyReport(BaseModel):
+    """What `crm-sync verify` found; `mismatches` are those that remain after any repair."""
+
+    checked_at: datetime
+    repair: bool = False
+    checks: list[CheckResult] = Field(default_factory=list)
+    mismatches: list[Mismatch] = Field(default_factory=list)
+    repaired: dict[str, int] = Field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return not self.mismatches
+
+
+def database_mismatches(api: SupabaseApi) -> list[Mismatch]:
+    """Every mismatch the `crm_sync_verify` RPC reports, read in explicit pages."""
+    rows = read_pages(
+        api,
+        "verify",
+        lambda: (
+            api.client.rpc("crm_sync_verify", {}, get=True)
+            .order("check")
+            .order("email")
+            .order("user_id")
+            .order("expected")
+            .order("actual")
+        ),
+    )
+    return [
+        Mismatch(
+            check=row["check"],
+            email=row.get("email"),
+            user_id=str(row["user_id"]) if row.get("user_id") else None,
+            expected=row["expected"],
+            actual=row["actual"],
+        )
+        for row in rows
+    ]
+
+
+def repair_derived_rows(api: SupabaseApi) -> dict[str, int]:
+    """Runs the `crm_sync_repair` RPC: rows repaired per check (stats and mirrors only)."""
+    response = api.call("repair", lambda: api.client.rpc("crm_sync_repair", {}).execute())
+    rows: Any = response.data or []
+    return {str(row["check"]): int(row["repaired"]) for row in rows}
+
+
+def enrolment_mismatches(api: SupabaseApi, snapshot: CrmSnapshot) -> list[Mismatch]:
+    """Eligible CRM customers without an active tracking row, with their last failure if any."""
+    tracking = load_tracking(api)
+    failures = load_failures(api)
+    found: list[Mismatch] = []
+    for email in sorted(snapshot.customers):
+        tracked = tracking.get(email)
+        if tracked is not None and tracked.is_active:
+            continue
+        actual = "no tracking row" if tracked is None else "tracking row inactive"
+        failure = failures.get(email)
+        if failure is not None:
+            state = "parked" if failure.parked else f"attempt {failure.attempts}"
+            actual += f" ({failure.step} failed, {state}: {failure.reason})"
+        found.append(
+            Mismatch(
+                check=ENROLMENT_CHECK,
+                email=email,
+                user_id=tracked.user_id if tracked else None,
+                expected="an active tracking row",
+                actual=actual,
+            )
+        )
+    return found
+
+
+def _row_count(api: SupabaseApi, table: str) -> int:
+    response = api.call(
+        f"count {table}",
+        lambda: api.client.table(table).select("*", count=CountMethod.exact, head=True).execute(),
+    )
+    return int(response.count or 0)
+
+
+def verify(api: SupabaseApi, snapshot: CrmSnapshot | None, *, repair: bool) -> VerifyReport:
+    """Checks the success metrics; with `repair`, repairs stats and mirrors, then checks again.
+
+    Args:
+        api: the service-role client.
+        snapshot: the CRM's eligible customers, for the enrolment check (skipped when None).
+        repair: run `crm_sync_repair` after the first check.
+
+    Raises:
+        SupabaseError: a call failed after retries.
+    """
+    checked_at = datetime.now(UTC)
+    found = database_mismatches(api)
+    repaired: dict[str, int] = {}
+    remaining = found
+    if repair:
+        repaired = repair_derived_rows(api)
+        remaining = database_mismatches(api)
+    enrolment = enrolment_mismatches(api, snapshot) if snapshot is not None else []
+
+    profiles = _row_count(api, "profiles")
+    tracked = _row_count(api, "digital_resume_by_crm")
+    checked = {
+        "credit_accuracy": profiles,
+        "credit_mirror": tracked,
+        "dashboard_stats": tracked,
+        "data_isolation": tracked,
+    }
+    before = Counter(m.check for m in found)
+    after = Counter(m.check for m in remaining)
+    checks = [
+        CheckResult(
+            check=name,
+            checked=checked[name],
+            found=before[name],
+            repaired=repaired.get(name, 0),
+            remaining=after[name],
+        )
+        for name in DATABASE_CHECKS
+    ]
+    if snapshot is not None:
+        checks.append(
+            CheckResult(
+                check=ENROLMENT_CHECK,
+                checked=len(snapshot.customers),
+                found=len(enrolment),
+                remaining=len(enrolment),
+            )
+        )
+    return VerifyReport(
+        checked_at=checked_at,
+        repair=repair,
+        checks=checks,
+        mismatches=[*remaining, *enrolment],
+        repaired=repaired,
+    )
+
+
+def render_verify(report: VerifyReport, *, width: int = RENDER_WIDTH) -> str:
+    """The mismatches as a table (or "all checks passed") and the per-check figures."""
+    buffer = io.StringIO()
+    console = text_console(buffer, width)
+    when = report.checked_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    if report.passed:
+        console.print(f"crm-sync verify at {when}: all checks passed\n")
+    else:
+        count = len(report.mismatches)
+        noun = "mismatch" if count == 1 else "mismatches"
+        if report.repair:
+            noun += " remains after repair" if count == 1 else " remain after repair"
+        console.print(f"crm-sync verify at {when}: {count} {noun}\n")
+        table = titled_table("Mismatches")
+        table.add_column("check", no_wrap=True)
+        table.add_column("email", overflow="fold")
+        table.add_column("user_id", no_wrap=True)
+        table.add_column("expected", overflow="fold")
+        table.add_column("actual", overflow="fold")
+        for mismatch in report.mismatches:
+            table.add_row(
+                mismatch.check,
+                mismatch.email or "-",
+                mismatch.user_id or "-",
+                mismatch.expected,
+                mismatch.actual,
+            )
+        console.print(table)
+        console.print()
+
+    checks = titled_table("Checks")
+    checks.add_column("check")
+    checks.add_column("checked", justify="right")
+    if report.repair:
+        for column in ("found", "repaired", "remaining"):
+            checks.add_column(column, justify="right")
+    else:
+        checks.add_column("mismatches", justify="right")
+    for result in report.checks:
+        figures = (
+            [result.found, result.repaired, result.remaining] if report.repair else [result.found]
+        )
+        checks.add_row(result.check, str(result.checked), *(str(f) for f in figures))
+    console.print(checks)
+    console.print()
+    if report.repair:
+        console.print("Repair recomputes dashboard stats and credit mirrors; it never changes a")
+        console.print("balance or the ledger, so a credit_accuracy mismatch needs a person.")
+    elif any(r.found for r in report.checks if r.check in {"dashboard_stats", "credit_mirror"}):
+        console.print("Stats and mirror mismatches can be fixed with `crm-sync verify --repair`.")
+    return plain_text(buffer)
+
+
+def verify_command(settings: Settings, *, repair: bool) -> int:
+    """`crm-sync verify [--repair]`: reads the CRM, checks, prints; 1 if mismatches remain.
+
+    Raises:
+        DependencyUnavailable: the CRM or Supabase could not be reached (exit 69).
+        CrmSourceError: the CRM table or columns are misconfigured (exit 2).
+    """
+    snapshot = read_snapshot(settings.crm_database_url.get_secret_value(), crm_columns(settings))
+    api = SupabaseApi(settings.supabase_url, settings.supabase_service_role_key.get_secret_value())
+    try:
+        report = verify(api, snapshot, repair=repair)
+    except SupabaseError as exc:
+        raise unavailable(exc) from exc
+    finally:
+        api.close()
+    width = max(shutil.get_terminal_size((RENDER_WIDTH, 24)).columns, MIN_WIDTH)
+    print(render_verify(report, width=width))
+    # 1 is the "finished, but something needs attention" code of every crm-sync command.
+    return ExitCode.CUSTOMERS_FAILED if report.mismatches else ExitCode.OK
