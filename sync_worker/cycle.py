@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Literal, TypeVar
@@ -311,11 +311,14 @@ def _send_welcome_emails(
     if not owed or settings.email_backend == "disabled":
         return
     progress = ProgressReporter(len(owed), "sending welcome emails")
-    with progress:
+    # Each accepted email is recorded at once, by a small pool, while the next one is sent:
+    # the record's round trip to Supabase would otherwise set the pace of the whole phase.
+    recording: list[tuple[str, str, Future[bool]]] = []
+    with progress, ThreadPoolExecutor(max_workers=settings.sync_concurrency) as recorder:
         for item in owed:
             email = item.email
             if services.should_stop() or outcomes.aborted is not None:
-                return
+                break
             progress.advance()
             fresh = provisioned.get(email)
             try:
@@ -327,21 +330,24 @@ def _send_welcome_emails(
                 # Every later message would fail too; they stay owed for the next cycle.
                 outcomes.aborted = DependencyUnavailable("mail", str(exc))
                 log.error("mail_unavailable", error=str(exc))
-                return
+                break
             except (MailError, SupabaseError) as exc:
                 log.warning("welcome_email_failed", email=email, error=str(exc))
                 outcomes.fail(email, "email", exc)
                 continue
-            try:
-                services.store.record_welcome_email(email, message.kind)
-            except SupabaseError as exc:
-                # Sent but not recorded: the next cycle sends again (better twice than never).
-                log.error("welcome_email_not_recorded", email=email, error=str(exc))
-                outcomes.fail(email, "record_email", exc)
-                continue
-            outcomes.succeed()
-            outcomes.emailed.append(email)
-            log.info("welcome_email_sent", email=email, kind=message.kind)
+            future = recorder.submit(services.store.record_welcome_email, email, message.kind)
+            recording.append((email, message.kind, future))
+    for email, kind, future in recording:
+        try:
+            future.result()
+        except SupabaseError as exc:
+            # Sent but not recorded: the next cycle sends again (better twice than never).
+            log.error("welcome_email_not_recorded", email=email, error=str(exc))
+            outcomes.fail(email, "record_email", exc)
+            continue
+        outcomes.succeed()
+        outcomes.emailed.append(email)
+        log.info("welcome_email_sent", email=email, kind=kind)
 
 
 def _welcome_email(
