@@ -18,8 +18,12 @@ from sync_worker.config import Settings
 from sync_worker.cycle import run_cycle
 from sync_worker.logs import configure_logging
 from sync_worker.sandbox import FaultPlan, Sandbox
-from sync_worker.sandbox.database import DEFAULT_ADMIN_URL, create_database, drop_database
-from sync_worker.sandbox.database import unique_name
+from sync_worker.sandbox.database import (
+    DEFAULT_ADMIN_URL,
+    create_database,
+    drop_database,
+    unique_name,
+)
 from sync_worker.services import LiveServices
 
 
