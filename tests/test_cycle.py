@@ -16,14 +16,19 @@ from sync_worker.config import Settings
 from sync_worker.cycle import exit_code_of, run_cycle
 from sync_worker.errors import ExitCode
 from sync_worker.report import CycleReport
-from sync_worker.retrying import RetryPolicy
-from sync_worker.sandbox import database
 from sync_worker.sandbox.faults import FaultKind, FaultPlan
 from sync_worker.sandbox.stack import Sandbox
 from sync_worker.services import LiveServices
+from tests.stack import (
+    BLOCK_SIGNUPS,
+    FAST,
+    LOGIN_URL,
+    add_sales,
+    closed_port,
+    crm_database,
+    settings_for,
+)
 
-FAST = RetryPolicy(attempts=6, initial_wait=0.01, max_wait=0.05, deadline=10, max_retry_after=0.05)
-LOGIN_URL = "https://careercast.example.com/login"
 PASSWORD_LINE = re.compile(r"Temporary password:\s*(\S+)")
 
 
@@ -35,15 +40,8 @@ def sandbox(admin_url: str) -> Iterator[Sandbox]:
 
 @pytest.fixture
 def crm_url(admin_url: str) -> Iterator[str]:
-    name = database.unique_name("crm_sync_cycle_crm")
-    url = database.create_database(admin_url, name)
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(
-            "create table sales_closure (id serial primary key, lead_id text, lead_name text,"
-            " email text, digital_resume_sale_value numeric, closed_at timestamptz default now())"
-        )
-    yield url
-    database.drop_database(admin_url, name)
+    with crm_database(admin_url) as url:
+        yield url
 
 
 @pytest.fixture(autouse=True)
@@ -55,35 +53,6 @@ def clean(sandbox: Sandbox) -> Iterator[None]:
     sandbox.mail.clear()
     sandbox.faults.clear()
     sandbox.requests.reset()
-
-
-def add_sales(url: str, *rows: tuple[str | None, str | None, Any, str | None]) -> None:
-    """(email, name, eligibility value, lead id) per sale row."""
-    with psycopg.connect(url, autocommit=True) as conn, conn.cursor() as cur:
-        cur.executemany(
-            "insert into sales_closure (email, lead_name, digital_resume_sale_value, lead_id)"
-            " values (%s, %s, %s, %s)",
-            rows,
-        )
-
-
-def settings_for(sandbox: Sandbox, crm_url: str, **overrides: Any) -> Settings:
-    values: dict[str, Any] = {
-        "crm_database_url": crm_url,
-        "crm_eligibility_column": "digital_resume_sale_value",
-        "crm_name_column": "lead_name",
-        "crm_id_column": "lead_id",
-        "supabase_url": sandbox.url,
-        "supabase_service_role_key": sandbox.service_role_key,
-        "app_login_url": LOGIN_URL,
-        "email_backend": "smtp",
-        "email_from": "ApplyWizz <no-reply@applywizz.example>",
-        "smtp_host": sandbox.smtp_host,
-        "smtp_port": sandbox.smtp_port,
-        "smtp_security": "none",
-        **overrides,
-    }
-    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
 
 
 def run(settings: Settings) -> CycleReport:
@@ -217,8 +186,7 @@ def test_an_existing_user_is_linked_and_keeps_their_password(
 
 def test_mail_down_for_one_cycle(sandbox: Sandbox, crm_url: str) -> None:
     add_sales(crm_url, ("mo@example.com", "Mo", 1, None), ("ny@example.com", "Ny", 1, None))
-    closed_port = _closed_port()
-    down = run(settings_for(sandbox, crm_url, smtp_port=closed_port))
+    down = run(settings_for(sandbox, crm_url, smtp_port=closed_port()))
     assert exit_code_of(down) is ExitCode.UNAVAILABLE
     assert down.aborted
     assert "mail" in down.aborted
@@ -280,18 +248,7 @@ def test_a_failing_customer_never_stops_the_others_and_is_parked(
     sandbox: Sandbox, crm_url: str
 ) -> None:
     with psycopg.connect(sandbox.db_url, autocommit=True) as conn:
-        conn.execute(
-            """
-            create or replace function public.block_signups() returns trigger
-            language plpgsql as $$
-            begin
-              if new.email like '%@blocked.example' then raise exception 'blocked'; end if;
-              return new;
-            end $$;
-            create or replace trigger block_signups after insert on auth.users
-              for each row execute function public.block_signups();
-            """
-        )
+        conn.execute(BLOCK_SIGNUPS)
     try:
         add_sales(crm_url, ("ok@example.com", None, 1, None), ("no@blocked.example", None, 1, None))
         settings = settings_for(sandbox, crm_url, sync_max_attempts=2)
@@ -382,11 +339,3 @@ def test_thousands_of_customers_past_every_page(sandbox: Sandbox, crm_url: str) 
     second = run(settings)
     assert second.planned["nothing"] == 2500
     assert sandbox.requests.writes() == 0
-
-
-def _closed_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,17 +18,14 @@ from supabase import create_client
 from sync_worker import status as status_module
 from sync_worker.config import Settings
 from sync_worker.mailers import SmtpMailer
-from sync_worker.retrying import RetryPolicy
 from sync_worker.runner import run_guarded_cycle
-from sync_worker.sandbox import database
 from sync_worker.sandbox.stack import Sandbox
 from sync_worker.services import LiveServices
 from sync_worker.status import collect_status, render_status, status_command
 from sync_worker.supabase_api import SupabaseApi
 from sync_worker.verify import render_verify, verify, verify_command
 from tests.pg import acting_as, create_auth_user
-
-FAST = RetryPolicy(attempts=3, initial_wait=0.01, max_wait=0.05, deadline=10, max_retry_after=0.05)
+from tests.stack import BLOCK_SIGNUPS, FAST, add_sales, closed_port, crm_database, settings_for
 
 ANN, BOB, CY, DAN = "ann@example.com", "bob@example.com", "cy@example.com", "dan@example.com"
 BLOCKED, PARKED = "no@blocked.example", "gone@parked.example"
@@ -43,36 +39,7 @@ class Seeded:
     users: dict[str, str]  # email -> user id
 
 
-# -- helpers (small copies of tests/test_cycle.py's) -----------------------------------------------
-
-
-def settings_for(sandbox: Sandbox, crm_url: str, **overrides: Any) -> Settings:
-    values: dict[str, Any] = {
-        "crm_database_url": crm_url,
-        "crm_eligibility_column": "digital_resume_sale_value",
-        "crm_name_column": "lead_name",
-        "crm_id_column": "lead_id",
-        "supabase_url": sandbox.url,
-        "supabase_service_role_key": sandbox.service_role_key,
-        "app_login_url": "https://careercast.example.com/login",
-        "email_backend": "smtp",
-        "email_from": "ApplyWizz <no-reply@applywizz.example>",
-        "smtp_host": sandbox.smtp_host,
-        "smtp_port": sandbox.smtp_port,
-        "smtp_security": "none",
-        **overrides,
-    }
-    return Settings(_env_file=None, **values)
-
-
-def add_sales(url: str, *rows: tuple[str, str | None, Any]) -> None:
-    """(email, name, eligibility value) per sale row."""
-    with psycopg.connect(url, autocommit=True) as conn, conn.cursor() as cur:
-        cur.executemany(
-            "insert into sales_closure (email, lead_name, digital_resume_sale_value)"
-            " values (%s, %s, %s)",
-            rows,
-        )
+# -- helpers ------------------------------------------------------------------------------------
 
 
 def remove_sales(url: str, *emails: str) -> None:
@@ -102,12 +69,6 @@ def query(sandbox: Sandbox, statement: str, *params: Any) -> list[tuple[Any, ...
         return conn.execute(statement, params).fetchall()
 
 
-def closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def has_row(text: str, *cells: str) -> bool:
     """Whether one line of a rendered table holds these cells, in order."""
     pattern = r"\s+".join(re.escape(cell) for cell in cells)
@@ -134,78 +95,54 @@ def found(seeded: Seeded, *, repair: bool = False) -> set[tuple[str, str | None]
 def seeded(admin_url: str) -> Iterator[Seeded]:
     """Two real cycles on a small CRM, one customer failing, one waiting for their email, a
     parked failure, and CRM activity (job requests, a recording, a resume)."""
-    crm_name = database.unique_name("crm_sync_status_crm")
-    crm_url = database.create_database(admin_url, crm_name)
-    try:
-        with psycopg.connect(crm_url, autocommit=True) as conn:
+    with crm_database(admin_url) as crm_url, Sandbox.start(admin_url, bcrypt_cost=4) as sandbox:
+        settings = settings_for(sandbox, crm_url, sync_max_attempts=3)
+        with owner(sandbox) as conn:
+            conn.execute(BLOCK_SIGNUPS)
+        add_sales(
+            crm_url,
+            (ANN, "Ann Lee", 49.99),
+            (BOB, "Bob Stone", 49.99),
+            (CY, None, 10),
+            (BLOCKED, "No Body", 49.99),
+            ("zed@example.com", "Zed", 0),  # not eligible
+        )
+        cycle(settings, "worker-a")  # ann, bob, cy provisioned; blocked fails
+        with owner(sandbox) as conn:
+            conn.execute("drop trigger block_signups on auth.users")
+            conn.execute("drop function public.block_signups()")
             conn.execute(
-                "create table sales_closure (id serial primary key, lead_id text,"
-                " lead_name text, email text, digital_resume_sale_value numeric)"
+                "insert into public.crm_sync_failures"
+                " (email, step, reason, attempts, retriable, parked_at)"
+                " values (%s, 'email', 'mailbox unavailable', 3, false, now())",
+                (PARKED,),
             )
-        with Sandbox.start(admin_url, bcrypt_cost=4) as sandbox:
-            settings = settings_for(sandbox, crm_url, sync_max_attempts=3)
-            with owner(sandbox) as conn:
-                conn.execute(
-                    """
-                    create function public.block_signups() returns trigger
-                    language plpgsql as $$
-                    begin
-                      if new.email like '%@blocked.example' then
-                        raise exception 'signups from this domain are blocked';
-                      end if;
-                      return new;
-                    end $$;
-                    create trigger block_signups after insert on auth.users
-                      for each row execute function public.block_signups();
-                    """
-                )
-            add_sales(
-                crm_url,
-                (ANN, "Ann Lee", 49.99),
-                (BOB, "Bob Stone", 49.99),
-                (CY, None, 10),
-                (BLOCKED, "No Body", 49.99),
-                ("zed@example.com", "Zed", 0),  # not eligible
-            )
-            cycle(settings, "worker-a")  # ann, bob, cy provisioned; blocked fails
-            with owner(sandbox) as conn:
-                conn.execute("drop trigger block_signups on auth.users")
-                conn.execute("drop function public.block_signups()")
-                conn.execute(
-                    "insert into public.crm_sync_failures"
-                    " (email, step, reason, attempts, retriable, parked_at)"
-                    " values (%s, 'email', 'mailbox unavailable', 3, false, now())",
-                    (PARKED,),
-                )
-            # The blocked customer leaves the CRM (its failure row stays, as after a refund),
-            # so the enrolment check has nothing to report on a healthy database.
-            remove_sales(crm_url, BLOCKED)
-            add_sales(crm_url, (DAN, "Dan", 49.99))
-            # Mail down: dan is enrolled, his email stays pending, the run is recorded failed.
-            with pytest.MonkeyPatch.context() as patch:
-                patch.setattr(SmtpMailer, "DEFAULT_RETRY", FAST)  # fail in ms, not seconds
-                cycle(settings_for(sandbox, crm_url, smtp_port=closed_port()), "worker-b")
+        # The blocked customer leaves the CRM (its failure row stays, as after a refund),
+        # so the enrolment check has nothing to report on a healthy database.
+        remove_sales(crm_url, BLOCKED)
+        add_sales(crm_url, (DAN, "Dan", 49.99))
+        # Mail down: dan is enrolled, his email stays pending, the run is recorded failed.
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(SmtpMailer, "DEFAULT_RETRY", FAST)  # fail in ms, not seconds
+            cycle(settings_for(sandbox, crm_url, smtp_port=closed_port()), "worker-b")
 
-            users = dict(query(sandbox, "select email, id::text from auth.users"))
-            with owner(sandbox) as conn:
-                for email, count in ((ANN, 2), (BOB, 1)):
-                    for n in range(count):
-                        conn.execute(
-                            "insert into public.crm_job_requests (email, job_title)"
-                            " values (%s, %s)",
-                            (email, f"job {n}"),
-                        )
-                conn.execute(
-                    "insert into public.crm_recordings (email, video_url) values (%s, 'v')",
-                    (ANN,),
-                )
-                conn.execute(
-                    "insert into public.crm_resumes (email, resume_url) values (%s, 'r')",
-                    (BOB,),
-                )
-            yield Seeded(sandbox, crm_url, settings, users)
-    finally:
-        database.drop_database(admin_url, crm_name)
+        users = dict(query(sandbox, "select email, id::text from auth.users"))
+        with owner(sandbox) as conn:
+            for email, count in ((ANN, 2), (BOB, 1)):
+                for n in range(count):
+                    conn.execute(
+                        "insert into public.crm_job_requests (email, job_title) values (%s, %s)",
+                        (email, f"job {n}"),
+                    )
+            conn.execute(
+                "insert into public.crm_recordings (email, video_url) values (%s, 'v')",
+                (ANN,),
+            )
+            conn.execute(
+                "insert into public.crm_resumes (email, resume_url) values (%s, 'r')",
+                (BOB,),
+            )
+        yield Seeded(sandbox, crm_url, settings, users)
 
 
 # -- status ----------------------------------------------------------------------------------------

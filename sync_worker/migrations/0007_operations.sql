@@ -134,54 +134,35 @@ as $$
       from stats_text st
 
     union all
+    -- An active CRM customer's rows in the regular tables since enrolment (a linked account's
+    -- history from before it is theirs to keep).
     select 'data_isolation', t.email, t.user_id,
-           'no rows in public.job_requests since enrolment',
-           count(*)::text || case when count(*) = 1 then ' row in ' else ' rows in ' end
-             || 'public.job_requests'
+           'no rows in ' || r.tbl || ' since enrolment',
+           count(*)::text || case when count(*) = 1 then ' row in ' else ' rows in ' end || r.tbl
       from public.digital_resume_by_crm t
-      join public.job_requests j on j.user_id = t.user_id and j.created_at >= t.created_at
+      join (
+        select 'public.job_requests' as tbl, j.user_id, j.created_at from public.job_requests j
+        union all
+        select 'public.recordings', x.user_id, x.created_at from public.recordings x
+      ) r on r.user_id = t.user_id and r.created_at >= t.created_at
      where t.is_active
-     group by t.email, t.user_id
+     group by r.tbl, t.email, t.user_id
 
     union all
-    select 'data_isolation', t.email, t.user_id,
-           'no rows in public.recordings since enrolment',
-           count(*)::text || case when count(*) = 1 then ' row in ' else ' rows in ' end
-             || 'public.recordings'
-      from public.digital_resume_by_crm t
-      join public.recordings r on r.user_id = t.user_id and r.created_at >= t.created_at
-     where t.is_active
-     group by t.email, t.user_id
-
-    union all
+    -- A CRM row whose user_id is not the owner of its email.
     select 'data_isolation', d.email, d.user_id,
            'user_id ' || t.user_id::text || ' (the email''s owner)',
-           count(*)::text || case when count(*) = 1 then ' row in ' else ' rows in ' end
-             || 'public.crm_job_requests'
-      from public.crm_job_requests d
+           count(*)::text || case when count(*) = 1 then ' row in ' else ' rows in ' end || d.tbl
+      from (
+        select 'public.crm_job_requests' as tbl, j.email, j.user_id from public.crm_job_requests j
+        union all
+        select 'public.crm_recordings', x.email, x.user_id from public.crm_recordings x
+        union all
+        select 'public.crm_resumes', z.email, z.user_id from public.crm_resumes z
+      ) d
       join public.digital_resume_by_crm t on t.email = d.email
      where d.user_id <> t.user_id
-     group by d.email, d.user_id, t.user_id
-
-    union all
-    select 'data_isolation', d.email, d.user_id,
-           'user_id ' || t.user_id::text || ' (the email''s owner)',
-           count(*)::text || case when count(*) = 1 then ' row in ' else ' rows in ' end
-             || 'public.crm_recordings'
-      from public.crm_recordings d
-      join public.digital_resume_by_crm t on t.email = d.email
-     where d.user_id <> t.user_id
-     group by d.email, d.user_id, t.user_id
-
-    union all
-    select 'data_isolation', d.email, d.user_id,
-           'user_id ' || t.user_id::text || ' (the email''s owner)',
-           count(*)::text || case when count(*) = 1 then ' row in ' else ' rows in ' end
-             || 'public.crm_resumes'
-      from public.crm_resumes d
-      join public.digital_resume_by_crm t on t.email = d.email
-     where d.user_id <> t.user_id
-     group by d.email, d.user_id, t.user_id
+     group by d.tbl, d.email, d.user_id, t.user_id
   )
   select f."check", f.email, f.user_id, f.expected, f.actual
     from found f
