@@ -12,11 +12,14 @@ import string
 from functools import partial
 from typing import Any, Protocol
 
+import structlog
 from supabase_auth.types import User
 
 from sync_worker.customers import AuthAccount, CrmCustomer
 from sync_worker.errors import SupabaseError
 from sync_worker.supabase_api import SupabaseApi
+
+log = structlog.get_logger("crm_sync.provision")
 
 CREATED_BY = "crm-sync"
 PASSWORD_LENGTH = 20
@@ -109,15 +112,27 @@ class SupabaseProvisioner:
         return account_from(response.user)
 
     def find_account(self, email: str) -> AuthAccount | None:
-        """Finds the account whose email is exactly `email` (case-insensitive).
+        """Finds the account whose email is `email`, compared case-insensitively.
 
-        The admin list's `filter` is a substring match in which `_` and `%` are wildcards, so
-        every page of matches is compared exactly.
+        The admin list's `filter` is `email LIKE '%text%'`: a substring match, case-sensitive,
+        with `_` and `%` as wildcards. So every page of matches is compared exactly, and when
+        the lower-case filter finds nothing (an account whose email was written in other
+        letter case by SQL) every user is scanned once as a last resort.
         """
         wanted = email.strip().lower()
+        found = self._scan(wanted, wanted)
+        if found is None:
+            found = self._scan(wanted, None)
+            if found is not None:
+                log.warning("account_found_by_full_scan", email=wanted)
+        return found
+
+    def _scan(self, wanted: str, filter_text: str | None) -> AuthAccount | None:
         page = 1
         while True:
-            params = {"filter": wanted, "page": page, "per_page": LIST_PAGE_SIZE}
+            params: dict[str, Any] = {"page": page, "per_page": LIST_PAGE_SIZE}
+            if filter_text is not None:
+                params["filter"] = filter_text
             response = self._api.call(
                 "find account", partial(self._api.admin_get, "admin/users", params)
             )

@@ -339,3 +339,19 @@ def test_thousands_of_customers_past_every_page(sandbox: Sandbox, crm_url: str) 
     second = run(settings)
     assert second.planned["nothing"] == 2500
     assert sandbox.requests.writes() == 0
+
+
+def test_an_account_whose_email_sql_wrote_in_capitals_is_still_found(
+    sandbox: Sandbox, crm_url: str
+) -> None:
+    """Supabase Auth's list filter is case-sensitive; a row written by SQL can differ in case."""
+    admin = create_client(sandbox.url, sandbox.service_role_key).auth.admin
+    admin.create_user(
+        {"email": "upper@example.com", "password": "Uppers-Own-Passw0rd", "email_confirm": True}
+    )
+    with psycopg.connect(sandbox.db_url, autocommit=True) as conn:
+        conn.execute("update auth.users set email = 'Upper@Example.COM'")
+    add_sales(crm_url, ("upper@example.com", "Up", 1))
+    report = run(settings_for(sandbox, crm_url))
+    assert (report.created, report.linked, report.failures) == (0, 1, [])
+    sign_in(sandbox, "upper@example.com", "Uppers-Own-Passw0rd")
