@@ -86,7 +86,7 @@ def _cmd_config(_args: argparse.Namespace) -> int:
 
 def _cmd_migrate(args: argparse.Namespace) -> int:
     settings = config.load(config.MigrateSettings)
-    _configure(settings, settings.supabase_db_url.get_secret_value())
+    _configure(settings, *settings.secret_values())
     result = migrate(settings.supabase_db_url.get_secret_value(), dry_run=args.dry_run)
     if args.dry_run:
         for name in result.pending:
@@ -123,13 +123,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    settings = config.load(config.Settings)
+    settings = config.load(config.SupabaseSettings)
     _configure(settings, *settings.secret_values())
     return status_command(settings, as_json=args.json)
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    settings = config.load(config.Settings)
+    settings = config.load(config.VerifySettings)
     _configure(settings, *settings.secret_values())
     return verify_command(settings, repair=args.repair)
 

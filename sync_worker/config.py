@@ -88,6 +88,10 @@ class LoggingSettings(BaseSettings):
     def _upper_level(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
 
+    def secret_values(self) -> list[str]:
+        """Every secret in this configuration, for the log processor that masks them."""
+        return _secret_values(self)
+
 
 class MigrateSettings(LoggingSettings):
     """What `crm-sync migrate` needs."""
@@ -100,8 +104,33 @@ class MigrateSettings(LoggingSettings):
         return _check_postgres_url(value)
 
 
-class Settings(LoggingSettings):
-    """The worker's whole configuration (DESIGN.md, "Configuration")."""
+class SupabaseSettings(LoggingSettings):
+    """What every command that talks to the Supabase APIs needs (`status`)."""
+
+    supabase_url: str
+    supabase_service_role_key: SecretStr
+
+    @field_validator("supabase_url")
+    @classmethod
+    def _supabase_url(cls, value: str) -> str:
+        parts = urlsplit(value.strip())
+        if parts.scheme not in {"http", "https"} or not parts.hostname:
+            raise ValueError("must be an http(s) URL such as https://<ref>.supabase.co")
+        if parts.scheme == "http" and parts.hostname not in LOCAL_HOSTS:
+            raise ValueError("must use https (plain http is allowed only for localhost)")
+        return urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
+
+    @field_validator("supabase_service_role_key")
+    @classmethod
+    def _service_role_key(cls, value: SecretStr) -> SecretStr:
+        problem = service_role_key_problem(value.get_secret_value())
+        if problem:
+            raise ValueError(problem)
+        return value
+
+
+class CrmSettings(LoggingSettings):
+    """Where the CRM is and what of it to read."""
 
     crm_database_url: SecretStr
     crm_table: str = "sales_closure"
@@ -110,8 +139,41 @@ class Settings(LoggingSettings):
     crm_name_column: str = ""
     crm_id_column: str = ""
 
-    supabase_url: str
-    supabase_service_role_key: SecretStr
+    @field_validator("crm_database_url")
+    @classmethod
+    def _crm_url(cls, value: SecretStr) -> SecretStr:
+        return _check_postgres_url(value)
+
+    @field_validator("crm_table")
+    @classmethod
+    def _table_name(cls, value: str) -> str:
+        parts = value.split(".")
+        if len(parts) > 2 or not all(_IDENTIFIER_PART.match(p) for p in parts):
+            raise ValueError("must be a table name, optionally schema-qualified (schema.table)")
+        return value
+
+    @field_validator("crm_email_column", "crm_eligibility_column")
+    @classmethod
+    def _column_name(cls, value: str) -> str:
+        if not _IDENTIFIER_PART.match(value):
+            raise ValueError("must be a column name")
+        return value
+
+    @field_validator("crm_name_column", "crm_id_column")
+    @classmethod
+    def _optional_column_name(cls, value: str) -> str:
+        if value and not _IDENTIFIER_PART.match(value):
+            raise ValueError("must be a column name or empty")
+        return value
+
+
+class VerifySettings(CrmSettings, SupabaseSettings):
+    """What `crm-sync verify` needs: the CRM (to check enrolment) and the Supabase APIs."""
+
+
+class Settings(VerifySettings):
+    """The worker's whole configuration (DESIGN.md, "Configuration")."""
+
     supabase_db_url: SecretStr | None = None
 
     initial_credits: int = Field(default=4, ge=0, le=1000)
@@ -137,50 +199,10 @@ class Settings(LoggingSettings):
     sync_lease_ttl_seconds: int = Field(default=60, ge=3, le=3600)
     sync_shutdown_grace_seconds: float = Field(default=8.0, ge=0, le=300)
 
-    @field_validator("crm_database_url", "supabase_db_url")
+    @field_validator("supabase_db_url")
     @classmethod
-    def _postgres_urls(cls, value: SecretStr | None) -> SecretStr | None:
+    def _supabase_db_url(cls, value: SecretStr | None) -> SecretStr | None:
         return None if value is None else _check_postgres_url(value)
-
-    @field_validator("crm_table")
-    @classmethod
-    def _table_name(cls, value: str) -> str:
-        parts = value.split(".")
-        if len(parts) > 2 or not all(_IDENTIFIER_PART.match(p) for p in parts):
-            raise ValueError("must be a table name, optionally schema-qualified (schema.table)")
-        return value
-
-    @field_validator("crm_email_column", "crm_eligibility_column")
-    @classmethod
-    def _column_name(cls, value: str) -> str:
-        if not _IDENTIFIER_PART.match(value):
-            raise ValueError("must be a column name")
-        return value
-
-    @field_validator("crm_name_column", "crm_id_column")
-    @classmethod
-    def _optional_column_name(cls, value: str) -> str:
-        if value and not _IDENTIFIER_PART.match(value):
-            raise ValueError("must be a column name or empty")
-        return value
-
-    @field_validator("supabase_url")
-    @classmethod
-    def _supabase_url(cls, value: str) -> str:
-        parts = urlsplit(value.strip())
-        if parts.scheme not in {"http", "https"} or not parts.hostname:
-            raise ValueError("must be an http(s) URL such as https://<ref>.supabase.co")
-        if parts.scheme == "http" and parts.hostname not in LOCAL_HOSTS:
-            raise ValueError("must use https (plain http is allowed only for localhost)")
-        return urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
-
-    @field_validator("supabase_service_role_key")
-    @classmethod
-    def _service_role_key(cls, value: SecretStr) -> SecretStr:
-        problem = service_role_key_problem(value.get_secret_value())
-        if problem:
-            raise ValueError(problem)
-        return value
 
     @field_validator("app_login_url")
     @classmethod
@@ -231,10 +253,6 @@ class Settings(LoggingSettings):
         if problems:
             raise ConfigError(problems)
         return self
-
-    def secret_values(self) -> list[str]:
-        """Every secret in this configuration, for the log processor that masks them."""
-        return _secret_values(self)
 
 
 def _check_postgres_url(value: SecretStr) -> SecretStr:

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from types import TracebackType
 
-from sync_worker.config import Settings
+from sync_worker.config import CrmSettings, Settings
 from sync_worker.cycle import CycleServices
 from sync_worker.mailers import build_mailer
 from sync_worker.provision import SupabaseProvisioner
@@ -17,7 +17,7 @@ from sync_worker.state import load_failures, load_tracking
 from sync_worker.supabase_api import SupabaseApi
 
 
-def crm_columns(settings: Settings) -> CrmColumns:
+def crm_columns(settings: CrmSettings) -> CrmColumns:
     return CrmColumns(
         table=settings.crm_table,
         email=settings.crm_email_column,

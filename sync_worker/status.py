@@ -15,7 +15,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from sync_worker.config import Settings
+from sync_worker.config import SupabaseSettings
 from sync_worker.errors import DependencyUnavailable, ExitCode, SupabaseError
 from sync_worker.supabase_api import SupabaseApi
 
@@ -379,7 +379,7 @@ def render_status(report: StatusReport, *, width: int = RENDER_WIDTH) -> str:
     return plain_text(buffer)
 
 
-def status_command(settings: Settings, *, as_json: bool) -> int:
+def status_command(settings: SupabaseSettings, *, as_json: bool) -> int:
     """`crm-sync status [--json]`: prints the status and returns exit code 0.
 
     Raises:

@@ -13,7 +13,7 @@ from typing import Any
 from postgrest.types import CountMethod
 from pydantic import BaseModel, Field
 
-from sync_worker.config import Settings
+from sync_worker.config import VerifySettings
 from sync_worker.errors import ExitCode, SupabaseError
 from sync_worker.services import crm_columns
 from sync_worker.source import CrmSnapshot, read_snapshot
@@ -246,7 +246,7 @@ def render_verify(report: VerifyReport, *, width: int = RENDER_WIDTH) -> str:
     return plain_text(buffer)
 
 
-def verify_command(settings: Settings, *, repair: bool) -> int:
+def verify_command(settings: VerifySettings, *, repair: bool) -> int:
     """`crm-sync verify [--repair]`: reads the CRM, checks, prints; 1 if mismatches remain.
 
     Raises:

@@ -99,11 +99,27 @@ def test_missing_required_values_are_named(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setenv("EMAIL_BACKEND", "disabled")
     with pytest.raises(ConfigError) as caught:
         config.load(config.Settings)
-    assert caught.value.problems == [
+    assert sorted(caught.value.problems) == [
         "CRM_DATABASE_URL: is required",
-        "SUPABASE_URL: is required",
         "SUPABASE_SERVICE_ROLE_KEY: is required",
+        "SUPABASE_URL: is required",
     ]
+
+
+def test_each_command_asks_only_for_what_it_uses(monkeypatch: pytest.MonkeyPatch) -> None:
+    """status needs the Supabase API only; verify adds the CRM; neither needs mail settings."""
+    monkeypatch.setenv("SUPABASE_URL", MINIMAL["SUPABASE_URL"])
+    monkeypatch.setenv("SUPABASE_SERVICE_ROLE_KEY", SERVICE_KEY)
+    assert config.load(config.SupabaseSettings).supabase_url == "https://abcd.supabase.co"
+    with pytest.raises(ConfigError) as caught:
+        config.load(config.VerifySettings)
+    assert caught.value.problems == ["CRM_DATABASE_URL: is required"]
+    monkeypatch.setenv("CRM_DATABASE_URL", MINIMAL["CRM_DATABASE_URL"])
+    verify_settings = config.load(config.VerifySettings)
+    assert "crm-pass-123" in verify_settings.secret_values()
+    with pytest.raises(ConfigError) as caught:
+        config.load(config.Settings)
+    assert caught.value.problems[0].startswith("EMAIL_FROM: is required")
 
 
 @pytest.mark.parametrize(
