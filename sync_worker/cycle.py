@@ -7,6 +7,7 @@ dependency that is down aborts the cycle (exit 69) without counting against cust
 
 from __future__ import annotations
 
+import contextvars
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -202,8 +203,11 @@ def _provision_accounts(
         except SyncError as exc:
             return step, exc
 
+    # Each task runs in a copy of this thread's context, so its log lines (retries) carry the
+    # run id too.
+    tasks = [(contextvars.copy_context(), step) for step in steps]
     with progress, ThreadPoolExecutor(max_workers=settings.sync_concurrency) as pool:
-        for step, result in pool.map(one, steps):
+        for step, result in pool.map(lambda task: task[0].run(one, task[1]), tasks):
             progress.advance()
             if result is None:
                 continue
@@ -335,7 +339,12 @@ def _send_welcome_emails(
                 log.warning("welcome_email_failed", email=email, error=str(exc))
                 outcomes.fail(email, "email", exc)
                 continue
-            future = recorder.submit(services.store.record_welcome_email, email, message.kind)
+            future = recorder.submit(
+                contextvars.copy_context().run,
+                services.store.record_welcome_email,
+                email,
+                message.kind,
+            )
             recording.append((email, message.kind, future))
     for email, kind, future in recording:
         try:

@@ -6,6 +6,7 @@ a crashed holder's lease runs out and another run takes over.
 
 from __future__ import annotations
 
+import contextvars
 import os
 import socket
 import threading
@@ -70,7 +71,10 @@ class SyncLease:
             raise LeaseHeld("another crm-sync run holds the lease; nothing was done")
         stop = threading.Event()
         heartbeat = threading.Thread(
-            target=self._heartbeat, args=(stop,), name="crm-sync-lease", daemon=True
+            target=contextvars.copy_context().run,  # its log lines carry the run id
+            args=(self._heartbeat, stop),
+            name="crm-sync-lease",
+            daemon=True,
         )
         heartbeat.start()
         try:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import json
 import re
 from collections.abc import Iterator
 from decimal import Decimal
@@ -15,6 +17,7 @@ from supabase import create_client
 from sync_worker.config import Settings
 from sync_worker.cycle import exit_code_of, run_cycle
 from sync_worker.errors import ExitCode
+from sync_worker.logs import configure_logging
 from sync_worker.report import CycleReport
 from sync_worker.sandbox.faults import FaultKind, FaultPlan
 from sync_worker.sandbox.stack import Sandbox
@@ -355,3 +358,19 @@ def test_an_account_whose_email_sql_wrote_in_capitals_is_still_found(
     report = run(settings_for(sandbox, crm_url))
     assert (report.created, report.linked, report.failures) == (0, 1, [])
     sign_in(sandbox, "upper@example.com", "Uppers-Own-Passw0rd")
+
+
+def test_every_log_line_carries_the_run_id_and_no_secret(sandbox: Sandbox, crm_url: str) -> None:
+    add_sales(crm_url, *[(f"log{i}@example.com", None, 1) for i in range(8)])
+    settings = settings_for(sandbox, crm_url, sync_concurrency=4)
+    stream = io.StringIO()
+    configure_logging("json", "DEBUG", secrets=settings.secret_values(), stream=stream)
+    sandbox.faults = FaultPlan(fault_rate=0.4, mix={FaultKind.UNAVAILABLE: 1}, seed=3)
+    report = run(settings)
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert any(line["event"] == "retrying" for line in lines)
+    assert {line.get("run_id") for line in lines} == {report.run_id}
+    passwords = [password_in(m) for m in sandbox.mail]
+    assert passwords
+    for secret in (*passwords, sandbox.service_role_key):
+        assert secret not in stream.getvalue()
