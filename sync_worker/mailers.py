@@ -7,6 +7,7 @@ the API has accepted the message, which is when the caller may record it as sent
 
 from __future__ import annotations
 
+import contextlib
 import smtplib
 import ssl
 import sys
@@ -40,6 +41,8 @@ log = structlog.get_logger("crm_sync.mail")
 
 USER_AGENT = f"crm-sync/{__version__} python-requests/{requests.__version__}"
 _MAX_DETAIL = 300
+# How long the server may take to answer the end of DATA (RFC 5321 suggests 10 minutes).
+DATA_REPLY_TIMEOUT = 120.0
 
 
 class Mailer(Protocol):
@@ -141,11 +144,24 @@ class SmtpMailer:
         reused = self._smtp is not None
         smtp = self._connection()
         try:
-            smtp.send_message(rendered, from_addr=self._envelope_from, to_addrs=[recipient])
+            # Every error here is a refusal the server answered, or a connection lost before
+            # the message was on the wire: nothing was delivered, so a retry is safe.
+            self._envelope(smtp, recipient)
+            self._data(smtp, rendered)
+        except _MaybeDelivered as uncertain:
+            self._discard(polite=False)
+            raise MailError(
+                f"delivery to {recipient} is uncertain: the connection ended after the message "
+                f"was sent ({_describe(uncertain.cause)}); not retried, so that it is never "
+                "delivered twice by this attempt",
+                retriable=False,
+            ) from uncertain.cause
         except (smtplib.SMTPException, OSError) as exc:
             lost = _connection_lost(exc)
             if lost:
                 self._discard(polite=False)
+            else:
+                _reset(smtp)
             if lost and reused:
                 # Servers drop idle connections (Postfix says 421 first): a kept connection
                 # may be gone by the next customer. One fresh connection is the remedy;
@@ -154,6 +170,37 @@ class SmtpMailer:
                 self._deliver(rendered, recipient)
                 return
             raise _translate_smtp(exc, recipient, connecting=False) from exc
+
+    def _envelope(self, smtp: smtplib.SMTP, recipient: str) -> None:
+        smtp.ehlo_or_helo_if_needed()
+        options = _mail_options(smtp, self._envelope_from, recipient)
+        code, reply = smtp.mail(self._envelope_from, options)
+        if code != 250:
+            raise smtplib.SMTPSenderRefused(code, reply, self._envelope_from)
+        code, reply = smtp.rcpt(recipient)
+        if code not in (250, 251):
+            raise smtplib.SMTPRecipientsRefused({recipient: (code, reply)})
+
+    def _data(self, smtp: smtplib.SMTP, rendered: EmailMessage) -> None:
+        """Sends the message. A refusal answered by the server delivered nothing; a lost
+        answer after the message was sent may have delivered it (`_MaybeDelivered`)."""
+        payload = rendered.as_bytes(policy=rendered.policy.clone(linesep="\r\n"))
+        code, reply = smtp.docmd("DATA")
+        if code != 354:
+            raise smtplib.SMTPDataError(code, reply)
+        if smtp.sock is not None:
+            # RFC 5321 4.5.3.2.6: the final reply to DATA may take minutes (content filters).
+            smtp.sock.settimeout(max(self._timeout, DATA_REPLY_TIMEOUT))
+        try:
+            smtp.send(_dot_stuffed(payload))
+            code, reply = smtp.getreply()
+        except (smtplib.SMTPException, OSError) as exc:
+            raise _MaybeDelivered(exc) from exc
+        finally:
+            if smtp.sock is not None:
+                smtp.sock.settimeout(self._timeout)
+        if code != 250:
+            raise smtplib.SMTPDataError(code, reply)
 
     def _connection(self) -> smtplib.SMTP:
         if self._smtp is None:
@@ -208,6 +255,40 @@ class SmtpMailer:
             pass
         finally:
             smtp.close()
+
+
+class _MaybeDelivered(Exception):
+    """The message went out but its answer did not come back."""
+
+    def __init__(self, cause: BaseException) -> None:
+        self.cause = cause
+        super().__init__(str(cause))
+
+
+def _dot_stuffed(payload: bytes) -> bytes:
+    """The DATA body as RFC 5321 wants it: CRLF lines, leading dots doubled, ended by '.'."""
+    lines = payload.replace(b"\r\n", b"\n").split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    stuffed = [b"." + line if line.startswith(b".") else line for line in lines]
+    return b"\r\n".join([*stuffed, b"."]) + b"\r\n"
+
+
+def _reset(smtp: smtplib.SMTP) -> None:
+    """Abandons a half-done transaction so the connection can carry the next message."""
+    with contextlib.suppress(smtplib.SMTPException, OSError):
+        smtp.rset()
+
+
+def _mail_options(smtp: smtplib.SMTP, sender: str, recipient: str) -> list[str]:
+    """MAIL FROM options, as smtplib's send_message would choose them."""
+    if (sender + recipient).isascii():
+        return []
+    if not smtp.has_extn("smtputf8"):
+        raise smtplib.SMTPNotSupportedError(
+            "an internationalized address needs SMTPUTF8, which the server does not offer"
+        )
+    return ["SMTPUTF8", "BODY=8BITMIME"]
 
 
 def _reply_code(exc: BaseException) -> int | None:

@@ -140,8 +140,10 @@ def migrate(db_url: str, *, dry_run: bool = False) -> MigrationResult:
                             (migration.version, migration.name, migration.checksum),
                         )
                 except psycopg.Error as exc:
+                    hint = exc.diag.message_hint
                     raise MigrationError(
-                        f"migration {migration.name} failed and was rolled back: {_first_line(exc)}"
+                        f"migration {migration.name} failed and was rolled back: "
+                        f"{_first_line(exc)}" + (f" (hint: {hint})" if hint else "")
                     ) from exc
                 done.append(migration.name)
             return MigrationResult(tuple(done), (), tuple(sorted(applied)))

@@ -28,7 +28,7 @@ from sync_worker.status import (
 )
 from sync_worker.supabase_api import SupabaseApi
 
-# The database checks (crm_sync_verify in migration 0007) and the one made here from the CRM.
+# The database checks (crm_sync_verify in migration 0006) and the one made here from the CRM.
 DATABASE_CHECKS = ("credit_accuracy", "credit_mirror", "dashboard_stats", "data_isolation")
 ENROLMENT_CHECK = "crm_enrolment"
 RENDER_WIDTH = 140

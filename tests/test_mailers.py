@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import email
 import email.policy
 import io
@@ -28,6 +29,7 @@ from aiosmtpd.smtp import AuthResult, LoginPassword
 from pydantic import SecretStr
 from structlog.testing import capture_logs
 
+from sync_worker import mailers
 from sync_worker.config import EmailBackend, Settings, SmtpSecurity
 from sync_worker.errors import MailError, MailUnavailable
 from sync_worker.mailers import (
@@ -55,10 +57,11 @@ def welcome(
     *,
     password: str | None = PASSWORD,
     link: str | None = None,
+    name: str = "Jane Doe",
 ) -> WelcomeEmail:
     return WelcomeEmail(
         to=to,
-        name="Jane Doe",
+        name=name,
         kind="new_account",
         login_url=LOGIN_URL,
         credits=4,
@@ -829,3 +832,42 @@ def test_build_mailer_smtp_uses_the_configured_server() -> None:
         mailer.close()
 
     assert len(handler.messages) == 1
+
+
+@dataclass
+class SlowToAnswer(Collector):
+    """Accepts every message, but answers DATA only after `delay` seconds."""
+
+    delay: float = 1.5
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        reply = await super().handle_DATA(server, session, envelope)
+        await asyncio.sleep(self.delay)
+        return reply
+
+
+def test_smtp_a_lost_answer_after_data_is_never_resent(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The server may have accepted the message: resending would deliver it twice."""
+    monkeypatch.setattr(mailers, "DATA_REPLY_TIMEOUT", 0.3)
+    handler = SlowToAnswer()
+    with smtp_server(handler) as server:
+        mailer = smtp_mailer(server.port, timeout=0.3)
+        with pytest.raises(MailError, match="uncertain") as caught:
+            mailer.send(welcome())
+        time.sleep(handler.delay + 0.2)  # let the server finish its side
+        mailer.close()
+    assert not caught.value.retriable
+    assert not isinstance(caught.value, MailUnavailable)
+    assert handler.data_attempts == 1
+    assert len(handler.messages) == 1
+    assert PASSWORD not in str(caught.value)
+
+
+def test_smtp_lines_starting_with_a_dot_survive(monkeypatch: pytest.MonkeyPatch) -> None:
+    handler = Collector()
+    with smtp_server(handler) as server:
+        mailer = smtp_mailer(server.port)
+        mailer.send(welcome(name=".Dot Person"))
+        mailer.close()
+    [received] = handler.messages
+    assert ".Dot Person" in text_and_html(received.message)[0]

@@ -14,7 +14,7 @@ from sync_worker.cli import main
 from sync_worker.errors import DependencyUnavailable, MigrationError
 from sync_worker.migrate import Migration, migrate, packaged_migrations, pending_migrations
 from sync_worker.sandbox import database
-from tests.pg import create_auth_user, scalar
+from tests.pg import acting_as, create_auth_user, scalar
 
 
 @pytest.fixture
@@ -170,7 +170,7 @@ def test_cli_migrate(
     assert "pending  0001_" in capsys.readouterr().out
     assert main(["migrate"]) == 0
     out = capsys.readouterr().out
-    assert "applied  0006_security.sql" in out
+    assert "applied  0006_operations.sql" in out
     assert main(["migrate"]) == 0
     assert capsys.readouterr().out.startswith("0 applied")
 
@@ -186,3 +186,68 @@ def test_cli_migrate_exit_codes(
     assert main(["migrate"]) == 69
     captured = capsys.readouterr()
     assert "hunter22" not in captured.out + captured.err
+
+
+def test_no_migration_leaves_anything_open_when_it_commits(
+    bootstrapped: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each file locks down what it creates in its own transaction: after any prefix of the
+    migrations, anon can execute nothing of ours and every table has row-level security."""
+    everything = packaged_migrations()
+    for count in range(1, len(everything) + 1):
+        monkeypatch.setattr(migrate_module, "packaged_migrations", lambda n=count: everything[:n])
+        migrate(bootstrapped)
+        with psycopg.connect(bootstrapped) as conn:
+            open_functions = conn.execute(
+                "select p.proname from pg_proc p join pg_namespace n on n.oid = p.pronamespace"
+                " where n.nspname = 'public' and has_function_privilege('anon', p.oid, 'execute')"
+            ).fetchall()
+            open_tables = conn.execute(
+                "select c.relname from pg_class c join pg_namespace n on n.oid = c.relnamespace"
+                " where n.nspname = 'public' and c.relkind = 'r' and not c.relrowsecurity"
+            ).fetchall()
+            readable = conn.execute(
+                "select c.relname from pg_class c join pg_namespace n on n.oid = c.relnamespace"
+                " where n.nspname = 'public' and c.relkind in ('r', 'v')"
+                " and has_table_privilege('anon', c.oid, 'select')"
+            ).fetchall()
+        assert (open_functions, open_tables, readable) == ([], [], []), everything[count - 1].name
+
+
+def test_an_apps_permissive_policies_and_strict_profiles_are_tamed(bootstrapped: str) -> None:
+    """The live app's 'profiles are public' policy no longer shows others' rows, and a profiles
+    column crm-sync cannot fill never breaks a signup."""
+    with psycopg.connect(bootstrapped, autocommit=True) as conn:
+        conn.execute(
+            """
+            create table public.profiles (
+              id uuid primary key references auth.users (id) on delete cascade,
+              email text,
+              username text not null,
+              credits_remaining integer not null default 0
+            );
+            alter table public.profiles enable row level security;
+            create policy "Public profiles are viewable by everyone." on public.profiles
+              for select using (true);
+            """
+        )
+    migrate(bootstrapped)
+    with psycopg.connect(bootstrapped, autocommit=True) as conn:
+        first = create_auth_user(conn, "first@example.com")  # no profile: username unknown
+        second = create_auth_user(conn, "second@example.com")
+        assert scalar(conn, "select count(*) from public.profiles") == 0
+        for user in (first, second):
+            conn.execute(
+                "insert into public.profiles (id, email, username) values (%s, %s, %s)",
+                (user.id, user.email, user.email.split("@")[0]),
+            )
+        with acting_as(conn, "authenticated", first):
+            visible = conn.execute("select id from public.profiles").fetchall()
+        assert visible == [(first.id,)]
+
+
+def test_a_first_implementation_table_is_named_not_clobbered(bootstrapped: str) -> None:
+    with psycopg.connect(bootstrapped, autocommit=True) as conn:
+        conn.execute("create table digital_resume_by_CRM (email text primary key)")
+    with pytest.raises(MigrationError, match="digital_resume_by_crm already exists"):
+        migrate(bootstrapped)

@@ -273,3 +273,31 @@ def test_initial_credits_are_configurable(db: psycopg.Connection[Any]) -> None:
     [row] = enrol(db, [{"email": user.email, "user_id": user.id}], initial_credits=6)
     assert row["credits_granted"] == 6
     assert balance(db, user) == 6
+
+
+def test_a_reused_recording_id_still_costs_a_credit(db: psycopg.Connection[Any]) -> None:
+    """Deleting a recording and inserting it again under the same id is a new recording."""
+    user = create_auth_user(db, "reuse@example.com")
+    pay(db, user)
+    recording_id = "5d3c1a0e-0000-4000-8000-000000000001"
+    with as_user(db, user):
+        db.execute(
+            "insert into public.recordings (id, user_id) values (%s, %s)", (recording_id, user.id)
+        )
+    for expected in (1, 0):
+        with as_user(db, user):
+            db.execute("delete from public.recordings where id = %s", (recording_id,))
+            db.execute(
+                "insert into public.recordings (id, user_id) values (%s, %s)",
+                (recording_id, user.id),
+            )
+        assert balance(db, user) == expected
+    with (
+        pytest.raises(psycopg.errors.RaiseException, match="insufficient credits"),
+        as_user(db, user),
+    ):
+        db.execute("delete from public.recordings where id = %s", (recording_id,))
+        db.execute(
+            "insert into public.recordings (id, user_id) values (%s, %s)", (recording_id, user.id)
+        )
+    assert_consistent(db, user)

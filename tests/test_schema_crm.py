@@ -325,3 +325,65 @@ def test_monitoring_views_answer_the_seed_queries(db: psycopg.Connection[Any]) -
     assert sum(n for _, n in credits) == scalar(
         db, "select count(*) from public.digital_resume_by_crm"
     )
+
+
+def test_stats_stay_exact_under_concurrent_inserts(
+    db: psycopg.Connection[Any], supabase_db: str
+) -> None:
+    import threading
+    import time
+
+    from tests.pg import connect
+
+    user = create_auth_user(db, "busy@example.com")
+    enrol_user(db, user)
+    first, second = connect(supabase_db), connect(supabase_db)
+    second_pid = second.info.backend_pid
+    errors: list[BaseException] = []
+
+    def second_insert() -> None:
+        try:
+            with as_user(second, user):
+                second.execute(
+                    "insert into public.crm_job_requests (email, job_title) values (%s, 'b')",
+                    (user.email,),
+                )
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    with first, second:
+        with as_user(first, user):
+            first.execute(
+                "insert into public.crm_job_requests (email, job_title) values (%s, 'a')",
+                (user.email,),
+            )
+            racer = threading.Thread(target=second_insert)
+            racer.start()
+            deadline = time.monotonic() + 10
+            while not scalar(
+                db,
+                "select coalesce(wait_event_type = 'Lock', false) from pg_stat_activity"
+                " where pid = %s",
+                second_pid,
+            ):
+                assert time.monotonic() < deadline, "the second insert never waited"
+                time.sleep(0.01)
+        racer.join(10)
+    assert errors == []
+    assert stats(db, user)[0] == 2
+    assert stats(db, user) == true_counts(db, user)
+
+
+def test_a_dashboard_does_not_follow_an_old_email(db: psycopg.Connection[Any]) -> None:
+    """Whoever registers a customer's former email cannot read the customer's dashboard."""
+    customer = create_auth_user(db, "former@example.com")
+    enrol_user(db, customer)
+    db.execute("update auth.users set email = 'renamed@example.com' where id = %s", (customer.id,))
+    newcomer = create_auth_user(db, "former@example.com")
+    with pytest.raises(psycopg.errors.InsufficientPrivilege), as_user(db, newcomer):
+        db.execute("select * from public.get_crm_dashboard_data('former@example.com')")
+    with as_user(db, customer):  # a token still carrying the old email, but their own account
+        rows = db.execute(
+            "select credits_remaining from public.get_crm_dashboard_data('former@example.com')"
+        )
+        assert rows.fetchall() == [(4,)]

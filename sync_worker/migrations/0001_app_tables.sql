@@ -86,7 +86,7 @@ create index if not exists recordings_user_id_idx on public.recordings (user_id)
 
 -- A profile (0 credits) for every new auth user. `on conflict do nothing` lets it coexist with
 -- an app's own profile trigger; anything raised here would make Supabase Auth answer 500
--- "Database error saving new user", so the statement is kept to one that cannot conflict.
+-- "Database error saving new user", so whatever fails is only a warning.
 create or replace function public.crm_sync_create_profile()
 returns trigger
 language plpgsql
@@ -94,13 +94,19 @@ security definer
 set search_path = ''
 as $$
 begin
-  insert into public.profiles (id, email, full_name)
-  values (
-    new.id,
-    lower(btrim(new.email)),
-    coalesce(new.raw_user_meta_data ->> 'full_name', new.raw_user_meta_data ->> 'name')
-  )
-  on conflict do nothing;
+  begin
+    insert into public.profiles (id, email, full_name)
+    values (
+      new.id,
+      lower(btrim(new.email)),
+      coalesce(new.raw_user_meta_data ->> 'full_name', new.raw_user_meta_data ->> 'name')
+    )
+    on conflict do nothing;
+  exception when others then
+    -- Never fail a signup for our sake (an app's profiles may have columns we cannot fill);
+    -- a missing profile is created later by the enrolment RPC or the first credit entry.
+    raise warning 'crm-sync could not create the profile of user %: %', new.id, sqlerrm;
+  end;
   return new;
 end
 $$;
@@ -111,3 +117,59 @@ drop trigger if exists zz_crm_sync_create_profile on auth.users;
 create trigger zz_crm_sync_create_profile
   after insert on auth.users
   for each row execute function public.crm_sync_create_profile();
+
+-- Security ------------------------------------------------------------------------------------
+-- Locked down in the same transaction that creates the objects, so no moment exists in which
+-- they are open: on Supabase every new table and function in `public` is granted to `anon`
+-- and `authenticated` by default (and functions to PUBLIC).
+-- A signed-in user reads only their own rows of these app tables, edits only the descriptive
+-- columns of their profile (never id, email, the balance or timestamps: column privileges
+-- hold even if the app has a broader UPDATE policy), and writes only their own job requests
+-- and recordings. Payments are written by the payment provider's webhook (service role).
+-- The app may already carry permissive policies (e.g. "profiles are viewable by everyone");
+-- permissive policies are OR-ed, so each own-rows rule is also RESTRICTIVE (AND-ed).
+
+do $tables$
+declare
+  v_table text;
+  v_owner text;
+begin
+  foreach v_table in array array['profiles', 'payment_details', 'job_requests', 'recordings'] loop
+    v_owner := case v_table when 'profiles' then 'id' else 'user_id' end;
+    execute format('alter table public.%I enable row level security', v_table);
+    execute format('revoke all on public.%I from public, anon, authenticated', v_table);
+    execute format('grant all on public.%I to service_role', v_table);
+    execute format('drop policy if exists crm_sync_own_rows on public.%I', v_table);
+    execute format(
+      'create policy crm_sync_own_rows on public.%I for all to authenticated'
+      ' using (%I = (select auth.uid())) with check (%I = (select auth.uid()))',
+      v_table, v_owner, v_owner);
+    execute format('drop policy if exists crm_sync_only_own_rows on public.%I', v_table);
+    execute format(
+      'create policy crm_sync_only_own_rows on public.%I as restrictive for all to authenticated'
+      ' using (%I = (select auth.uid())) with check (%I = (select auth.uid()))',
+      v_table, v_owner, v_owner);
+  end loop;
+end
+$tables$;
+
+grant select on public.profiles, public.payment_details to authenticated;
+grant select, insert, update, delete on public.job_requests, public.recordings to authenticated;
+
+do $profile_columns$
+declare
+  v_columns text;
+begin
+  select string_agg(quote_ident(c.column_name), ', ' order by c.ordinal_position)
+    into v_columns
+    from information_schema.columns c
+   where c.table_schema = 'public' and c.table_name = 'profiles'
+     and c.column_name not in ('id', 'email', 'credits_remaining', 'created_at', 'updated_at');
+  if v_columns is not null then
+    execute format('grant update (%s) on public.profiles to authenticated', v_columns);
+  end if;
+end
+$profile_columns$;
+
+revoke all on function public.crm_sync_create_profile()
+  from public, anon, authenticated, service_role;

@@ -2,6 +2,19 @@
 -- which Postgres folds to lower case because it is unquoted; every client must use
 -- `digital_resume_by_crm`), the CRM customers' own data tables, and their dashboard stats.
 
+-- The first implementation of the seed created this table too (as `digital_resume_by_CRM`,
+-- folded to lower case). Adopting its rows needs a person: say so instead of failing vaguely.
+do $preflight$
+begin
+  if to_regclass('public.digital_resume_by_crm') is not null then
+    raise exception 'public.digital_resume_by_crm already exists (from the first implementation?)'
+      using hint = 'rename it (alter table public.digital_resume_by_crm rename to '
+                   'digital_resume_by_crm_v1) and run crm-sync migrate again; then re-enrol '
+                   'its customers with crm-sync --once';
+  end if;
+end
+$preflight$;
+
 create table public.digital_resume_by_crm (
   email text primary key check (email = lower(btrim(email)) and email <> ''),
   user_id uuid not null unique references auth.users (id) on delete cascade,
@@ -120,3 +133,51 @@ create trigger a10_crm_row_owner before insert or update of email, user_id
   on public.crm_recordings for each row execute function public.crm_row_owner();
 create trigger a10_crm_row_owner before insert or update of email, user_id
   on public.crm_resumes for each row execute function public.crm_row_owner();
+
+-- Security ------------------------------------------------------------------------------------
+-- Locked down in the same transaction that creates the objects, so no moment exists in which
+-- they are open: on Supabase every new table and function in `public` is granted to `anon`
+-- and `authenticated` by default (and functions to PUBLIC).
+-- A signed-in CRM customer reads their own tracking and stats rows and nothing else of them;
+-- they create, edit and delete their own job requests, recordings and resumes only, whose
+-- user_id must be theirs and whose email must be their own CRM email.
+
+do $tables$
+declare
+  v_table text;
+begin
+  foreach v_table in array array[
+    'digital_resume_by_crm', 'crm_job_requests', 'crm_recordings', 'crm_resumes',
+    'crm_dashboard_stats'
+  ] loop
+    execute format('alter table public.%I enable row level security', v_table);
+    execute format('revoke all on public.%I from public, anon, authenticated', v_table);
+    execute format('grant all on public.%I to service_role', v_table);
+  end loop;
+  foreach v_table in array array['crm_job_requests', 'crm_recordings', 'crm_resumes'] loop
+    execute format($p$
+      create policy crm_sync_own_rows on public.%I
+        for all to authenticated
+        using (user_id = (select auth.uid()))
+        with check (
+          user_id = (select auth.uid())
+          and email = (
+            select t.email from public.digital_resume_by_crm t
+            where t.user_id = (select auth.uid())
+          )
+        )
+    $p$, v_table);
+  end loop;
+end
+$tables$;
+
+grant select on public.digital_resume_by_crm, public.crm_dashboard_stats to authenticated;
+grant select, insert, update, delete
+  on public.crm_job_requests, public.crm_recordings, public.crm_resumes to authenticated;
+
+create policy crm_sync_own_rows on public.digital_resume_by_crm
+  for select to authenticated using (user_id = (select auth.uid()));
+create policy crm_sync_own_rows on public.crm_dashboard_stats
+  for select to authenticated using (user_id = (select auth.uid()));
+
+revoke all on function public.crm_row_owner() from public, anon, authenticated, service_role;

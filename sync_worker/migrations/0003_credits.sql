@@ -91,6 +91,23 @@ begin
 end
 $$;
 
+-- Defect 13: an older trigger of the app granting credits too would double every grant. Its
+-- name is not known here, so every other trigger on payments is named for the operator.
+do $other_triggers$
+declare
+  v_name text;
+begin
+  for v_name in
+    select t.tgname from pg_trigger t
+     where t.tgrelid = 'public.payment_details'::regclass and not t.tgisinternal
+       and t.tgname <> 'grant_credits_on_payment'
+  loop
+    raise warning 'payment_details has another trigger, %: make sure it grants no credits '
+                  '(crm-sync grants 3 per completed payment itself)', v_name;
+  end loop;
+end
+$other_triggers$;
+
 drop trigger if exists grant_credits_on_payment on public.payment_details;
 create trigger grant_credits_on_payment
   after insert or update of status on public.payment_details
@@ -114,12 +131,16 @@ begin
     raise exception 'new row violates row-level security policy for table "%"', tg_table_name
       using errcode = '42501';
   end if;
-  perform public.apply_credit_entry(
+  -- Every insert spends a credit, even of a recording id used before (deleted and inserted
+  -- again): the entry key is unique per insert, not per recording id.
+  if not public.apply_credit_entry(
     new.user_id,
     -1,
     case tg_table_name when 'crm_recordings' then 'crm_recording' else 'recording' end,
-    tg_table_name || ':' || new.id::text
-  );
+    tg_table_name || ':' || new.id::text || ':' || gen_random_uuid()::text
+  ) then
+    raise exception 'insufficient credits' using errcode = 'P0001';
+  end if;
   return new;
 end
 $$;
@@ -203,3 +224,30 @@ begin
   return 12.99;
 end
 $$;
+
+-- Security ------------------------------------------------------------------------------------
+-- Locked down in the same transaction that creates the objects, so no moment exists in which
+-- they are open: on Supabase every new table and function in `public` is granted to `anon`
+-- and `authenticated` by default (and functions to PUBLIC).
+-- A user reads their own ledger; nobody but these functions writes it or any balance.
+
+alter table public.credit_ledger enable row level security;
+revoke all on public.credit_ledger from public, anon, authenticated;
+grant all on public.credit_ledger to service_role;
+grant select on public.credit_ledger to authenticated;
+create policy crm_sync_own_rows on public.credit_ledger
+  for select to authenticated using (user_id = (select auth.uid()));
+
+revoke all on sequence public.credit_ledger_id_seq from public, anon, authenticated;
+grant usage, select on sequence public.credit_ledger_id_seq to service_role;
+
+revoke all on function
+  public.apply_credit_entry(uuid, integer, text, text),
+  public.grant_credits_on_payment(),
+  public.consume_credit_on_recording(),
+  public.sync_crm_credits(),
+  public.crm_credits_follow_profile()
+from public, anon, authenticated, service_role;
+
+revoke all on function public.next_credit_pack_price(uuid) from public, anon, authenticated;
+grant execute on function public.next_credit_pack_price(uuid) to authenticated, service_role;

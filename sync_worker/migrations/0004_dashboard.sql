@@ -7,10 +7,20 @@
 -- cascading delete of the tracking row needs.
 create function public.refresh_crm_dashboard_stats(p_email text)
 returns void
-language sql
+language plpgsql
 security definer
 set search_path = ''
 as $$
+declare
+  v_email text := lower(btrim(p_email));
+begin
+  -- One refresher per customer at a time: the row lock makes a concurrent insert wait, and
+  -- the count below (a new statement, so a new snapshot) then sees every committed row.
+  -- NO KEY UPDATE, so inserts' foreign-key checks on the tracking row are not blocked.
+  perform 1 from public.digital_resume_by_crm t where t.email = v_email for no key update;
+  if not found then
+    return;
+  end if;
   insert into public.crm_dashboard_stats as s (
     email, user_id, total_applications, total_recordings, total_resumes,
     last_application_date, last_recording_date, updated_at
@@ -25,7 +35,7 @@ as $$
     (select max(r.created_at) from public.crm_recordings r where r.email = t.email),
     now()
   from public.digital_resume_by_crm t
-  where t.email = lower(btrim(p_email))
+  where t.email = v_email
   on conflict (email) do update
     set user_id = excluded.user_id,
         total_applications = excluded.total_applications,
@@ -38,7 +48,8 @@ as $$
            s.last_application_date, s.last_recording_date)
       is distinct from
           (excluded.user_id, excluded.total_applications, excluded.total_recordings,
-           excluded.total_resumes, excluded.last_application_date, excluded.last_recording_date)
+           excluded.total_resumes, excluded.last_application_date, excluded.last_recording_date);
+end
 $$;
 
 -- One trigger function for the three CRM data tables; the triggers carry the seed's names
@@ -91,7 +102,7 @@ $$;
 
 -- The CRM dashboard of one customer. Only for the caller's own email (compared
 -- case-insensitively with the email claim of their JWT) or for the service role; anon may not
--- execute it at all (see 0006).
+-- execute it at all.
 create function public.get_crm_dashboard_data(p_email text)
 returns table (
   email text,
@@ -112,8 +123,14 @@ declare
   v_claims jsonb := auth.jwt();
   v_email text := lower(btrim(p_email));
 begin
+  -- The email claim must be the caller's, and an enrolled email must be enrolled under the
+  -- caller's own account: a changed auth email does not hand a dashboard to whoever
+  -- registers the old address.
   if coalesce(v_claims ->> 'role', '') <> 'service_role'
-     and v_email is distinct from lower(btrim(v_claims ->> 'email')) then
+     and (v_email is distinct from lower(btrim(v_claims ->> 'email'))
+          or exists (select 1 from public.digital_resume_by_crm t
+                      where t.email = v_email
+                        and t.user_id is distinct from (v_claims ->> 'sub')::uuid)) then
     raise exception 'you may only read your own dashboard' using errcode = '42501';
   end if;
   return query
@@ -130,3 +147,19 @@ begin
      where t.email = v_email;
 end
 $$;
+
+-- Security ------------------------------------------------------------------------------------
+-- Locked down in the same transaction that creates the objects, so no moment exists in which
+-- they are open: on Supabase every new table and function in `public` is granted to `anon`
+-- and `authenticated` by default (and functions to PUBLIC).
+
+revoke all on function
+  public.refresh_crm_dashboard_stats(text),
+  public.update_crm_stats_on_activity()
+from public, anon, authenticated, service_role;
+
+-- For signed-in users (each checks that they ask about themselves) and the service role.
+revoke all on function public.is_crm_user(uuid), public.get_crm_dashboard_data(text)
+  from public, anon, authenticated;
+grant execute on function public.is_crm_user(uuid), public.get_crm_dashboard_data(text)
+  to authenticated, service_role;

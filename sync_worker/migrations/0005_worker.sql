@@ -247,6 +247,25 @@ begin
 end
 $$;
 
+-- The heartbeat's renewal: only extends a lease the caller still holds, never re-creates one
+-- (a renewal still in flight when its holder releases must not take the lease again).
+create function public.renew_sync_lease(p_holder text, p_ttl_seconds integer)
+returns boolean
+language plpgsql
+volatile
+security definer
+set search_path = ''
+as $$
+declare
+  v_now timestamptz := clock_timestamp();
+begin
+  update public.crm_sync_lease l
+     set renewed_at = v_now, expires_at = v_now + make_interval(secs => p_ttl_seconds)
+   where l.name = 'sync' and l.holder = p_holder and l.expires_at >= v_now;
+  return found;
+end
+$$;
+
 create function public.release_sync_lease(p_holder text)
 returns boolean
 language plpgsql
@@ -278,3 +297,44 @@ create view public.crm_credit_distribution with (security_invoker = true) as
     from public.digital_resume_by_crm
    group by credits_remaining
    order by credits_remaining desc;
+
+-- Security ------------------------------------------------------------------------------------
+-- Locked down in the same transaction that creates the objects, so no moment exists in which
+-- they are open: on Supabase every new table and function in `public` is granted to `anon`
+-- and `authenticated` by default (and functions to PUBLIC).
+-- The worker's bookkeeping and RPCs are the service role's alone; the monitoring views are for
+-- operators.
+
+do $tables$
+declare
+  v_table text;
+begin
+  foreach v_table in array array['crm_sync_runs', 'crm_sync_failures', 'crm_sync_lease'] loop
+    execute format('alter table public.%I enable row level security', v_table);
+    execute format('revoke all on public.%I from public, anon, authenticated', v_table);
+    execute format('grant all on public.%I to service_role', v_table);
+  end loop;
+end
+$tables$;
+
+revoke all on public.crm_user_count, public.crm_data_distribution,
+  public.crm_credit_distribution from public, anon, authenticated;
+grant select on public.crm_user_count, public.crm_data_distribution,
+  public.crm_credit_distribution to service_role;
+
+revoke all on function
+  public.enrol_crm_customers(jsonb, integer),
+  public.deactivate_crm_customers(text[]),
+  public.record_welcome_email(text, text),
+  public.acquire_sync_lease(text, integer),
+  public.renew_sync_lease(text, integer),
+  public.release_sync_lease(text)
+from public, anon, authenticated;
+grant execute on function
+  public.enrol_crm_customers(jsonb, integer),
+  public.deactivate_crm_customers(text[]),
+  public.record_welcome_email(text, text),
+  public.acquire_sync_lease(text, integer),
+  public.renew_sync_lease(text, integer),
+  public.release_sync_lease(text)
+to service_role;
