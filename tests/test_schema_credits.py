@@ -292,12 +292,9 @@ def test_a_reused_recording_id_still_costs_a_credit(db: psycopg.Connection[Any])
                 (recording_id, user.id),
             )
         assert balance(db, user) == expected
-    with (
-        pytest.raises(psycopg.errors.RaiseException, match="insufficient credits"),
-        as_user(db, user),
-    ):
+    with as_user(db, user):
         db.execute("delete from public.recordings where id = %s", (recording_id,))
-        db.execute(
-            "insert into public.recordings (id, user_id) values (%s, %s)", (recording_id, user.id)
-        )
+    with pytest.raises(psycopg.errors.RaiseException, match="insufficient credits"):
+        record(db, user, "recordings")
+    assert balance(db, user) == 0
     assert_consistent(db, user)
