@@ -22,6 +22,7 @@ from sync_worker.logs import configure_logging
 from sync_worker.migrate import migrate
 from sync_worker.runner import run_guarded_cycle
 from sync_worker.services import LiveServices
+from sync_worker.signals import StopSignals
 from sync_worker.status import status_command
 from sync_worker.verify import verify_command
 
@@ -110,12 +111,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
     _configure(settings, *settings.secret_values())
     if not args.once and not args.dry_run:
         return Daemon(settings).run()
+    # A cron or CronJob run is stopped like the daemon: finish in-flight calls, record,
+    # release the lease; a second signal exits at once.
+    stop = StopSignals().install()
     with LiveServices(settings) as services:
         report = run_guarded_cycle(
             services,
             worker=worker_id(),
             run_id=args.run_id,
             dry_run=args.dry_run,
+            should_stop=stop.requested.is_set,
             lease_ttl_seconds=settings.sync_lease_ttl_seconds,
         )
     print(report.render())

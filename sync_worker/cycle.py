@@ -33,6 +33,7 @@ from sync_worker.errors import (
     MailUnavailable,
     SupabaseError,
     SyncError,
+    is_retriable,
 )
 from sync_worker.mailers import Mailer
 from sync_worker.plan import Action, CustomerStep, SyncPlan, make_plan, next_attempt_delay
@@ -150,6 +151,7 @@ def run_cycle(
             failures=_failure_lines(outcomes),
             aborted=outcomes.aborted,
         )
+        report.interrupted = services.should_stop()
         report.finish(services.clock(), time.monotonic() - began)
         log.info("cycle_finished", **report.log_fields())
         return report
@@ -415,6 +417,10 @@ def _record_failures(
     nothing_left = {s.email for s in plan.of(Action.NOTHING)}
     records: list[FailureRecord] = []
     for email, (step, error) in outcomes.failed.items():
+        if outcomes.aborted is not None and isinstance(error, SyncError) and is_retriable(error):
+            # The service was down, not the customer's case: no attempt is counted against
+            # them, and they are simply tried again next cycle.
+            continue
         before = previous.get(email)
         attempts = (before.attempts if before else 0) + 1
         retriable = not isinstance(error, SyncError) or getattr(error, "retriable", True)
@@ -435,6 +441,8 @@ def _record_failures(
         for email in previous
         if email not in outcomes.failed and (email in nothing_left or _is_done(email, outcomes))
     ]
+    # Failures of emails that left the CRM before they were ever enrolled concern nobody now.
+    cleared += list(plan.stale_failures)
     try:
         services.store.record_failures(records, now)
         services.store.clear_failures(cleared)
@@ -458,7 +466,8 @@ def exit_code_of(report: CycleReport) -> ExitCode:
     """Maps a report to the exit codes of a one-off run (DESIGN.md)."""
     if report.aborted:
         return ExitCode.UNAVAILABLE
-    if report.failures:
+    if report.failures or report.interrupted:
+        # Not everyone was served in this cycle; the next one retries them.
         return ExitCode.CUSTOMERS_FAILED
     return ExitCode.OK
 

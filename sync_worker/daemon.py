@@ -9,12 +9,10 @@ handlers of its own).
 from __future__ import annotations
 
 import os
-import signal
 import threading
 import time
 import uuid
 from datetime import UTC, datetime
-from types import FrameType
 
 import psycopg
 import structlog
@@ -31,6 +29,7 @@ from sync_worker.retrying import RETRY_LISTENERS
 from sync_worker.runner import run_guarded_cycle
 from sync_worker.schedule import trigger_for
 from sync_worker.services import LiveServices
+from sync_worker.signals import StopSignals
 
 log = structlog.get_logger("crm_sync.daemon")
 
@@ -45,29 +44,22 @@ class Daemon:
         self.settings = settings
         self.worker = worker_id()
         self.metrics = SyncMetrics()
-        self.stop_requested = threading.Event()
+        self._signals = StopSignals()
+        self.stop_requested = self._signals.requested
         self._idle = threading.Event()
         self._idle.set()
-        self._signals = 0
         self._last_outcome: str | None = None
         self._scheduler: BackgroundScheduler | None = None
         self._live: LiveServices | None = None
         self._readiness: tuple[float, bool, str] = (0.0, False, "no cycle yet")
 
-    # -- signals -----------------------------------------------------------------------------
-
-    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
-        self._signals += 1
-        if self._signals > 1:
-            os._exit(128 + signum)  # second signal: now
-        self.stop_requested.set()
-
     # -- the job -----------------------------------------------------------------------------
 
     def _tick(self) -> None:
+        self._idle.clear()  # before the check: a stop in between must wait for this tick
         if self.stop_requested.is_set() or self._live is None:
+            self._idle.set()
             return
-        self._idle.clear()
         run_id = uuid.uuid4().hex[:12]
         try:
             with structlog.contextvars.bound_contextvars(run_id=run_id, worker=self.worker):
@@ -137,8 +129,7 @@ class Daemon:
     def run(self) -> int:
         """Runs until SIGTERM/SIGINT; returns the process exit code."""
         settings = self.settings
-        signal.signal(signal.SIGTERM, self._on_signal)
-        signal.signal(signal.SIGINT, self._on_signal)
+        self._signals.install()
         RETRY_LISTENERS.append(self.metrics.observe_retry)
         with LiveServices(settings) as live:
             self._live = live

@@ -10,6 +10,7 @@ import contextvars
 import os
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,6 +18,7 @@ from contextlib import contextmanager
 import structlog
 
 from sync_worker.errors import LeaseHeld, SupabaseError
+from sync_worker.retrying import RetryPolicy
 from sync_worker.supabase_api import SupabaseApi
 
 log = structlog.get_logger("crm_sync.lease")
@@ -84,15 +86,32 @@ class SyncLease:
             heartbeat.join(timeout=5)
             self.release()
 
+    def renew(self) -> bool:
+        """Extends the lease this holder still has; False when it is gone or expired."""
+        response = self._api.call(
+            "renew lease",
+            lambda: self._api.client.rpc(
+                "renew_sync_lease", {"p_holder": self.holder, "p_ttl_seconds": self.ttl_seconds}
+            ).execute(),
+            # A renewal that cannot finish well inside the lease's life is no use.
+            policy=RetryPolicy(attempts=2, initial_wait=0.2, deadline=self.ttl_seconds / 3),
+        )
+        return bool(response.data)
+
     def _heartbeat(self, stop: threading.Event) -> None:
+        last_renewed = time.monotonic()
         while not stop.wait(self.ttl_seconds / 3):
             try:
-                renewed = self.acquire()
+                renewed = self.renew()
             except SupabaseError as exc:
                 log.warning("lease_renewal_failed", holder=self.holder, error=str(exc))
+                renewed = None
+            if renewed:
+                last_renewed = time.monotonic()
                 continue
-            if not renewed:
-                # Someone took over (we were too slow to renew): stop taking new customers.
+            if renewed is False or time.monotonic() - last_renewed > self.ttl_seconds * 2 / 3:
+                # Taken over, or about to expire unrenewed: another run may hold it now (or
+                # soon), so this one stops taking new customers.
                 log.error("lease_lost", holder=self.holder)
                 self.lost.set()
                 return

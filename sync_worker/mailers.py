@@ -456,10 +456,17 @@ class ResendMailer:
             ) from exc
         if response.ok:
             return _json_field(response, "id")
+        if response.status_code == 409 and _json_field(response, "name") == _KEY_REUSED:
+            # An email under this key was accepted within the last 24 hours (sent, but its
+            # record was lost); the key covers recipient, kind and credential, so it carried
+            # the same login details. Sending it again is what the key exists to prevent.
+            log.warning("email_already_sent_under_key", key=headers["Idempotency-Key"])
+            return None
         raise _translate_resend(response, hide)
 
 
 _QUOTA_EXCEEDED = frozenset({"daily_quota_exceeded", "monthly_quota_exceeded"})
+_KEY_REUSED = "invalid_idempotent_request"
 _GATEWAY_STATUSES = frozenset({502, 503, 504})
 
 
@@ -478,7 +485,7 @@ def _translate_resend(response: requests.Response, hide: Iterable[str | None]) -
             # other email.
             kind, retriable = MailUnavailable, False
     elif status == 409:
-        # Same key still in flight: retry. Same key with another payload: never.
+        # Same key still in flight: retry. (Same key, other payload: handled as sent.)
         retriable = name == "concurrent_idempotent_requests"
     elif status in (401, 403):
         # A bad or restricted key, or an unverified sender domain: every send would fail.

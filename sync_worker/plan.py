@@ -45,6 +45,8 @@ class SyncPlan:
     """Every customer's step, in a stable order (by email)."""
 
     steps: tuple[CustomerStep, ...]
+    # Failures recorded for emails that are neither in the CRM nor tracked any more.
+    stale_failures: tuple[str, ...] = ()
 
     def of(self, *actions: Action) -> list[CustomerStep]:
         return [s for s in self.steps if s.action in actions]
@@ -88,7 +90,8 @@ def make_plan(
             elif failure.next_attempt_at is not None and failure.next_attempt_at > now:
                 action = Action.WAIT
         steps.append(CustomerStep(action, email, customer, row, failure))
-    return SyncPlan(tuple(steps))
+    stale = sorted(set(failures) - set(customers) - set(tracked))
+    return SyncPlan(tuple(steps), tuple(stale))
 
 
 def _decide(customer: CrmCustomer | None, row: TrackedCustomer | None) -> Action:

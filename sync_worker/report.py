@@ -54,6 +54,7 @@ class CycleReport(BaseModel):
     deactivated: int = 0
     failures: list[FailureLine] = Field(default_factory=list)
     aborted: str | None = None
+    interrupted: bool = False
     preview: dict[str, list[str]] = Field(default_factory=dict)
 
     @classmethod
@@ -128,6 +129,7 @@ class CycleReport(BaseModel):
             "failed": len(self.failures),
             "failures_by_reason": self.failures_by_reason(),
             "aborted": self.aborted,
+            "interrupted": self.interrupted,
             "duration_seconds": self.duration_seconds,
         }
 
@@ -162,6 +164,8 @@ class CycleReport(BaseModel):
             lines.append(f"  invalid CRM row{lead}: {shown!r}: {invalid.reason}")
         if self.aborted:
             lines.append(f"  ABORTED: {self.aborted}")
+        if self.interrupted:
+            lines.append("  INTERRUPTED: stopped on a signal; the next run finishes the rest")
         return "\n".join(lines)
 
 

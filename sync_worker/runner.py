@@ -55,7 +55,11 @@ def run_guarded_cycle(
                 history.finish(history_id, datetime.now(UTC), "failed", None, str(exc))
                 raise
             history.finish(
-                history_id, datetime.now(UTC), _status(report, stop()), report, report.aborted
+                history_id,
+                datetime.now(UTC),
+                _status(report, report.interrupted or stop()),
+                report,
+                report.aborted,
             )
             return report
     except SupabaseError as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime
 from typing import Any
 
@@ -22,17 +23,28 @@ class RunHistory:
         self.worker = worker
 
     def start(self, run_id: str, started: datetime) -> str | None:
-        row = {"worker_id": self.worker, "started_at": started.isoformat(), "status": "running"}
+        # The id is ours, and a repeated insert is ignored: a retry after a lost answer
+        # cannot leave a second row "running" forever.
+        history_id = str(uuid.uuid4())
+        row = {
+            "id": history_id,
+            "worker_id": self.worker,
+            "started_at": started.isoformat(),
+            "status": "running",
+        }
         try:
-            response = self._api.call(
+            self._api.call(
                 "start run",
-                lambda: self._api.client.table("crm_sync_runs").insert(row).execute(),
+                lambda: (
+                    self._api.client.table("crm_sync_runs")
+                    .upsert(row, on_conflict="id", ignore_duplicates=True, returning="minimal")  # type: ignore[arg-type]
+                    .execute()
+                ),
             )
         except SupabaseError as exc:
             log.warning("run_history_unavailable", run_id=run_id, error=str(exc))
             return None
-        data: Any = response.data
-        return str(data[0]["id"]) if data else None
+        return history_id
 
     def finish(
         self,

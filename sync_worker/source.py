@@ -100,7 +100,8 @@ def merge_rows(rows: Iterable[tuple[str | None, str, str | None, str | None]]) -
             lead_ids = tuple(sorted((*lead_ids, lead_id)))
         snapshot.customers[email] = replace(
             known,
-            name=known.name or name,
+            # Rows come in no particular order: the name must not depend on it.
+            name=min((n for n in (known.name, name) if n), default=None),
             lead_ids=lead_ids,
             sale_rows=known.sale_rows + 1,
             sale_value=known.sale_value + value,

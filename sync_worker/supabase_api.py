@@ -93,7 +93,7 @@ class SupabaseApi:
     def _remember(self, response: httpx.Response) -> None:
         self._local.response = response
 
-    def call(self, operation: str, fn: Callable[[], T]) -> T:
+    def call(self, operation: str, fn: Callable[[], T], policy: RetryPolicy | None = None) -> T:
         """Runs `fn` (one request) under the retry policy, translating its errors."""
 
         def attempt() -> T:
@@ -103,7 +103,7 @@ class SupabaseApi:
             except (AuthError, APIError, httpx.HTTPError) as exc:
                 raise self.translate(exc, operation) from exc
 
-        return self.policy.call(operation, attempt)
+        return (policy or self.policy).call(operation, attempt)
 
     def admin_get(self, path: str, params: dict[str, Any]) -> httpx.Response:
         """A GET on the Auth admin API that supabase-py does not offer (the list `filter`)."""

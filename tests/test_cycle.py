@@ -374,3 +374,15 @@ def test_every_log_line_carries_the_run_id_and_no_secret(sandbox: Sandbox, crm_u
     assert passwords
     for secret in (*passwords, sandbox.service_role_key):
         assert secret not in stream.getvalue()
+
+
+def test_an_outage_counts_against_no_customer(sandbox: Sandbox, crm_url: str) -> None:
+    add_sales(crm_url, *[(f"down{i}@example.com", None, 1) for i in range(8)])
+    sandbox.faults.auth = FaultPlan(fault_rate=1.0, mix={FaultKind.UNAVAILABLE: 1})
+    report = run(settings_for(sandbox, crm_url, sync_concurrency=1))
+    assert exit_code_of(report) is ExitCode.UNAVAILABLE
+    assert report.aborted
+    assert "Supabase" in report.aborted
+    assert query(sandbox, "select count(*) from public.crm_sync_failures") == [(0,)]
+    sandbox.faults.clear()
+    assert run(settings_for(sandbox, crm_url)).created == 8

@@ -251,3 +251,22 @@ def test_a_killed_holders_lease_is_taken_over_after_its_ttl(
     time.sleep(3.2)  # SYNC_LEASE_TTL_SECONDS
     assert once(env, tmp_path) == 0
     assert_each_customer_once(sandbox, emails)
+
+
+def test_a_once_run_stopped_by_sigterm_finishes_cleanly(
+    sandbox: Sandbox, crm_url: str, tmp_path: Path
+) -> None:
+    """A CronJob pod being stopped: the run records itself, releases the lease, exits 1."""
+    emails = add_customers(crm_url, 30, "cron")
+    sandbox.faults.auth = FaultPlan(latency_ms=100)
+    env = environment(sandbox, crm_url, SYNC_CONCURRENCY="1")
+    run = start(env, tmp_path, "--once")
+    wait_for(lambda: rows(sandbox, "select count(*) from auth.users")[0][0] >= 3, what="work")
+    code, took = stop(run)
+    assert code == 1
+    assert took < GRACE_SECONDS
+    assert [r[2] for r in finished_runs(sandbox)] == ["interrupted"]
+    assert rows(sandbox, "select count(*) from public.crm_sync_lease") == [(0,)]
+    sandbox.faults.clear()
+    assert once(env, tmp_path) == 0
+    assert_each_customer_once(sandbox, emails)

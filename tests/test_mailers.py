@@ -649,17 +649,18 @@ def test_resend_quota_exhausted_stops_mail_without_retrying(
     assert sleeps == []
 
 
-def test_resend_invalid_idempotent_request_is_not_retried(
+def test_resend_key_already_used_means_already_sent(
     resend_api: responses.RequestsMock, sleeps: list[float]
 ) -> None:
+    """409 invalid_idempotent_request: an email under this key (same recipient, kind and
+    credential) was accepted within 24 h, so it is not sent again, and not an error."""
     error(resend_api, 409, "invalid_idempotent_request")
-    with pytest.raises(MailError) as caught:
+    with capture_logs() as logs:
         resend_mailer().send(welcome())
 
-    assert not caught.value.retriable
-    assert "invalid_idempotent_request" in str(caught.value)
     assert len(resend_api.calls) == 1
     assert sleeps == []
+    assert [e["event"] for e in logs] == ["email_already_sent_under_key", "email_sent"]
 
 
 def test_resend_concurrent_idempotent_request_is_retried(
