@@ -111,20 +111,23 @@ def seeded(admin_url: str) -> Iterator[Seeded]:
         with owner(sandbox) as conn:
             conn.execute("drop trigger block_signups on auth.users")
             conn.execute("drop function public.block_signups()")
+        add_sales(crm_url, (DAN, "Dan", 49.99))
+        # Mail down: dan is enrolled, his email stays pending, the run is recorded failed;
+        # the blocked customer's next attempt is not due yet, so it waits.
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(SmtpMailer, "DEFAULT_RETRY", FAST)  # fail in ms, not seconds
+            cycle(settings_for(sandbox, crm_url, smtp_port=closed_port()), "worker-b")
+        # The blocked customer then leaves the CRM (its failure row stays until the next
+        # cycle clears it), so the enrolment check has nothing to report on a healthy
+        # database; a parked failure from long ago completes the picture.
+        remove_sales(crm_url, BLOCKED)
+        with owner(sandbox) as conn:
             conn.execute(
                 "insert into public.crm_sync_failures"
                 " (email, step, reason, attempts, retriable, parked_at)"
                 " values (%s, 'email', 'mailbox unavailable', 3, false, now())",
                 (PARKED,),
             )
-        # The blocked customer leaves the CRM (its failure row stays, as after a refund),
-        # so the enrolment check has nothing to report on a healthy database.
-        remove_sales(crm_url, BLOCKED)
-        add_sales(crm_url, (DAN, "Dan", 49.99))
-        # Mail down: dan is enrolled, his email stays pending, the run is recorded failed.
-        with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(SmtpMailer, "DEFAULT_RETRY", FAST)  # fail in ms, not seconds
-            cycle(settings_for(sandbox, crm_url, smtp_port=closed_port()), "worker-b")
 
         users = dict(query(sandbox, "select email, id::text from auth.users"))
         with owner(sandbox) as conn:
@@ -157,7 +160,7 @@ def test_status_text_shows_runs_pending_failed_and_the_monitoring_queries(
     assert "Last 2 runs (newest first)" in out
     runs = out[out.index("Last 2 runs") : out.index("Customers pending")]
     assert runs.index("worker-b") < runs.index("worker-a")
-    assert has_row(runs, "failed", "worker-b", "eligible 4, created 1,", "mail is unreachable")
+    assert has_row(runs, "failed", "worker-b", "eligible 5, created 1,", "mail is unreachable")
     assert has_row(runs, "partial", "worker-a", "eligible 4, created 3,")
     assert "emailed 3, failed" in runs.split("worker-a", 1)[1]
 
