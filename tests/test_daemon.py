@@ -188,18 +188,25 @@ def test_daemon_runs_cycles_serves_probes_and_stops_cleanly(
     assert '"event": "daemon_stopped"' in log
 
 
+@pytest.mark.parametrize(
+    ("args", "exit_code"),
+    [
+        (("run",), 0),  # the daemon: a graceful stop is a success
+        (("--once",), 1),  # a cron/CronJob run: not everyone was served this time
+    ],
+)
 def test_sigterm_mid_cycle_exits_in_grace_and_the_next_run_finishes(
-    sandbox: Sandbox, crm_url: str, tmp_path: Path
+    sandbox: Sandbox, crm_url: str, tmp_path: Path, args: tuple[str, ...], exit_code: int
 ) -> None:
     emails = add_customers(crm_url, 30, "cut")
     sandbox.faults.auth = FaultPlan(latency_ms=100)
     env = environment(sandbox, crm_url, SYNC_CONCURRENCY="1", SYNC_INTERVAL_SECONDS="60")
-    daemon = start(env, tmp_path, "run")
+    worker = start(env, tmp_path, *args)
     try:
         wait_for(lambda: rows(sandbox, "select count(*) from auth.users")[0][0] >= 3, what="3")
     finally:
-        code, took = stop(daemon)
-    assert code == 0
+        code, took = stop(worker)
+    assert code == exit_code
     assert took < GRACE_SECONDS
     created = rows(sandbox, "select count(*) from auth.users")[0][0]
     assert 3 <= created < 30
@@ -249,24 +256,5 @@ def test_a_killed_holders_lease_is_taken_over_after_its_ttl(
     assert once(env, tmp_path) == 75
     sandbox.faults.clear()
     time.sleep(3.2)  # SYNC_LEASE_TTL_SECONDS
-    assert once(env, tmp_path) == 0
-    assert_each_customer_once(sandbox, emails)
-
-
-def test_a_once_run_stopped_by_sigterm_finishes_cleanly(
-    sandbox: Sandbox, crm_url: str, tmp_path: Path
-) -> None:
-    """A CronJob pod being stopped: the run records itself, releases the lease, exits 1."""
-    emails = add_customers(crm_url, 30, "cron")
-    sandbox.faults.auth = FaultPlan(latency_ms=100)
-    env = environment(sandbox, crm_url, SYNC_CONCURRENCY="1")
-    run = start(env, tmp_path, "--once")
-    wait_for(lambda: rows(sandbox, "select count(*) from auth.users")[0][0] >= 3, what="work")
-    code, took = stop(run)
-    assert code == 1
-    assert took < GRACE_SECONDS
-    assert [r[2] for r in finished_runs(sandbox)] == ["interrupted"]
-    assert rows(sandbox, "select count(*) from public.crm_sync_lease") == [(0,)]
-    sandbox.faults.clear()
     assert once(env, tmp_path) == 0
     assert_each_customer_once(sandbox, emails)
