@@ -302,7 +302,8 @@ def render_status(report: StatusReport, *, width: int = RENDER_WIDTH) -> str:
     console = text_console(buffer, width)
     console.print(f"crm-sync status at {_shown(report.generated_at)} (all times UTC)\n")
 
-    runs = titled_table(f"Last {len(report.runs)} runs (newest first)")
+    count = len(report.runs)
+    runs = titled_table(f"Last {count} run{'' if count == 1 else 's'} (newest first)")
     for column in ("started", "finished", "duration", "status"):
         runs.add_column(column, no_wrap=True)
     runs.add_column("worker", overflow="fold")
