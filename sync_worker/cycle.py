@@ -33,7 +33,6 @@ from sync_worker.errors import (
     MailUnavailable,
     SupabaseError,
     SyncError,
-    is_retriable,
 )
 from sync_worker.mailers import Mailer
 from sync_worker.plan import Action, CustomerStep, SyncPlan, make_plan, next_attempt_delay
@@ -95,16 +94,30 @@ class _Outcomes:
     failed: dict[str, tuple[str, SyncError | str]] = field(default_factory=dict)
     aborted: DependencyUnavailable | None = None
     consecutive_outage: int = 0
+    interrupted: bool = False
 
     def fail(self, email: str, step: str, error: SyncError | str) -> None:
         self.failed[email] = (step, error)
-        outage = isinstance(error, SupabaseError) and error.retriable
-        self.consecutive_outage = self.consecutive_outage + 1 if outage else 0
+        self.consecutive_outage = self.consecutive_outage + 1 if _is_outage(error) else 0
         if self.consecutive_outage >= OUTAGE_THRESHOLD and self.aborted is None:
             self.aborted = DependencyUnavailable("Supabase", str(error))
 
     def succeed(self) -> None:
         self.consecutive_outage = 0
+
+    def stopping(self, services: CycleServices) -> bool:
+        """Whether to skip the work in hand because a stop was asked for (and note it)."""
+        if services.should_stop():
+            self.interrupted = True
+        return self.interrupted
+
+
+def _is_outage(error: SyncError | str) -> bool:
+    """A failure that says "the service is down" rather than anything about the customer:
+    no connection, a timeout, 429, or a 5xx after retries."""
+    if not isinstance(error, SupabaseError) or not error.retriable:
+        return False
+    return error.status in (None, 0, 429) or (error.status or 0) >= 500
 
 
 def run_cycle(
@@ -151,7 +164,7 @@ def run_cycle(
             failures=_failure_lines(outcomes),
             aborted=outcomes.aborted,
         )
-        report.interrupted = services.should_stop()
+        report.interrupted = outcomes.interrupted
         report.finish(services.clock(), time.monotonic() - began)
         log.info("cycle_finished", **report.log_fields())
         return report
@@ -180,9 +193,9 @@ def _execute(
     # short call rather than left for the next run to find again.
     if outcomes.aborted is None:
         _enrol(settings, services, enrolments, outcomes)
-    if outcomes.aborted is None and not services.should_stop():
+    if outcomes.aborted is None:
         _send_welcome_emails(settings, services, plan, provisioned, outcomes)
-    if outcomes.aborted is None and not services.should_stop():
+    if outcomes.aborted is None:
         _deactivate(services, plan, outcomes)
 
 
@@ -197,7 +210,7 @@ def _provision_accounts(
     progress = ProgressReporter(len(steps), "provisioning accounts")
 
     def one(step: CustomerStep) -> tuple[CustomerStep, _Provisioned | SyncError | None]:
-        if services.should_stop() or outcomes.aborted is not None:
+        if outcomes.aborted is not None or outcomes.stopping(services):
             return step, None
         assert step.customer is not None
         try:
@@ -323,7 +336,7 @@ def _send_welcome_emails(
     with progress, ThreadPoolExecutor(max_workers=settings.sync_concurrency) as recorder:
         for item in owed:
             email = item.email
-            if services.should_stop() or outcomes.aborted is not None:
+            if outcomes.aborted is not None or outcomes.stopping(services):
                 break
             progress.advance()
             fresh = provisioned.get(email)
@@ -396,7 +409,7 @@ def _welcome_email(
 
 def _deactivate(services: CycleServices, plan: SyncPlan, outcomes: _Outcomes) -> None:
     emails = [s.email for s in plan.of(Action.DEACTIVATE)]
-    if not emails:
+    if not emails or outcomes.stopping(services):
         return
     try:
         outcomes.deactivated = services.store.deactivate(emails)
@@ -417,7 +430,7 @@ def _record_failures(
     nothing_left = {s.email for s in plan.of(Action.NOTHING)}
     records: list[FailureRecord] = []
     for email, (step, error) in outcomes.failed.items():
-        if outcomes.aborted is not None and isinstance(error, SyncError) and is_retriable(error):
+        if outcomes.aborted is not None and _is_outage(error):
             # The service was down, not the customer's case: no attempt is counted against
             # them, and they are simply tried again next cycle.
             continue

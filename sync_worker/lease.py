@@ -39,15 +39,26 @@ class SyncLease:
         self.holder = holder
         self.ttl_seconds = ttl_seconds
         self.lost = threading.Event()
+        # When the last successful take or renewal was *sent*: the database counts the
+        # time-to-live from its arrival, so this errs on the safe side.
+        self._renewed_at = time.monotonic()
+
+    def expiring(self) -> bool:
+        """True once two thirds of the time-to-live passed since the last renewal: whether or
+        not the heartbeat has noticed (it may be stuck in a slow call), stop taking work."""
+        return time.monotonic() - self._renewed_at > self.ttl_seconds * 2 / 3
 
     def acquire(self) -> bool:
         """Takes (or renews) the lease; False when someone else holds it."""
+        sent = time.monotonic()
         response = self._api.call(
             "acquire lease",
             lambda: self._api.client.rpc(
                 "acquire_sync_lease", {"p_holder": self.holder, "p_ttl_seconds": self.ttl_seconds}
             ).execute(),
         )
+        if response.data:
+            self._renewed_at = sent
         return bool(response.data)
 
     def release(self) -> None:
@@ -88,6 +99,7 @@ class SyncLease:
 
     def renew(self) -> bool:
         """Extends the lease this holder still has; False when it is gone or expired."""
+        sent = time.monotonic()
         response = self._api.call(
             "renew lease",
             lambda: self._api.client.rpc(
@@ -96,20 +108,20 @@ class SyncLease:
             # A renewal that cannot finish well inside the lease's life is no use.
             policy=RetryPolicy(attempts=2, initial_wait=0.2, deadline=self.ttl_seconds / 3),
         )
+        if response.data:
+            self._renewed_at = sent
         return bool(response.data)
 
     def _heartbeat(self, stop: threading.Event) -> None:
-        last_renewed = time.monotonic()
         while not stop.wait(self.ttl_seconds / 3):
             try:
-                renewed = self.renew()
+                renewed: bool | None = self.renew()
             except SupabaseError as exc:
                 log.warning("lease_renewal_failed", holder=self.holder, error=str(exc))
                 renewed = None
             if renewed:
-                last_renewed = time.monotonic()
                 continue
-            if renewed is False or time.monotonic() - last_renewed > self.ttl_seconds * 2 / 3:
+            if renewed is False or self.expiring():
                 # Taken over, or about to expire unrenewed: another run may hold it now (or
                 # soon), so this one stops taking new customers.
                 log.error("lease_lost", holder=self.holder)

@@ -8,6 +8,7 @@ the API has accepted the message, which is when the caller may record it as sent
 from __future__ import annotations
 
 import contextlib
+import email.policy
 import smtplib
 import ssl
 import sys
@@ -146,8 +147,8 @@ class SmtpMailer:
         try:
             # Every error here is a refusal the server answered, or a connection lost before
             # the message was on the wire: nothing was delivered, so a retry is safe.
-            self._envelope(smtp, recipient)
-            self._data(smtp, rendered)
+            international = self._envelope(smtp, recipient)
+            self._data(smtp, rendered, international=international)
         except _MaybeDelivered as uncertain:
             self._discard(polite=False)
             raise MailError(
@@ -171,7 +172,8 @@ class SmtpMailer:
                 return
             raise _translate_smtp(exc, recipient, connecting=False) from exc
 
-    def _envelope(self, smtp: smtplib.SMTP, recipient: str) -> None:
+    def _envelope(self, smtp: smtplib.SMTP, recipient: str) -> bool:
+        """MAIL FROM and RCPT TO; True when the addresses need SMTPUTF8."""
         smtp.ehlo_or_helo_if_needed()
         options = _mail_options(smtp, self._envelope_from, recipient)
         code, reply = smtp.mail(self._envelope_from, options)
@@ -180,11 +182,15 @@ class SmtpMailer:
         code, reply = smtp.rcpt(recipient)
         if code not in (250, 251):
             raise smtplib.SMTPRecipientsRefused({recipient: (code, reply)})
+        return bool(options)
 
-    def _data(self, smtp: smtplib.SMTP, rendered: EmailMessage) -> None:
+    def _data(self, smtp: smtplib.SMTP, rendered: EmailMessage, *, international: bool) -> None:
         """Sends the message. A refusal answered by the server delivered nothing; a lost
         answer after the message was sent may have delivered it (`_MaybeDelivered`)."""
-        payload = rendered.as_bytes(policy=rendered.policy.clone(linesep="\r\n"))
+        # With SMTPUTF8, headers carry UTF-8 as is (RFC 6532), as smtplib's send_message does.
+        payload = rendered.as_bytes(
+            policy=email.policy.SMTPUTF8 if international else email.policy.SMTP
+        )
         code, reply = smtp.docmd("DATA")
         if code != 354:
             raise smtplib.SMTPDataError(code, reply)

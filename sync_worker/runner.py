@@ -44,7 +44,7 @@ def run_guarded_cycle(
     history = RunHistory(live.api, worker)
 
     def stop() -> bool:
-        return should_stop() or lease.lost.is_set()
+        return should_stop() or lease.lost.is_set() or lease.expiring()
 
     try:
         with lease.held():
@@ -57,7 +57,7 @@ def run_guarded_cycle(
             history.finish(
                 history_id,
                 datetime.now(UTC),
-                _status(report, report.interrupted or stop()),
+                _status(report, report.interrupted),
                 report,
                 report.aborted,
             )

@@ -872,3 +872,17 @@ def test_smtp_lines_starting_with_a_dot_survive(monkeypatch: pytest.MonkeyPatch)
         mailer.close()
     [received] = handler.messages
     assert ".Dot Person" in text_and_html(received.message)[0]
+
+
+def test_smtp_an_international_domain_keeps_a_valid_to_header() -> None:
+    handler = Collector()
+    with smtp_server(handler, enable_SMTPUTF8=True) as server:
+        mailer = smtp_mailer(server.port)
+        mailer.send(welcome("jose@exämple.com"))
+        mailer.close()
+    [received] = handler.messages
+    assert received.rcpt_tos == ["jose@exämple.com"]
+    # RFC 6532: the header carries UTF-8 as is (the parser here reads it as escaped bytes),
+    # never an encoded word inside the address.
+    address = received.message["To"].addresses[0].addr_spec
+    assert address.encode("utf-8", "surrogateescape").decode("utf-8") == "jose@exämple.com"

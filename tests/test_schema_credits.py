@@ -298,3 +298,23 @@ def test_a_reused_recording_id_still_costs_a_credit(db: psycopg.Connection[Any])
         record(db, user, "recordings")
     assert balance(db, user) == 0
     assert_consistent(db, user)
+
+
+def test_saving_a_recording_again_costs_nothing(db: psycopg.Connection[Any]) -> None:
+    """An upsert of an existing recording (supabase-js .upsert) is an update, not a new one."""
+    user = create_auth_user(db, "upsert@example.com")
+    enrol_user(db, user)
+    recording_id = "5d3c1a0e-0000-4000-8000-000000000002"
+    for title in ("first take", "second take", "third take"):
+        with as_user(db, user):
+            db.execute(
+                "insert into public.crm_recordings (id, email, user_id, video_url)"
+                " values (%s, %s, %s, %s)"
+                " on conflict (id) do update set video_url = excluded.video_url",
+                (recording_id, user.email, user.id, title),
+            )
+    assert balance(db, user) == 3
+    assert scalar(
+        db, "select video_url from public.crm_recordings where id = %s", recording_id
+    ) == ("third take")
+    assert_consistent(db, user)

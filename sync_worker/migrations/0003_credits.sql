@@ -113,10 +113,11 @@ create trigger grant_credits_on_payment
   after insert or update of status on public.payment_details
   for each row execute function public.grant_credits_on_payment();
 
--- A recording costs one credit, taken before the row is written; with no credit left the
--- insert fails with 'insufficient credits'. A signed-in user may only spend their own
--- credits: that is checked here, before spending, because row-level security's WITH CHECK
--- runs only after BEFORE triggers.
+-- A recording costs one credit, taken as the row is inserted; with no credit left the insert
+-- fails with 'insufficient credits'. An AFTER INSERT trigger: it fires only for rows really
+-- inserted (an upsert that updates an existing recording fires UPDATE triggers instead, and
+-- costs nothing), and after row-level security's WITH CHECK has passed. The explicit
+-- ownership check stays as a second line of defence.
 create function public.consume_credit_on_recording()
 returns trigger
 language plpgsql
@@ -147,10 +148,10 @@ $$;
 
 drop trigger if exists consume_credit_on_recording on public.recordings;
 create trigger consume_credit_on_recording
-  before insert on public.recordings
+  after insert on public.recordings
   for each row execute function public.consume_credit_on_recording();
 create trigger consume_credit_on_recording
-  before insert on public.crm_recordings
+  after insert on public.crm_recordings
   for each row execute function public.consume_credit_on_recording();
 
 -- The tracking row mirrors the balance: whenever the balance moves...

@@ -14,11 +14,12 @@ as $$
 declare
   v_email text := lower(btrim(p_email));
 begin
-  -- One refresher per customer at a time: the row lock makes a concurrent insert wait, and
-  -- the count below (a new statement, so a new snapshot) then sees every committed row.
-  -- NO KEY UPDATE, so inserts' foreign-key checks on the tracking row are not blocked.
-  perform 1 from public.digital_resume_by_crm t where t.email = v_email for no key update;
-  if not found then
+  -- One refresher per customer at a time: a concurrent insert waits here, and the count
+  -- below (a new statement, so a new snapshot) then sees every committed row. An advisory
+  -- lock, not a row lock: deleting an account locks the tracking row before it cascades to
+  -- these rows, and a row lock taken here in the other order could deadlock with it.
+  perform pg_advisory_xact_lock(hashtextextended('crm_sync.stats:' || v_email, 0));
+  if not exists (select 1 from public.digital_resume_by_crm t where t.email = v_email) then
     return;
   end if;
   insert into public.crm_dashboard_stats as s (

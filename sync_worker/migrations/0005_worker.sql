@@ -259,6 +259,9 @@ as $$
 declare
   v_now timestamptz := clock_timestamp();
 begin
+  if p_holder is null or p_holder = '' or p_ttl_seconds is null or p_ttl_seconds < 1 then
+    raise exception 'a holder and a positive time-to-live are required' using errcode = '22023';
+  end if;
   update public.crm_sync_lease l
      set renewed_at = v_now, expires_at = v_now + make_interval(secs => p_ttl_seconds)
    where l.name = 'sync' and l.holder = p_holder and l.expires_at >= v_now;
