@@ -50,16 +50,7 @@ class SyncLease:
 
     def acquire(self) -> bool:
         """Takes (or renews) the lease; False when someone else holds it."""
-        sent = time.monotonic()
-        response = self._api.call(
-            "acquire lease",
-            lambda: self._api.client.rpc(
-                "acquire_sync_lease", {"p_holder": self.holder, "p_ttl_seconds": self.ttl_seconds}
-            ).execute(),
-        )
-        if response.data:
-            self._renewed_at = sent
-        return bool(response.data)
+        return self._extend("acquire_sync_lease", "acquire lease")
 
     def release(self) -> None:
         try:
@@ -99,14 +90,16 @@ class SyncLease:
 
     def renew(self) -> bool:
         """Extends the lease this holder still has; False when it is gone or expired."""
+        # A renewal that cannot finish well inside the lease's life is no use.
+        quick = RetryPolicy(attempts=2, initial_wait=0.2, deadline=self.ttl_seconds / 3)
+        return self._extend("renew_sync_lease", "renew lease", quick)
+
+    def _extend(self, function: str, operation: str, policy: RetryPolicy | None = None) -> bool:
+        """Calls a lease RPC that sets a new expiry; on success, remembers when it was sent."""
         sent = time.monotonic()
+        arguments = {"p_holder": self.holder, "p_ttl_seconds": self.ttl_seconds}
         response = self._api.call(
-            "renew lease",
-            lambda: self._api.client.rpc(
-                "renew_sync_lease", {"p_holder": self.holder, "p_ttl_seconds": self.ttl_seconds}
-            ).execute(),
-            # A renewal that cannot finish well inside the lease's life is no use.
-            policy=RetryPolicy(attempts=2, initial_wait=0.2, deadline=self.ttl_seconds / 3),
+            operation, lambda: self._api.client.rpc(function, arguments).execute(), policy=policy
         )
         if response.data:
             self._renewed_at = sent
