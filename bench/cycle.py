@@ -14,16 +14,16 @@ import time
 
 import psycopg
 
-from sync_worker.config import Settings
-from sync_worker.cycle import run_cycle
-from sync_worker.logs import configure_logging
-from sync_worker.sandbox import FaultPlan, Sandbox
-from sync_worker.sandbox.database import (
+from supabase_sandbox import FaultPlan, Sandbox
+from supabase_sandbox.database import (
     DEFAULT_ADMIN_URL,
     create_database,
     drop_database,
     unique_name,
 )
+from sync_worker.config import Settings
+from sync_worker.cycle import run_cycle
+from sync_worker.logs import configure_logging
 from sync_worker.services import LiveServices
 
 

@@ -21,7 +21,7 @@ trap cleanup EXIT
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
 step "Starting the local stack (sandbox: Auth + REST + SMTP sink, demo CRM)"
-python -m sync_worker.sandbox serve --demo-data --mail-dir "$work/mail" >"$work/env" 2>"$work/sandbox.log" &
+python -m supabase_sandbox serve --demo-data --mail-dir "$work/mail" >"$work/env" 2>"$work/sandbox.log" &
 sandbox_pid=$!
 for _ in $(seq 1 300); do
   grep -q '^SMTP_PORT=' "$work/env" 2>/dev/null && break

@@ -14,7 +14,7 @@ import psycopg
 import pytest
 import structlog
 
-from sync_worker.sandbox import database
+from supabase_sandbox import database
 
 ADMIN_URL = os.environ.get("CRM_SYNC_TEST_ADMIN_URL", database.DEFAULT_ADMIN_URL)
 

@@ -9,10 +9,10 @@ from typing import Any
 
 import psycopg
 
+from supabase_sandbox import database
+from supabase_sandbox.stack import Sandbox
 from sync_worker.config import Settings
 from sync_worker.retrying import RetryPolicy
-from sync_worker.sandbox import database
-from sync_worker.sandbox.stack import Sandbox
 
 # Retries as in production, minus the waiting.
 FAST = RetryPolicy(attempts=6, initial_wait=0.01, max_wait=0.05, deadline=10, max_retry_after=0.05)

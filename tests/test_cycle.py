@@ -14,13 +14,13 @@ import psycopg
 import pytest
 from supabase import create_client
 
+from supabase_sandbox.faults import FaultKind, FaultPlan
+from supabase_sandbox.stack import Sandbox
 from sync_worker.config import Settings
 from sync_worker.cycle import exit_code_of, run_cycle
 from sync_worker.errors import ExitCode
 from sync_worker.logs import configure_logging
 from sync_worker.report import CycleReport
-from sync_worker.sandbox.faults import FaultKind, FaultPlan
-from sync_worker.sandbox.stack import Sandbox
 from sync_worker.services import LiveServices
 from tests.stack import (
     BLOCK_SIGNUPS,

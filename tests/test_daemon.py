@@ -18,9 +18,9 @@ from typing import Any
 import psycopg
 import pytest
 
-from sync_worker.sandbox import database
-from sync_worker.sandbox.faults import FaultPlan
-from sync_worker.sandbox.stack import Sandbox
+from supabase_sandbox import database
+from supabase_sandbox.faults import FaultPlan
+from supabase_sandbox.stack import Sandbox
 
 GRACE_SECONDS = 8
 

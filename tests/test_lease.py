@@ -8,10 +8,10 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
+from supabase_sandbox.faults import FaultKind, FaultPlan
+from supabase_sandbox.stack import Sandbox
 from sync_worker.errors import LeaseHeld
 from sync_worker.lease import SyncLease
-from sync_worker.sandbox.faults import FaultKind, FaultPlan
-from sync_worker.sandbox.stack import Sandbox
 from sync_worker.supabase_api import SupabaseApi
 from tests.stack import FAST
 

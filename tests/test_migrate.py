@@ -9,11 +9,11 @@ from typing import Any
 import psycopg
 import pytest
 
+from supabase_sandbox import database
 from sync_worker import migrate as migrate_module
 from sync_worker.cli import main
 from sync_worker.errors import DependencyUnavailable, MigrationError
 from sync_worker.migrate import Migration, migrate, packaged_migrations, pending_migrations
-from sync_worker.sandbox import database
 from tests.pg import acting_as, create_auth_user, scalar
 
 

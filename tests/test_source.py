@@ -9,8 +9,8 @@ from typing import Any
 import psycopg
 import pytest
 
+from supabase_sandbox import database
 from sync_worker.errors import CrmSourceError, DependencyUnavailable
-from sync_worker.sandbox import database
 from sync_worker.source import CrmColumns, merge_rows, read_snapshot
 
 LIVE = CrmColumns(

@@ -15,11 +15,11 @@ import pytest
 from postgrest.exceptions import APIError
 from supabase import create_client
 
+from supabase_sandbox.stack import Sandbox
 from sync_worker import status as status_module
 from sync_worker.config import Settings
 from sync_worker.mailers import SmtpMailer
 from sync_worker.runner import run_guarded_cycle
-from sync_worker.sandbox.stack import Sandbox
 from sync_worker.services import LiveServices
 from sync_worker.status import collect_status, render_status, status_command
 from sync_worker.supabase_api import SupabaseApi

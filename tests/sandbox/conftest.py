@@ -10,7 +10,7 @@ import psycopg
 import pytest
 from supabase import Client, create_client
 
-from sync_worker.sandbox import Sandbox
+from supabase_sandbox import Sandbox
 
 # Test-only objects in the sandbox's database: a table whose rows belong to a user (RLS on
 # auth.uid()), a table `anon` and `authenticated` may not touch at all, and a few functions.

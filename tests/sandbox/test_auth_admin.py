@@ -1,7 +1,7 @@
 """Supabase Auth's admin API on the sandbox, through supabase-py and raw HTTP.
 
 Expected answers are those of supabase/auth internal/api/admin.go, mail.go, invite.go and
-errors.go (see sync_worker/sandbox/auth_api.py for the line-by-line references).
+errors.go (see sandbox/supabase_sandbox/auth_api.py for the line-by-line references).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import pytest
 from supabase import Client
 from supabase_auth.errors import AuthApiError, AuthWeakPasswordError
 
-from sync_worker.sandbox import Sandbox
+from supabase_sandbox import Sandbox
 
 DUPLICATE = "A user with this email address has already been registered"
 

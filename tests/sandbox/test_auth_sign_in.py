@@ -10,7 +10,7 @@ import pytest
 from supabase import Client, create_client
 from supabase_auth.errors import AuthApiError
 
-from sync_worker.sandbox import Sandbox
+from supabase_sandbox import Sandbox
 
 
 def test_sign_in_with_password_returns_a_session_with_user_claims(

@@ -13,7 +13,7 @@ import pytest
 from supabase import Client
 from supabase_auth.errors import AuthApiError, AuthRetryableError
 
-from sync_worker.sandbox import FaultKind, FaultPlan, Faults, Sandbox
+from supabase_sandbox import FaultKind, FaultPlan, Faults, Sandbox
 
 REQUESTS = 120
 

@@ -13,7 +13,7 @@ import pytest
 from postgrest.exceptions import APIError
 from supabase import Client
 
-from sync_worker.sandbox import Sandbox
+from supabase_sandbox import Sandbox
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sync_worker.sandbox.rest_query import (
+from supabase_sandbox.rest_query import (
     Filter,
     OrderTerm,
     QueryError,

@@ -1,4 +1,4 @@
-"""`python -m sync_worker.sandbox serve` as operators and the demo run it: the contract lines on
+"""`python -m supabase_sandbox serve` as operators and the demo run it: the contract lines on
 stdout, a working stack with demo data, a clean exit on SIGTERM that drops its databases."""
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import psycopg
 import pytest
 from supabase import create_client
 
-from sync_worker.sandbox import Sandbox
-from sync_worker.sandbox.demo_data import EXISTING_USER_PASSWORD, EXISTING_USERS
+from supabase_sandbox import Sandbox
+from supabase_sandbox.demo_data import EXISTING_USER_PASSWORD, EXISTING_USERS
 
 CONTRACT_KEYS = [
     "SUPABASE_URL",
@@ -43,7 +43,7 @@ def served(admin_url: str) -> Iterator[tuple[subprocess.Popen[str], dict[str, st
         [
             sys.executable,
             "-m",
-            "sync_worker.sandbox",
+            "supabase_sandbox",
             "serve",
             "--db-url",
             admin_url,
@@ -123,7 +123,7 @@ def test_contract_lines_without_demo_data_have_no_crm_url(sandbox: Sandbox) -> N
 
 def test_serve_refuses_an_unknown_fault_group(admin_url: str) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "sync_worker.sandbox", "serve", "--fault-groups", "storage"],
+        [sys.executable, "-m", "supabase_sandbox", "serve", "--fault-groups", "storage"],
         capture_output=True,
         text=True,
         timeout=30,

@@ -6,7 +6,7 @@ import smtplib
 from email.message import EmailMessage
 from pathlib import Path
 
-from sync_worker.sandbox import MailSink
+from supabase_sandbox import MailSink
 
 
 def message(to: str, subject: str) -> EmailMessage:

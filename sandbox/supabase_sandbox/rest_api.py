@@ -19,10 +19,10 @@ import psycopg
 from psycopg import sql
 from psycopg_pool import ConnectionPool
 
-from sync_worker.sandbox.keys import InvalidToken, SandboxKeys
-from sync_worker.sandbox.rest_catalog import SCHEMA, Catalog, Routine, Table, closest
-from sync_worker.sandbox.rest_errors import database_error, error_response, jwt_error
-from sync_worker.sandbox.rest_query import (
+from supabase_sandbox.keys import InvalidToken, SandboxKeys
+from supabase_sandbox.rest_catalog import SCHEMA, Catalog, Routine, Table, closest
+from supabase_sandbox.rest_errors import database_error, error_response, jwt_error
+from supabase_sandbox.rest_query import (
     COMPARISONS,
     IS_VALUES,
     Filter,
@@ -34,7 +34,7 @@ from sync_worker.sandbox.rest_query import (
     parse_prefer,
     parse_read_params,
 )
-from sync_worker.sandbox.wire import ApiRequest, ApiResponse
+from supabase_sandbox.wire import ApiRequest, ApiResponse
 
 log = logging.getLogger(__name__)
 

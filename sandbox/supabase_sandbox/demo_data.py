@@ -17,7 +17,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from sync_worker.sandbox.auth_users import UserStore, hash_password
+from supabase_sandbox.auth_users import UserStore, hash_password
 
 # Known on purpose: the demo signs in as these users to show their account survived linking.
 EXISTING_USER_PASSWORD = "Existing-User-2024"  # noqa: S105 (a demo fixture, not a secret)

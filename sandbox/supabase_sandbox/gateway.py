@@ -9,8 +9,8 @@
 
 from __future__ import annotations
 
-from sync_worker.sandbox.keys import SandboxKeys
-from sync_worker.sandbox.wire import ApiRequest, ApiResponse
+from supabase_sandbox.keys import SandboxKeys
+from supabase_sandbox.wire import ApiRequest, ApiResponse
 
 NO_KEY = {
     "message": "No API key found in request",

@@ -24,22 +24,22 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
-from sync_worker.sandbox.auth_errors import (
+from supabase_sandbox.auth_errors import (
     AuthError,
     bad_request,
     render_auth_error,
     unexpected_failure,
 )
-from sync_worker.sandbox.auth_mail import AuthMailer
-from sync_worker.sandbox.auth_users import (
+from supabase_sandbox.auth_mail import AuthMailer
+from supabase_sandbox.auth_users import (
     BCRYPT_MAX_BYTES,
     Row,
     UserStore,
     hash_password,
     password_matches,
 )
-from sync_worker.sandbox.keys import InvalidToken, SandboxKeys, new_session_id
-from sync_worker.sandbox.wire import ApiRequest, ApiResponse
+from supabase_sandbox.keys import InvalidToken, SandboxKeys, new_session_id
+from supabase_sandbox.wire import ApiRequest, ApiResponse
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""`python -m sync_worker.sandbox serve`: runs the local Supabase-compatible stack until stopped."""
+"""`python -m supabase_sandbox serve`: runs the local Supabase-compatible stack until stopped."""
 
 # Once ready it prints the contract lines (SUPABASE_URL=..., see Sandbox.contract_lines) on
 # stdout; it stops and drops its databases on SIGTERM or SIGINT.
@@ -17,18 +17,18 @@ from types import FrameType
 import psycopg
 from psycopg_pool import PoolTimeout
 
-from sync_worker.sandbox.database import DEFAULT_ADMIN_URL
-from sync_worker.sandbox.faults import GROUPS, FaultPlan, Faults
-from sync_worker.sandbox.stack import Sandbox
+from supabase_sandbox.database import DEFAULT_ADMIN_URL
+from supabase_sandbox.faults import GROUPS, FaultPlan, Faults
+from supabase_sandbox.stack import Sandbox
 
 EXIT_UNAVAILABLE = 69  # sysexits EX_UNAVAILABLE, as crm-sync uses it
 
-log = logging.getLogger("sync_worker.sandbox")
+log = logging.getLogger("supabase_sandbox")
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m sync_worker.sandbox",
+        prog="python -m supabase_sandbox",
         description="Local Supabase-compatible stack: Auth admin API, PostgREST, SMTP sink.",
     )
     commands = parser.add_subparsers(dest="command", required=True)

@@ -14,12 +14,12 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, NamedTuple
 
-from sync_worker.sandbox import gateway
-from sync_worker.sandbox.auth_errors import AuthError, render_auth_error
-from sync_worker.sandbox.faults import FaultKind, Faults, fault_response
-from sync_worker.sandbox.keys import SandboxKeys
-from sync_worker.sandbox.rest_errors import error_response
-from sync_worker.sandbox.wire import ApiRequest, ApiResponse
+from supabase_sandbox import gateway
+from supabase_sandbox.auth_errors import AuthError, render_auth_error
+from supabase_sandbox.faults import FaultKind, Faults, fault_response
+from supabase_sandbox.keys import SandboxKeys
+from supabase_sandbox.rest_errors import error_response
+from supabase_sandbox.wire import ApiRequest, ApiResponse
 
 log = logging.getLogger(__name__)
 

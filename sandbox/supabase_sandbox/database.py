@@ -20,7 +20,7 @@ DEFAULT_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 def bootstrap_sql() -> str:
     """The SQL that makes a plain database look like a fresh Supabase project."""
-    return resources.files("sync_worker.sandbox").joinpath("bootstrap.sql").read_text("utf-8")
+    return resources.files("supabase_sandbox").joinpath("bootstrap.sql").read_text("utf-8")
 
 
 def database_url(admin_url: str, dbname: str) -> str:

@@ -10,7 +10,7 @@ from typing import Any
 
 import psycopg
 
-from sync_worker.sandbox.wire import ApiResponse
+from supabase_sandbox.wire import ApiResponse
 
 _EXACT_STATUS = {
     "23503": 409,  # foreign_key_violation

@@ -13,7 +13,7 @@ from datetime import date
 
 import psycopg
 
-from sync_worker.sandbox.wire import ApiRequest, ApiResponse
+from supabase_sandbox.wire import ApiRequest, ApiResponse
 
 API_VERSION_HEADER = "X-Supabase-Api-Version"
 API_VERSION_2024 = date(2024, 1, 1)

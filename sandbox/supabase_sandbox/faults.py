@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from types import MappingProxyType
 
-from sync_worker.sandbox.auth_errors import AuthError, render_auth_error
-from sync_worker.sandbox.rest_errors import error_response
-from sync_worker.sandbox.wire import ApiRequest, ApiResponse
+from supabase_sandbox.auth_errors import AuthError, render_auth_error
+from supabase_sandbox.rest_errors import error_response
+from supabase_sandbox.wire import ApiRequest, ApiResponse
 
 GROUPS = ("auth", "rest")
 

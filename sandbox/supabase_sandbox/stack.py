@@ -18,21 +18,21 @@ from urllib.parse import urlsplit, urlunsplit
 
 from psycopg_pool import ConnectionPool
 
-from sync_worker.sandbox.auth_api import AuthApi, AuthSettings
-from sync_worker.sandbox.auth_mail import AuthMailer
-from sync_worker.sandbox.database import (
+from supabase_sandbox.auth_api import AuthApi, AuthSettings
+from supabase_sandbox.auth_mail import AuthMailer
+from supabase_sandbox.database import (
     DEFAULT_ADMIN_URL,
     create_database,
     create_supabase_database,
     drop_database,
     unique_name,
 )
-from sync_worker.sandbox.demo_data import create_crm_tables, create_existing_users
-from sync_worker.sandbox.faults import FaultPlan, Faults
-from sync_worker.sandbox.keys import SandboxKeys
-from sync_worker.sandbox.rest_api import RestApi
-from sync_worker.sandbox.server import RequestLog, RouteKey, SandboxApp, SandboxHttpServer
-from sync_worker.sandbox.smtp_sink import MailSink
+from supabase_sandbox.demo_data import create_crm_tables, create_existing_users
+from supabase_sandbox.faults import FaultPlan, Faults
+from supabase_sandbox.keys import SandboxKeys
+from supabase_sandbox.rest_api import RestApi
+from supabase_sandbox.server import RequestLog, RouteKey, SandboxApp, SandboxHttpServer
+from supabase_sandbox.smtp_sink import MailSink
 
 log = logging.getLogger(__name__)
 
@@ -264,7 +264,7 @@ class Sandbox:
         return tuple(self._databases)
 
     def contract_lines(self) -> list[str]:
-        """The `KEY=value` lines `python -m sync_worker.sandbox serve` prints once ready."""
+        """The `KEY=value` lines `python -m supabase_sandbox serve` prints once ready."""
         lines = [
             f"SUPABASE_URL={self.url}",
             f"SUPABASE_SERVICE_ROLE_KEY={self.service_role_key}",
