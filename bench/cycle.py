@@ -69,7 +69,7 @@ def main() -> None:
                 sandbox.requests.reset()
                 began = time.perf_counter()
                 with LiveServices(settings) as live:
-                    report = run_cycle(settings, live.for_cycle())
+                    report = run_cycle(live.options, live.for_cycle())
                 took = time.perf_counter() - began
                 print(
                     f"{label:>12}: {took:7.2f} s  {args.customers / took:8.1f} customers/s"

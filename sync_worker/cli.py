@@ -14,7 +14,6 @@ from collections.abc import Callable, Sequence
 import structlog
 
 from sync_worker import __version__, config
-from sync_worker.cycle import exit_code_of
 from sync_worker.daemon import Daemon
 from sync_worker.errors import ConfigError, ExitCode, SyncError
 from sync_worker.lease import worker_id
@@ -124,7 +123,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             lease_ttl_seconds=settings.sync_lease_ttl_seconds,
         )
     print(report.render())
-    return exit_code_of(report)
+    return report.exit_code
 
 
 def _cmd_status(args: argparse.Namespace) -> int:

@@ -21,16 +21,12 @@ from email_validator import EmailNotValidError, validate_email
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from sync_worker.customers import CredentialsMode
 from sync_worker.errors import ConfigError
 
 SECRETS_DIR = Path("/run/secrets")
 LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 MASK = "********"
-
-
-class CredentialsMode(StrEnum):
-    TEMPORARY_PASSWORD = "temporary_password"  # noqa: S105 (a mode name, not a password)
-    SETUP_LINK = "setup_link"
 
 
 class EmailBackend(StrEnum):

@@ -1,6 +1,8 @@
-"""The domain's values: a CRM customer, what Supabase already knows of them, and emails.
+"""The domain's values and vocabulary: a CRM customer, what Supabase already knows of them,
+the steps of their provisioning and how a step or a cycle can end.
 
-Plain frozen dataclasses shared by the source, the plan and the adapters; no I/O here.
+Plain enums and frozen dataclasses shared by the source, the plan, the settling of a cycle,
+the adapters, the report, status and metrics; no I/O here.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 from email_validator import EmailNotValidError, validate_email
 
@@ -17,6 +19,46 @@ from email_validator import EmailNotValidError, validate_email
 class AccountOrigin(StrEnum):
     CREATED = "created"  # crm-sync created the auth account
     LINKED = "linked"  # the person already had an account; crm-sync linked it
+
+
+class CredentialsMode(StrEnum):
+    """What the new-account email gives a person to sign in with."""
+
+    TEMPORARY_PASSWORD = "temporary_password"  # noqa: S105 (a mode name, not a password)
+    SETUP_LINK = "setup_link"
+
+
+class Step(StrEnum):
+    """The steps of one customer's provisioning, in order; a failure names the one it hit.
+
+    The values are stored (`crm_sync_failures.step`) and are the `action` label of metrics.
+    """
+
+    ACCOUNT = "account"  # create or find the auth account
+    ENROL = "enrol"  # profile, credits, tracking and stats rows (one RPC)
+    EMAIL = "email"  # the welcome email, accepted by the mail server
+    RECORD_EMAIL = "record_email"  # the accepted email, recorded as sent
+    DEACTIVATE = "deactivate"  # no longer eligible: tracking row made inactive
+
+
+class EnrolOutcome(StrEnum):
+    """What the enrolment RPC answered for one customer."""
+
+    ENROLLED = "enrolled"
+    REACTIVATED = "reactivated"
+    UPDATED = "updated"
+    UNCHANGED = "unchanged"
+    REJECTED = "rejected"
+    ERROR = "error"
+
+
+class Outcome(StrEnum):
+    """How a cycle ended: the run history's status, the metrics' label, the exit code."""
+
+    SUCCEEDED = "succeeded"  # everyone served or waiting on a retry that is not yet due
+    PARTIAL = "partial"  # some customers failed in this cycle; they are retried
+    INTERRUPTED = "interrupted"  # stopped on a signal or a lost lease; the next run resumes
+    FAILED = "failed"  # a dependency was down; the cycle was cut short
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +94,15 @@ class InvalidCrmRow:
     lead_id: str | None = None
 
 
+@dataclass(slots=True)
+class CrmSnapshot:
+    """Every eligible customer, merged per email, and the rows that cannot be used."""
+
+    customers: dict[str, CrmCustomer] = field(default_factory=dict)
+    invalid: list[InvalidCrmRow] = field(default_factory=list)
+    rows_read: int = 0
+
+
 @dataclass(frozen=True, slots=True)
 class TrackedCustomer:
     """What the tracking table says about a customer already enrolled."""
@@ -71,15 +122,24 @@ class TrackedCustomer:
 
 
 @dataclass(frozen=True, slots=True)
-class FailureState:
-    """The last failure recorded for a customer, and when to try again."""
+class CustomerFailure:
+    """A customer's step that failed: as found in this cycle, as settled (attempts counted,
+    next attempt or parked) and as stored in `crm_sync_failures`.
+
+    `outage` marks a failure that says "the service is down" rather than anything about the
+    customer (no connection, a timeout, 429, a 5xx after retries); it is never stored.
+    """
 
     email: str
-    step: str
+    step: Step
     reason: str
-    attempts: int
+    attempts: int = 0
+    retriable: bool = True
     next_attempt_at: datetime | None = None
     parked: bool = False
+    outage: bool = False
+    first_failed_at: datetime | None = None
+    last_failed_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,9 +153,51 @@ class AuthAccount:
 
 
 @dataclass(frozen=True, slots=True)
-class Credentials:
-    """What the welcome email gives a person to sign in with. Never logged, never stored."""
+class Enrolment:
+    """One customer to enrol: the CRM record and the account it is enrolled with."""
 
+    customer: CrmCustomer
+    user_id: str
+    origin: AccountOrigin
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "email": self.customer.email,
+            "user_id": self.user_id,
+            "full_name": self.customer.name,
+            "crm_lead_id": self.customer.lead_id,
+            "payment_details": self.customer.payment_details(),
+            "account_origin": self.origin.value,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class EnrolmentResult:
+    """What the enrolment RPC answered for one customer."""
+
+    email: str
+    user_id: str | None
+    outcome: EnrolOutcome
+    credits_granted: int = 0
+    credits_remaining: int | None = None
+    welcome_email_sent: bool = False
+    account_origin: AccountOrigin | None = None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome not in (EnrolOutcome.REJECTED, EnrolOutcome.ERROR)
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """What a welcome email gives a person to sign in with. Never logged, never stored.
+
+    `kind` is `new_account` (with a temporary password or a setup link) or `credits_added`
+    (an account the person already uses: no credentials at all).
+    """
+
+    kind: Literal["new_account", "credits_added"]
     temporary_password: str | None = field(default=None, repr=False)
     setup_link: str | None = field(default=None, repr=False)
 

@@ -21,11 +21,11 @@ from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from sync_worker.config import Settings
-from sync_worker.errors import LeaseHeld, SyncError
+from sync_worker.errors import LeaseHeld, SupabaseError, SyncError
 from sync_worker.health import HealthServer
 from sync_worker.lease import worker_id
 from sync_worker.metrics import SyncMetrics
-from sync_worker.retrying import RETRY_LISTENERS
+from sync_worker.retrying import RETRY_LISTENERS, RetryPolicy
 from sync_worker.runner import run_guarded_cycle
 from sync_worker.schedule import trigger_for
 from sync_worker.services import LiveServices
@@ -35,6 +35,8 @@ log = structlog.get_logger("crm_sync.daemon")
 
 JOB_ID = "crm-sync-cycle"
 READINESS_CACHE_SECONDS = 10.0
+# A probe answers within the kubelet's timeout: one try, no waiting.
+READINESS_POLICY = RetryPolicy(attempts=1, deadline=3.0)
 
 
 class Daemon:
@@ -70,11 +72,8 @@ class Daemon:
                     should_stop=self.stop_requested.is_set,
                     lease_ttl_seconds=self.settings.sync_lease_ttl_seconds,
                 )
-                outcome = (
-                    "failed" if report.aborted else "partial" if report.failures else "succeeded"
-                )
-                self.metrics.observe_cycle(report, outcome)
-                self._last_outcome = outcome
+                self.metrics.observe_cycle(report)
+                self._last_outcome = report.outcome.value
         except LeaseHeld:
             log.info("cycle_skipped", reason="another run holds the lease", run_id=run_id)
             self.metrics.cycles.labels("skipped").inc()
@@ -117,10 +116,11 @@ class Daemon:
         except psycopg.Error:
             return False, "the CRM database does not answer"
         live = self._live
+        if live is None:
+            return False, "not started"
         try:
-            assert live is not None
-            live.api.client.table("crm_sync_lease").select("name").limit(1).execute()
-        except Exception:
+            live.api.ping("crm_sync_lease", policy=READINESS_POLICY)
+        except SupabaseError:
             return False, "Supabase does not answer"
         return True, "ready"
 

@@ -6,13 +6,12 @@
     ├── MigrationError             a migration failed or was edited after it was applied
     ├── CrmSourceError             reading the CRM failed (bad table/column, SQL error)
     ├── SupabaseError              an Auth or REST call failed; carries status and code
-    ├── MailError                  a message was not accepted; carries retriable/retry_after
-    └── CustomerError              about one customer; carries the customer's email
-        ├── RetriableCustomerError worth trying again in a later cycle
-        └── SkippableCustomerError the CRM row must change before it can succeed
+    └── MailError                  a message was not accepted; carries retriable/retry_after
+        └── MailUnavailable        the mail server or API cannot be used at all
 
 Boundary errors carry `retriable` (worth another attempt now: timeouts, 429, 5xx) and
 `retry_after` (seconds the server asked us to wait, if any); tenacity retries on those alone.
+A failure about one customer is not an exception but data: `customers.CustomerFailure`.
 
 ConfigError stays outside the tree: it is the operator's mistake, found before any I/O,
 and always exits 2.
@@ -113,19 +112,16 @@ def is_retriable(exc: BaseException) -> bool:
     return isinstance(exc, _BoundaryError) and exc.retriable
 
 
-class CustomerError(SyncError):
-    """A failure that concerns one customer only."""
-
-    def __init__(self, email: str, step: str, reason: str) -> None:
-        self.email = email
-        self.step = step
-        self.reason = reason
-        super().__init__(f"{step} failed for {email}: {reason}")
+def is_outage(exc: BaseException) -> bool:
+    """A failure that says "the service is down" rather than anything about the customer: no
+    connection, a timeout, 429, or a 5xx after retries."""
+    if not isinstance(exc, SupabaseError) or not exc.retriable:
+        return False
+    return exc.status in (None, 0, 429) or (exc.status or 0) >= 500
 
 
-class RetriableCustomerError(CustomerError):
-    """May succeed in a later cycle (timeouts, 5xx, rate limits)."""
-
-
-class SkippableCustomerError(CustomerError):
-    """Cannot succeed until the CRM row is corrected (an invalid email, say)."""
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (libpq's errors run on with hints and
+    context), or its class name when it has none."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

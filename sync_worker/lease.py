@@ -54,11 +54,8 @@ class SyncLease:
 
     def release(self) -> None:
         try:
-            self._api.call(
-                "release lease",
-                lambda: self._api.client.rpc(
-                    "release_sync_lease", {"p_holder": self.holder}
-                ).execute(),
+            self._api.rpc(
+                "release_sync_lease", {"p_holder": self.holder}, operation="release lease"
             )
         except SupabaseError as exc:
             # It runs out by itself after its time-to-live.
@@ -98,12 +95,10 @@ class SyncLease:
         """Calls a lease RPC that sets a new expiry; on success, remembers when it was sent."""
         sent = time.monotonic()
         arguments = {"p_holder": self.holder, "p_ttl_seconds": self.ttl_seconds}
-        response = self._api.call(
-            operation, lambda: self._api.client.rpc(function, arguments).execute(), policy=policy
-        )
-        if response.data:
+        taken = bool(self._api.rpc(function, arguments, operation=operation, policy=policy))
+        if taken:
             self._renewed_at = sent
-        return bool(response.data)
+        return taken
 
     def _heartbeat(self, stop: threading.Event) -> None:
         while not stop.wait(self.ttl_seconds / 3):

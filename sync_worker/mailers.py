@@ -14,9 +14,8 @@ import ssl
 import sys
 import threading
 from collections.abc import Iterable
-from datetime import UTC, datetime
 from email.message import EmailMessage
-from email.utils import parseaddr, parsedate_to_datetime
+from email.utils import parseaddr
 from typing import Any, ClassVar, Protocol, TextIO
 
 import requests
@@ -26,7 +25,7 @@ from pydantic import SecretStr
 from sync_worker import __version__
 from sync_worker.config import MASK, EmailBackend, Settings, SmtpSecurity
 from sync_worker.errors import MailError, MailUnavailable
-from sync_worker.retrying import RetryPolicy
+from sync_worker.retrying import RetryPolicy, retry_after_seconds
 from sync_worker.welcome_email import WelcomeEmail, render, render_bodies, render_subject
 
 __all__ = [
@@ -482,7 +481,7 @@ def _translate_resend(response: requests.Response, hide: Iterable[str | None]) -
     name = _json_field(response, "name") or ""
     detail = _json_field(response, "message") or response.reason or ""
     message = _scrub(f"Resend answered {status} {name}: {detail}".replace(" :", ":"), hide)
-    retry_after = _retry_after(response.headers.get("retry-after"))
+    retry_after = retry_after_seconds(response.headers.get("retry-after"))
     kind: type[MailError] = MailError
     if status == 429:
         retriable = True
@@ -510,23 +509,6 @@ def _json_field(response: requests.Response, key: str) -> str | None:
         return None
     value = body.get(key) if isinstance(body, dict) else None
     return str(value) if value is not None else None
-
-
-def _retry_after(value: str | None) -> float | None:
-    """Seconds from a Retry-After header (delta-seconds or an HTTP date)."""
-    if not value:
-        return None
-    try:
-        return max(float(value), 0.0)
-    except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max((when - datetime.now(UTC)).total_seconds(), 0.0)
 
 
 def _scrub(text: str, secrets: Iterable[str | None]) -> str:

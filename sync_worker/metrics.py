@@ -6,6 +6,7 @@ import time
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from sync_worker.customers import Outcome, Step
 from sync_worker.report import CycleReport
 
 
@@ -51,26 +52,28 @@ class SyncMetrics:
             registry=self.registry,
         )
 
-    def observe_cycle(self, report: CycleReport, outcome: str) -> None:
-        self.cycles.labels(outcome).inc()
+    def observe_cycle(self, report: CycleReport) -> None:
+        outcome = report.outcome
+        self.cycles.labels(outcome.value).inc()
         self.duration.observe(report.duration_seconds)
-        for action, outcome_label, count in (
-            ("provision", "created", report.created),
-            ("provision", "linked", report.linked),
-            ("enrol", "enrolled", report.enrolled),
-            ("enrol", "reactivated", report.reactivated),
-            ("enrol", "refreshed", report.refreshed),
-            ("deactivate", "deactivated", report.deactivated),
-            ("email", "sent", report.emails_sent),
+        # The `action` label is the step, for successes and failures alike.
+        for step, outcome_label, count in (
+            (Step.ACCOUNT, "created", report.created),
+            (Step.ACCOUNT, "linked", report.linked),
+            (Step.ENROL, "enrolled", report.enrolled),
+            (Step.ENROL, "reactivated", report.reactivated),
+            (Step.ENROL, "refreshed", report.refreshed),
+            (Step.DEACTIVATE, "deactivated", report.deactivated),
+            (Step.EMAIL, "sent", report.emails_sent),
         ):
             if count:
-                self.customers.labels(action, outcome_label).inc(count)
+                self.customers.labels(step.value, outcome_label).inc(count)
         for failure in report.failures:
-            self.customers.labels(failure.step, "failed").inc()
+            self.customers.labels(failure.step.value, "failed").inc()
         self.emails.inc(report.emails_sent)
         self.pending.set(report.planned.get("wait", 0) + len(report.failures))
         self.failed.set(report.planned.get("parked", 0))
-        if outcome == "succeeded":
+        if outcome is Outcome.SUCCEEDED:
             self.last_success.set(time.time())
 
     def observe_retry(self, operation: str) -> None:

@@ -14,7 +14,7 @@ from importlib import resources
 
 import psycopg
 
-from sync_worker.errors import DependencyUnavailable, MigrationError
+from sync_worker.errors import DependencyUnavailable, MigrationError, first_line
 
 # An arbitrary constant shared by every crm-sync migrator: pg_advisory_lock(bigint).
 MIGRATION_LOCK_KEY = 0x63726D73796E63  # "crmsync"
@@ -114,7 +114,7 @@ def migrate(db_url: str, *, dry_run: bool = False) -> MigrationResult:
     try:
         conn = psycopg.connect(db_url, autocommit=True, connect_timeout=10)
     except psycopg.OperationalError as exc:
-        raise DependencyUnavailable("supabase database", _first_line(exc)) from exc
+        raise DependencyUnavailable("supabase database", first_line(exc)) from exc
     with conn:
         conn.execute("select pg_advisory_lock(%s)", (MIGRATION_LOCK_KEY,))
         try:
@@ -143,14 +143,9 @@ def migrate(db_url: str, *, dry_run: bool = False) -> MigrationResult:
                     hint = exc.diag.message_hint
                     raise MigrationError(
                         f"migration {migration.name} failed and was rolled back: "
-                        f"{_first_line(exc)}" + (f" (hint: {hint})" if hint else "")
+                        f"{first_line(exc)}" + (f" (hint: {hint})" if hint else "")
                     ) from exc
                 done.append(migration.name)
             return MigrationResult(tuple(done), (), tuple(sorted(applied)))
         finally:
             conn.execute("select pg_advisory_unlock(%s)", (MIGRATION_LOCK_KEY,))
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

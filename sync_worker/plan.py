@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 
-from sync_worker.customers import CrmCustomer, FailureState, TrackedCustomer
+from sync_worker.customers import CrmCustomer, CustomerFailure, TrackedCustomer
 
 
 class Action(StrEnum):
@@ -37,7 +37,7 @@ class CustomerStep:
     email: str
     customer: CrmCustomer | None = None
     tracked: TrackedCustomer | None = None
-    failure: FailureState | None = None
+    failure: CustomerFailure | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,18 +55,11 @@ class SyncPlan:
         counted = Counter(s.action.value for s in self.steps)
         return {a.value: counted.get(a.value, 0) for a in Action}
 
-    @property
-    def work(self) -> list[CustomerStep]:
-        """The steps that write anything."""
-        return [
-            s for s in self.steps if s.action not in (Action.WAIT, Action.PARKED, Action.NOTHING)
-        ]
-
 
 def make_plan(
     customers: Mapping[str, CrmCustomer],
     tracked: Mapping[str, TrackedCustomer],
-    failures: Mapping[str, FailureState],
+    failures: Mapping[str, CustomerFailure],
     now: datetime,
 ) -> SyncPlan:
     """Decides every customer's step for this cycle.

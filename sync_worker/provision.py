@@ -1,21 +1,29 @@
-"""Creates, finds and prepares auth accounts through the Supabase Auth admin API.
+"""Provisions auth accounts and issues the credentials a welcome email carries, through the
+Supabase Auth admin API.
 
 An existing account (422 `email_exists`) is found by its exact email and linked; its password
 is never changed. Accounts crm-sync creates carry `app_metadata.created_by = "crm-sync"` (which
 users cannot edit), so a creation cut off before enrolment is resumed as ours, not linked.
+A temporary password is set right before the email that carries it, never on an account its
+owner already signed in to.
 """
 
 from __future__ import annotations
 
 import secrets
 import string
-from functools import partial
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import structlog
-from supabase_auth.types import User
 
-from sync_worker.customers import AuthAccount, CrmCustomer
+from sync_worker.customers import (
+    AccountOrigin,
+    AuthAccount,
+    Credentials,
+    CredentialsMode,
+    CrmCustomer,
+)
 from sync_worker.errors import SupabaseError
 from sync_worker.supabase_api import SupabaseApi
 
@@ -59,17 +67,8 @@ def new_temporary_password() -> str:
             return candidate
 
 
-def account_from(user: User | dict[str, Any]) -> AuthAccount:
-    """Reads the fields the worker needs from a supabase-py `User` or a raw JSON user."""
-    if isinstance(user, User):
-        data: dict[str, Any] = {
-            "id": user.id,
-            "email": user.email,
-            "app_metadata": user.app_metadata,
-            "last_sign_in_at": user.last_sign_in_at,
-        }
-    else:
-        data = user
+def account_from(data: dict[str, Any]) -> AuthAccount:
+    """Reads the fields the worker needs from a user as the Auth admin API returns it."""
     app_metadata = data.get("app_metadata") or {}
     return AuthAccount(
         id=str(data["id"]),
@@ -79,8 +78,82 @@ def account_from(user: User | dict[str, Any]) -> AuthAccount:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class ProvisionedAccount:
+    """A customer's account, ready to enrol; `password` is set when this cycle created it."""
+
+    customer: CrmCustomer
+    account: AuthAccount
+    origin: AccountOrigin
+    password: str | None = field(default=None, repr=False)
+
+
+def provision_account(
+    provisioner: Provisioner, customer: CrmCustomer, mode: CredentialsMode
+) -> ProvisionedAccount:
+    """Creates the customer's account, or finds the one they have and links it.
+
+    Raises:
+        SupabaseError: the Auth API failed (after retries).
+    """
+    password = new_temporary_password() if mode is CredentialsMode.TEMPORARY_PASSWORD else None
+    try:
+        account = provisioner.create_account(customer, password)
+        return ProvisionedAccount(customer, account, AccountOrigin.CREATED, password)
+    except AccountExists:
+        pass
+    found = provisioner.find_account(customer.email)
+    if found is None:
+        # Taken a moment ago and gone now, or the list is behind: try again next cycle.
+        raise SupabaseError(
+            "the email is registered but its account was not found", status=422, retriable=True
+        )
+    if found.created_by_crm_sync and not found.has_signed_in:
+        # Ours, from a cycle cut off before enrolment: resume it; its credentials are set
+        # right before the email.
+        return ProvisionedAccount(customer, found, AccountOrigin.CREATED)
+    return ProvisionedAccount(customer, found, AccountOrigin.LINKED)
+
+
+def issue_credentials(
+    provisioner: Provisioner,
+    *,
+    email: str,
+    user_id: str,
+    origin: AccountOrigin,
+    mode: CredentialsMode,
+    fresh_password: str | None,
+) -> Credentials:
+    """The credentials a welcome email carries, set on the account right before it is sent.
+
+    Args:
+        provisioner: the Auth admin API.
+        email: the customer's email.
+        user_id: their account.
+        origin: created by crm-sync, or linked (they keep their password).
+        mode: a temporary password or a setup link.
+        fresh_password: the password this cycle created the account with, if it did.
+
+    Raises:
+        SupabaseError: the Auth API failed (after retries).
+    """
+    if origin is AccountOrigin.LINKED:
+        return Credentials("credits_added")
+    if mode is CredentialsMode.SETUP_LINK:
+        return Credentials("new_account", setup_link=provisioner.setup_link(email))
+    if fresh_password is not None:
+        return Credentials("new_account", temporary_password=fresh_password)
+    if provisioner.get_account(user_id).has_signed_in:
+        # They already have working credentials: never reset a used account's password.
+        return Credentials("credits_added")
+    # A retried email carries a password that works: set a new one right before.
+    password = new_temporary_password()
+    provisioner.set_temporary_password(user_id, password)
+    return Credentials("new_account", temporary_password=password)
+
+
 class SupabaseProvisioner:
-    """`Provisioner` over supabase-py's admin client (service role, never signed in)."""
+    """`Provisioner` over the Auth admin API (service role, never signed in)."""
 
     def __init__(self, api: SupabaseApi) -> None:
         self._api = api
@@ -100,16 +173,15 @@ class SupabaseProvisioner:
         }
         if password is not None:
             attributes["password"] = password
-        admin = self._api.client.auth.admin
         try:
-            response = self._api.call("create account", lambda: admin.create_user(attributes))  # type: ignore[arg-type]
+            user = self._api.create_user(attributes)
         except SupabaseError as exc:
             if exc.code == "email_exists" or (
                 exc.status == 422 and "already been registered" in str(exc)
             ):
                 raise AccountExists(str(exc), status=exc.status, code="email_exists") from exc
             raise
-        return account_from(response.user)
+        return account_from(user)
 
     def find_account(self, email: str) -> AuthAccount | None:
         """Finds the account whose email is `email`, compared case-insensitively.
@@ -130,13 +202,9 @@ class SupabaseProvisioner:
     def _scan(self, wanted: str, filter_text: str | None) -> AuthAccount | None:
         page = 1
         while True:
-            params: dict[str, Any] = {"page": page, "per_page": LIST_PAGE_SIZE}
-            if filter_text is not None:
-                params["filter"] = filter_text
-            response = self._api.call(
-                "find account", partial(self._api.admin_get, "admin/users", params)
+            users = self._api.list_users(
+                page=page, per_page=LIST_PAGE_SIZE, filter_text=filter_text
             )
-            users = response.json().get("users") or []
             for user in users:
                 if str(user.get("email") or "").strip().lower() == wanted:
                     return account_from(user)
@@ -145,25 +213,16 @@ class SupabaseProvisioner:
             page += 1
 
     def get_account(self, user_id: str) -> AuthAccount:
-        admin = self._api.client.auth.admin
-        response = self._api.call("get account", lambda: admin.get_user_by_id(user_id))
-        return account_from(response.user)
+        return account_from(self._api.get_user(user_id))
 
     def set_temporary_password(self, user_id: str, password: str) -> None:
         """Sets the password the welcome email will carry, and asks for a change at sign-in."""
-        admin = self._api.client.auth.admin
-        self._api.call(
-            "set temporary password",
-            lambda: admin.update_user_by_id(
-                user_id, {"password": password, "user_metadata": {"must_change_password": True}}
-            ),
+        self._api.update_user(
+            user_id,
+            {"password": password, "user_metadata": {"must_change_password": True}},
+            operation="set temporary password",
         )
 
     def setup_link(self, email: str) -> str:
         """A password-setup (recovery) link; Supabase sends nothing itself."""
-        admin = self._api.client.auth.admin
-        response = self._api.call(
-            "generate setup link",
-            lambda: admin.generate_link({"type": "recovery", "email": email}),
-        )
-        return str(response.properties.action_link)
+        return self._api.generate_link("recovery", email)

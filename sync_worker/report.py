@@ -4,32 +4,30 @@ printed summary. A pydantic model, because it leaves the process (logs, `--json`
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic import BaseModel, Field
 
-from sync_worker.source import CrmSnapshot
-
-if TYPE_CHECKING:
-    from sync_worker.errors import DependencyUnavailable
-    from sync_worker.plan import SyncPlan
-    from sync_worker.record import EnrolmentResult
+from sync_worker.customers import CrmSnapshot, CustomerFailure, EnrolOutcome, Outcome
+from sync_worker.errors import ExitCode
+from sync_worker.plan import SyncPlan
+from sync_worker.settle import CycleTally, Settlement, outcome_of
 
 PREVIEW_SIZE = 5
+_EXIT_CODES = {
+    Outcome.SUCCEEDED: ExitCode.OK,
+    # Not everyone was served in this cycle; the next one retries them.
+    Outcome.PARTIAL: ExitCode.CUSTOMERS_FAILED,
+    Outcome.INTERRUPTED: ExitCode.CUSTOMERS_FAILED,
+    Outcome.FAILED: ExitCode.UNAVAILABLE,
+}
 
 
 class InvalidLine(BaseModel):
     email: str | None
     reason: str
     lead_id: str | None = None
-
-
-class FailureLine(BaseModel):
-    email: str
-    step: str
-    reason: str
 
 
 class CycleReport(BaseModel):
@@ -52,7 +50,7 @@ class CycleReport(BaseModel):
     credits_granted: int = 0
     emails_sent: int = 0
     deactivated: int = 0
-    failures: list[FailureLine] = Field(default_factory=list)
+    failures: list[CustomerFailure] = Field(default_factory=list)
     aborted: str | None = None
     interrupted: bool = False
     preview: dict[str, list[str]] = Field(default_factory=dict)
@@ -74,28 +72,29 @@ class CycleReport(BaseModel):
             planned=plan.counts(),
         )
 
-    def apply(
-        self,
-        *,
-        created: list[str],
-        linked: list[str],
-        enrolled: dict[str, EnrolmentResult],
-        emailed: list[str],
-        deactivated: list[str],
-        failures: Iterable[FailureLine],
-        aborted: DependencyUnavailable | None,
-    ) -> None:
-        outcomes = Counter(r.outcome for r in enrolled.values())
-        self.created = len(created)
-        self.linked = len(linked)
-        self.enrolled = outcomes["enrolled"]
-        self.reactivated = outcomes["reactivated"]
-        self.refreshed = outcomes["updated"]
-        self.credits_granted = sum(r.credits_granted for r in enrolled.values())
-        self.emails_sent = len(emailed)
-        self.deactivated = len(deactivated)
-        self.failures = list(failures)
-        self.aborted = str(aborted) if aborted else None
+    def apply(self, tally: CycleTally, settlement: Settlement) -> None:
+        """Takes in what the phases did and how the cycle was settled."""
+        outcomes = Counter(r.outcome for r in tally.enrolled.values())
+        self.created = len(tally.created)
+        self.linked = len(tally.linked)
+        self.enrolled = outcomes[EnrolOutcome.ENROLLED]
+        self.reactivated = outcomes[EnrolOutcome.REACTIVATED]
+        self.refreshed = outcomes[EnrolOutcome.UPDATED]
+        self.credits_granted = sum(r.credits_granted for r in tally.enrolled.values())
+        self.emails_sent = len(tally.emailed)
+        self.deactivated = len(tally.deactivated)
+        self.failures = settlement.failures
+        self.aborted = str(tally.aborted) if tally.aborted else None
+        self.interrupted = tally.interrupted
+
+    @property
+    def outcome(self) -> Outcome:
+        """How the cycle ended (run history, metrics and exit code all read this)."""
+        return outcome_of(
+            aborted=self.aborted is not None,
+            interrupted=self.interrupted,
+            failed=bool(self.failures),
+        )
 
     def finish(
         self, finished: datetime, duration: float, plan_preview: SyncPlan | None = None
@@ -107,6 +106,11 @@ class CycleReport(BaseModel):
                 shown = self.preview.setdefault(step.action.value, [])
                 if len(shown) < PREVIEW_SIZE:
                     shown.append(step.email)
+
+    @property
+    def exit_code(self) -> ExitCode:
+        """The exit code of a one-off run that ran this cycle (DESIGN.md)."""
+        return _EXIT_CODES[self.outcome]
 
     def failures_by_reason(self) -> dict[str, int]:
         return dict(Counter(f"{f.step}: {_short(f.reason)}" for f in self.failures))
@@ -130,6 +134,7 @@ class CycleReport(BaseModel):
             "failures_by_reason": self.failures_by_reason(),
             "aborted": self.aborted,
             "interrupted": self.interrupted,
+            "outcome": self.outcome.value,
             "duration_seconds": self.duration_seconds,
         }
 

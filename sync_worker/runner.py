@@ -6,20 +6,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import UTC, datetime
 
+from sync_worker.customers import Outcome
 from sync_worker.cycle import run_cycle
 from sync_worker.errors import DependencyUnavailable, SupabaseError, SyncError
 from sync_worker.lease import SyncLease
 from sync_worker.report import CycleReport
 from sync_worker.runs import RunHistory
 from sync_worker.services import LiveServices
-
-
-def _status(report: CycleReport, interrupted: bool) -> str:
-    if report.aborted:
-        return "failed"
-    if interrupted:
-        return "interrupted"
-    return "partial" if report.failures else "succeeded"
 
 
 def run_guarded_cycle(
@@ -37,9 +30,8 @@ def run_guarded_cycle(
         LeaseHeld: another run holds the lease (exit 75).
         DependencyUnavailable: Supabase or the CRM could not be reached (exit 69).
     """
-    settings = live.settings
     if dry_run:
-        return run_cycle(settings, live.for_cycle(should_stop), dry_run=True, run_id=run_id)
+        return run_cycle(live.options, live.for_cycle(should_stop), dry_run=True, run_id=run_id)
     lease = SyncLease(live.api, worker, lease_ttl_seconds)
     history = RunHistory(live.api, worker)
 
@@ -50,17 +42,11 @@ def run_guarded_cycle(
         with lease.held():
             history_id = history.start(run_id, datetime.now(UTC))
             try:
-                report = run_cycle(settings, live.for_cycle(stop), run_id=run_id)
+                report = run_cycle(live.options, live.for_cycle(stop), run_id=run_id)
             except SyncError as exc:
-                history.finish(history_id, datetime.now(UTC), "failed", None, str(exc))
+                history.finish(history_id, datetime.now(UTC), Outcome.FAILED, None, str(exc))
                 raise
-            history.finish(
-                history_id,
-                datetime.now(UTC),
-                _status(report, report.interrupted),
-                report,
-                report.aborted,
-            )
+            history.finish(history_id, datetime.now(UTC), report.outcome, report, report.aborted)
             return report
     except SupabaseError as exc:
         raise DependencyUnavailable("Supabase", str(exc)) from exc

@@ -8,6 +8,7 @@ from typing import Any
 
 import structlog
 
+from sync_worker.customers import Outcome
 from sync_worker.errors import SupabaseError
 from sync_worker.report import CycleReport
 from sync_worker.supabase_api import SupabaseApi
@@ -33,13 +34,12 @@ class RunHistory:
             "status": "running",
         }
         try:
-            self._api.call(
-                "start run",
-                lambda: (
-                    self._api.client.table("crm_sync_runs")
-                    .upsert(row, on_conflict="id", ignore_duplicates=True, returning="minimal")  # type: ignore[arg-type]
-                    .execute()
-                ),
+            self._api.upsert(
+                "crm_sync_runs",
+                row,
+                on_conflict="id",
+                ignore_duplicates=True,
+                operation="start run",
             )
         except SupabaseError as exc:
             log.warning("run_history_unavailable", run_id=run_id, error=str(exc))
@@ -50,7 +50,7 @@ class RunHistory:
         self,
         history_id: str | None,
         finished: datetime,
-        status: str,
+        status: Outcome,
         report: CycleReport | None,
         error: str | None = None,
     ) -> None:
@@ -58,19 +58,13 @@ class RunHistory:
             return
         values: dict[str, Any] = {
             "finished_at": finished.isoformat(),
-            "status": status,
+            "status": status.value,
             "error": error,
             "counts": report.log_fields() | {"run_id": report.run_id} if report else {},
         }
         try:
-            self._api.call(
-                "finish run",
-                lambda: (
-                    self._api.client.table("crm_sync_runs")
-                    .update(values)
-                    .eq("id", history_id)
-                    .execute()
-                ),
+            self._api.update(
+                "crm_sync_runs", values, where={"id": history_id}, operation="finish run"
             )
         except SupabaseError as exc:
             log.warning("run_history_unavailable", error=str(exc))

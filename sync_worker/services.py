@@ -6,8 +6,8 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from types import TracebackType
 
-from sync_worker.config import CrmSettings, Settings
-from sync_worker.cycle import CycleServices
+from sync_worker.config import CrmSettings, EmailBackend, Settings
+from sync_worker.cycle import CycleOptions, CycleServices
 from sync_worker.mailers import build_mailer
 from sync_worker.provision import SupabaseProvisioner
 from sync_worker.record import SupabaseStore
@@ -27,11 +27,24 @@ def crm_columns(settings: CrmSettings) -> CrmColumns:
     )
 
 
+def cycle_options(settings: Settings) -> CycleOptions:
+    """The few settings a cycle reads, as one frozen value."""
+    return CycleOptions(
+        login_url=settings.app_login_url,
+        initial_credits=settings.initial_credits,
+        credentials_mode=settings.credentials_mode,
+        send_email=settings.email_backend is not EmailBackend.DISABLED,
+        concurrency=settings.sync_concurrency,
+        max_attempts=settings.sync_max_attempts,
+    )
+
+
 class LiveServices(AbstractContextManager["LiveServices"]):
     """Owns the Supabase client for as long as the process needs it."""
 
     def __init__(self, settings: Settings, policy: RetryPolicy | None = None) -> None:
         self.settings = settings
+        self.options = cycle_options(settings)
         self.api = SupabaseApi(
             settings.supabase_url,
             settings.supabase_service_role_key.get_secret_value(),

@@ -8,14 +8,14 @@ by the database so ineligible rows never leave it.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from decimal import Decimal, InvalidOperation
 
 import psycopg
 from psycopg import sql
 
-from sync_worker.customers import CrmCustomer, InvalidCrmRow, normalise_email
-from sync_worker.errors import CrmSourceError, DependencyUnavailable
+from sync_worker.customers import CrmCustomer, CrmSnapshot, InvalidCrmRow, normalise_email
+from sync_worker.errors import CrmSourceError, DependencyUnavailable, first_line
 
 STATEMENT_TIMEOUT_MS = 120_000
 FETCH_SIZE = 2_000
@@ -32,15 +32,6 @@ class CrmColumns:
     eligibility: str = "digital_sale_resume"
     name: str = ""
     lead_id: str = ""
-
-
-@dataclass(slots=True)
-class CrmSnapshot:
-    """Every eligible customer, merged per email, and the rows that cannot be used."""
-
-    customers: dict[str, CrmCustomer] = field(default_factory=dict)
-    invalid: list[InvalidCrmRow] = field(default_factory=list)
-    rows_read: int = 0
 
 
 def eligible_rows_query(columns: CrmColumns) -> sql.Composed:
@@ -129,7 +120,7 @@ def read_snapshot(database_url: str, columns: CrmColumns) -> CrmSnapshot:
     try:
         conn = psycopg.connect(database_url, connect_timeout=10)
     except psycopg.OperationalError as exc:
-        raise DependencyUnavailable("CRM database", _first_line(exc)) from exc
+        raise DependencyUnavailable("CRM database", first_line(exc)) from exc
     try:
         with conn:
             conn.read_only = True
@@ -142,15 +133,10 @@ def read_snapshot(database_url: str, columns: CrmColumns) -> CrmSnapshot:
                 return merge_rows(_stream(conn, eligible_rows_query(columns)))
     except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn) as exc:
         raise CrmSourceError(
-            f"the CRM has no such table or column ({_first_line(exc)}); "
+            f"the CRM has no such table or column ({first_line(exc)}); "
             "check CRM_TABLE and the CRM_*_COLUMN variables"
         ) from exc
     except psycopg.OperationalError as exc:
-        raise DependencyUnavailable("CRM database", _first_line(exc)) from exc
+        raise DependencyUnavailable("CRM database", first_line(exc)) from exc
     except psycopg.Error as exc:
-        raise CrmSourceError(f"reading the CRM failed: {_first_line(exc)}") from exc
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+        raise CrmSourceError(f"reading the CRM failed: {first_line(exc)}") from exc

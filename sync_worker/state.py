@@ -1,40 +1,25 @@
 """Reads the sync state stored in Supabase (tracking rows, failures), page by page.
 
-Pages are ordered by primary key and sized explicitly, so no server default (PostgREST's or a
-proxy's 1000-row cap) can silently cut the state short.
+Pages are ordered by primary key and sized explicitly (`SupabaseApi.select`), so no server
+default (PostgREST's or a proxy's 1000-row cap) can silently cut the state short.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import datetime
-from functools import partial
 from typing import Any
 
-from sync_worker.customers import AccountOrigin, FailureState, TrackedCustomer
+from sync_worker.customers import AccountOrigin, CustomerFailure, Step, TrackedCustomer
 from sync_worker.supabase_api import SupabaseApi
 
-PAGE_SIZE = 1000
 TRACKING_COLUMNS = (
     "email,user_id,is_active,welcome_email_status,account_origin,full_name,crm_lead_id,"
     "credits_remaining"
 )
-FAILURE_COLUMNS = "email,step,reason,attempts,next_attempt_at,parked_at"
-
-
-def _pages(api: SupabaseApi, table: str, columns: str, key: str) -> Iterator[dict[str, Any]]:
-    def page(first: int) -> Any:
-        query = api.client.table(table).select(columns).order(key)
-        return query.range(first, first + PAGE_SIZE - 1).execute()
-
-    start = 0
-    while True:
-        response = api.call(f"read {table}", partial(page, start))
-        rows: list[dict[str, Any]] = response.data
-        yield from rows
-        if len(rows) < PAGE_SIZE:
-            return
-        start += PAGE_SIZE
+FAILURE_COLUMNS = (
+    "email,step,reason,attempts,retriable,first_failed_at,last_failed_at,next_attempt_at,parked_at"
+)
 
 
 def load_tracking(api: SupabaseApi) -> dict[str, TrackedCustomer]:
@@ -50,24 +35,36 @@ def load_tracking(api: SupabaseApi) -> dict[str, TrackedCustomer]:
             crm_lead_id=row.get("crm_lead_id"),
             credits_remaining=int(row.get("credits_remaining") or 0),
         )
-        for row in _pages(api, "digital_resume_by_crm", TRACKING_COLUMNS, "email")
+        for row in api.select("digital_resume_by_crm", TRACKING_COLUMNS, order=("email",))
     }
 
 
-def load_failures(api: SupabaseApi) -> dict[str, FailureState]:
+def read_failures(api: SupabaseApi) -> Iterator[CustomerFailure]:
+    """Every recorded failure, ordered by email."""
+    for row in api.select("crm_sync_failures", FAILURE_COLUMNS, order=("email",)):
+        yield failure_from(row)
+
+
+def load_failures(api: SupabaseApi) -> dict[str, CustomerFailure]:
     """Every recorded failure, by email."""
-    return {
-        row["email"]: FailureState(
-            email=row["email"],
-            step=row["step"],
-            reason=row["reason"],
-            attempts=int(row["attempts"]),
-            next_attempt_at=_timestamp(row.get("next_attempt_at")),
-            parked=row.get("parked_at") is not None,
-        )
-        for row in _pages(api, "crm_sync_failures", FAILURE_COLUMNS, "email")
-    }
+    return {failure.email: failure for failure in read_failures(api)}
 
 
-def _timestamp(value: str | None) -> datetime | None:
+def failure_from(row: dict[str, Any]) -> CustomerFailure:
+    """A `crm_sync_failures` row as the domain's failure."""
+    return CustomerFailure(
+        email=row["email"],
+        step=Step(row["step"]),
+        reason=row["reason"],
+        attempts=int(row["attempts"]),
+        retriable=bool(row.get("retriable", True)),
+        next_attempt_at=parse_timestamp(row.get("next_attempt_at")),
+        parked=row.get("parked_at") is not None,
+        first_failed_at=parse_timestamp(row.get("first_failed_at")),
+        last_failed_at=parse_timestamp(row.get("last_failed_at")),
+    )
+
+
+def parse_timestamp(value: str | None) -> datetime | None:
+    """A timestamp as PostgREST writes it (ISO 8601), or None."""
     return datetime.fromisoformat(value) if value else None

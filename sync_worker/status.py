@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import io
 import shutil
-from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
-from functools import partial
 from typing import Any
 
 from pydantic import BaseModel, Field
@@ -16,21 +14,17 @@ from rich.console import Console
 from rich.table import Table
 
 from sync_worker.config import SupabaseSettings
+from sync_worker.customers import CustomerFailure
 from sync_worker.errors import DependencyUnavailable, ExitCode, SupabaseError
+from sync_worker.state import parse_timestamp, read_failures
 from sync_worker.supabase_api import SupabaseApi
 
-# Every read names its page explicitly, so no server default (PostgREST's db-max-rows, a
-# proxy's cap) can cut a list short without us noticing.
-PAGE_SIZE = 1000
 SHOWN_ROWS = 50
 RENDER_WIDTH = 140
 MIN_WIDTH = 100
 
 _RUN_COLUMNS = "id,worker_id,started_at,finished_at,status,dry_run,counts,error"
 _PENDING_COLUMNS = "email,user_id,full_name,created_at,last_sync_at"
-_FAILURE_COLUMNS = (
-    "email,step,reason,attempts,retriable,first_failed_at,last_failed_at,next_attempt_at,parked_at"
-)
 # What a run's counts say, in the order an operator reads them (keys of CycleReport.log_fields).
 _SUMMARY_KEYS = (
     ("eligible", "eligible"),
@@ -71,20 +65,6 @@ class PendingCustomer(BaseModel):
     last_sync_at: datetime | None = None
 
 
-class FailedCustomer(BaseModel):
-    """A customer whose last attempt at some step failed; `parked` ones are no longer retried."""
-
-    email: str
-    step: str
-    reason: str
-    attempts: int
-    retriable: bool = True
-    parked: bool = False
-    first_failed_at: datetime | None = None
-    last_failed_at: datetime | None = None
-    next_attempt_at: datetime | None = None
-
-
 class DataCount(BaseModel):
     data_type: str
     count: int
@@ -111,59 +91,18 @@ class StatusReport(BaseModel):
     generated_at: datetime
     runs: list[RunLine] = Field(default_factory=list)
     pending: list[PendingCustomer] = Field(default_factory=list)
-    failed: list[FailedCustomer] = Field(default_factory=list)
+    failed: list[CustomerFailure] = Field(default_factory=list)
     monitoring: MonitoringFigures = Field(default_factory=MonitoringFigures)
 
 
-QueryBuilder = Callable[[], Any]
-
-
-def read_pages(
-    api: SupabaseApi,
-    operation: str,
-    query: QueryBuilder,
-    *,
-    limit: int | None = None,
-    page_size: int | None = None,
-) -> Iterator[dict[str, Any]]:
-    """Yields the rows of `query()` (a select with a total order) one explicit page at a time.
-
-    Args:
-        api: the service-role client.
-        operation: names the read in errors and retries.
-        query: builds a fresh, ordered select for each page.
-        limit: stop after this many rows.
-        page_size: rows per request (PAGE_SIZE when None).
-    """
-    size = page_size or PAGE_SIZE
-
-    def page(first: int, last: int) -> Any:
-        return query().range(first, last).execute()
-
-    start = 0
-    while limit is None or start < limit:
-        end = start + size - 1 if limit is None else min(start + size, limit) - 1
-        rows: list[dict[str, Any]] = api.call(operation, partial(page, start, end)).data or []
-        yield from rows
-        if len(rows) < end - start + 1:
-            return
-        start = end + 1
-
-
 def _runs(api: SupabaseApi, count: int) -> list[RunLine]:
-    table = api.client.table("crm_sync_runs")
-    rows = read_pages(
-        api,
-        "read crm_sync_runs",
-        lambda: table.select(_RUN_COLUMNS).order("started_at", desc=True).order("id"),
-        limit=count,
-    )
+    rows = api.select("crm_sync_runs", _RUN_COLUMNS, order=("started_at.desc", "id"), limit=count)
     return [_run_line(row) for row in rows]
 
 
 def _run_line(row: dict[str, Any]) -> RunLine:
     started = datetime.fromisoformat(row["started_at"])
-    finished = _timestamp(row.get("finished_at"))
+    finished = parse_timestamp(row.get("finished_at"))
     counts: dict[str, Any] = row.get("counts") or {}
     return RunLine(
         id=str(row["id"]),
@@ -190,72 +129,38 @@ def summarise_counts(counts: dict[str, Any]) -> str:
 
 
 def _pending(api: SupabaseApi) -> list[PendingCustomer]:
-    table = api.client.table("digital_resume_by_crm")
-    rows = read_pages(
-        api,
-        "read pending customers",
-        lambda: (
-            table.select(_PENDING_COLUMNS)
-            .eq("is_active", True)
-            .eq("welcome_email_status", "pending")
-            .order("email")
-        ),
+    rows = api.select(
+        "digital_resume_by_crm",
+        _PENDING_COLUMNS,
+        where={"is_active": True, "welcome_email_status": "pending"},
+        order=("email",),
+        operation="read pending customers",
     )
     return [
         PendingCustomer(
             email=row["email"],
             user_id=str(row["user_id"]),
             full_name=row.get("full_name"),
-            enrolled_at=_timestamp(row.get("created_at")),
-            last_sync_at=_timestamp(row.get("last_sync_at")),
+            enrolled_at=parse_timestamp(row.get("created_at")),
+            last_sync_at=parse_timestamp(row.get("last_sync_at")),
         )
         for row in rows
     ]
 
 
-def _failed(api: SupabaseApi) -> list[FailedCustomer]:
-    table = api.client.table("crm_sync_failures")
-    rows = read_pages(
-        api, "read crm_sync_failures", lambda: table.select(_FAILURE_COLUMNS).order("email")
-    )
-    return [
-        FailedCustomer(
-            email=row["email"],
-            step=row["step"],
-            reason=row["reason"],
-            attempts=int(row["attempts"]),
-            retriable=bool(row.get("retriable", True)),
-            parked=row.get("parked_at") is not None,
-            first_failed_at=_timestamp(row.get("first_failed_at")),
-            last_failed_at=_timestamp(row.get("last_failed_at")),
-            next_attempt_at=_timestamp(row.get("next_attempt_at")),
-        )
-        for row in rows
-    ]
+def _failed(api: SupabaseApi) -> list[CustomerFailure]:
+    return list(read_failures(api))
 
 
 def _monitoring(api: SupabaseApi) -> MonitoringFigures:
-    client = api.client
     users = list(
-        read_pages(
-            api,
-            "read crm_user_count",
-            lambda: client.table("crm_user_count").select("total_crm_users,inactive_crm_users"),
-        )
+        api.select("crm_user_count", "total_crm_users,inactive_crm_users", order=(), limit=1)
     )
-    data = read_pages(
-        api,
-        "read crm_data_distribution",
-        lambda: client.table("crm_data_distribution").select("data_type,count").order("data_type"),
-    )
-    credits = read_pages(
-        api,
-        "read crm_credit_distribution",
-        lambda: (
-            client.table("crm_credit_distribution")
-            .select("credits_remaining,user_count")
-            .order("credits_remaining", desc=True)
-        ),
+    data = api.select("crm_data_distribution", "data_type,count", order=("data_type",))
+    credits = api.select(
+        "crm_credit_distribution",
+        "credits_remaining,user_count",
+        order=("credits_remaining.desc",),
     )
     first = users[0] if users else {}
     # The seed lists the data types in this order; keep it rather than the alphabet's.
@@ -441,7 +346,3 @@ def _shown(value: datetime | None) -> str:
     if value is None:
         return "-"
     return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
-
-
-def _timestamp(value: str | None) -> datetime | None:
-    return datetime.fromisoformat(value) if value else None

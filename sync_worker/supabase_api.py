@@ -2,41 +2,39 @@
 
 supabase-py is given one `httpx.Client` with explicit timeouts (its auth client would
 otherwise use httpx's 5 s default) and never signs in, so its Authorization header stays the
-service role's. Every call goes through `SupabaseApi.call`, which retries what is worth
-retrying (one policy) and turns supabase-py, postgrest and httpx exceptions into
-`SupabaseError` carrying the HTTP status, error code and Retry-After.
+service role's. `SupabaseApi` offers typed methods (RPCs, paged selects, upserts, updates,
+deletes, the Auth admin calls); no other module touches supabase-py. Every call runs under
+one retry policy and turns supabase-py, postgrest and httpx exceptions into `SupabaseError`
+carrying the HTTP status, error code and Retry-After.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from functools import partial
 from typing import Any, TypeVar
 
 import httpx
 from postgrest.exceptions import APIError
+from postgrest.types import CountMethod, ReturnMethod
+from pydantic import BaseModel
 from supabase import Client, ClientOptions, create_client
 from supabase_auth.errors import AuthApiError, AuthError, AuthRetryableError
 
 from sync_worker.errors import SupabaseError
-from sync_worker.retrying import RetryPolicy
+from sync_worker.retrying import RetryPolicy, retry_after_seconds
 
 T = TypeVar("T")
+Row = dict[str, Any]
 
 DEFAULT_TIMEOUT = httpx.Timeout(connect=5.0, read=30.0, write=30.0, pool=30.0)
+# Every read names its page explicitly, so no server default (PostgREST's db-max-rows, a
+# proxy's 1000-row cap) can cut a list short without us noticing.
+PAGE_SIZE = 1000
 _RETRIABLE_STATUS = frozenset({0, 408, 429, 502, 503, 504})
 # PostgREST's own "cannot reach the database" errors (PGRST000-PGRST003) answer 503/504.
 _RETRIABLE_POSTGREST_CODES = frozenset({"PGRST000", "PGRST001", "PGRST002", "PGRST003"})
-
-
-def _retry_after(response: httpx.Response | None) -> float | None:
-    if response is None:
-        return None
-    value = response.headers.get("retry-after")
-    try:
-        return max(float(value), 0.0) if value is not None else None
-    except ValueError:
-        return None
 
 
 def is_retriable_status(status: int | None, message: str = "", code: str | None = None) -> bool:
@@ -55,6 +53,13 @@ def is_retriable_status(status: int | None, message: str = "", code: str | None 
     return status in _RETRIABLE_STATUS
 
 
+def _user_row(user: Any) -> Row:
+    """A supabase-py `User` (a pydantic model) as the plain JSON object Auth sent."""
+    if isinstance(user, BaseModel):
+        return user.model_dump(mode="json")
+    return dict(user)
+
+
 class SupabaseApi:
     """Holds the service-role client and its HTTP client for the life of the process."""
 
@@ -71,16 +76,16 @@ class SupabaseApi:
         self.policy = policy or RetryPolicy()
         self._key = service_role_key
         self._local = threading.local()
-        self.http = httpx.Client(
+        self._http = httpx.Client(
             timeout=timeout,
             limits=httpx.Limits(max_connections=max_connections),
             event_hooks={"response": [self._remember]},
         )
-        self.client: Client = create_client(
+        self._client: Client = create_client(
             self.url,
             service_role_key,
             options=ClientOptions(
-                httpx_client=self.http,
+                httpx_client=self._http,
                 postgrest_client_retry=False,  # retries are ours, in one place
                 auto_refresh_token=False,
                 persist_session=False,
@@ -90,8 +95,206 @@ class SupabaseApi:
     def __repr__(self) -> str:
         return f"SupabaseApi(url={self.url!r})"
 
-    def _remember(self, response: httpx.Response) -> None:
-        self._local.response = response
+    # -- REST (PostgREST) ------------------------------------------------------------------
+
+    def rpc(
+        self,
+        function: str,
+        args: Mapping[str, Any] | None = None,
+        *,
+        operation: str | None = None,
+        policy: RetryPolicy | None = None,
+    ) -> Any:
+        """Calls a SQL function (POST /rpc/<function>) and returns its JSON result."""
+        payload = dict(args or {})
+        response = self.call(
+            operation or function,
+            lambda: self._client.rpc(function, payload).execute(),
+            policy,
+        )
+        return response.data
+
+    def rpc_rows(
+        self,
+        function: str,
+        *,
+        order: Sequence[str],
+        operation: str | None = None,
+        page_size: int | None = None,
+    ) -> Iterator[Row]:
+        """The rows of a set-returning SQL function (GET, no arguments), page by page."""
+
+        def query() -> Any:
+            return _ordered(self._client.rpc(function, {}, get=True), order)
+
+        return self._pages(operation or function, query, limit=None, page_size=page_size)
+
+    def select(
+        self,
+        table: str,
+        columns: str,
+        *,
+        order: Sequence[str],
+        where: Mapping[str, Any] | None = None,
+        limit: int | None = None,
+        page_size: int | None = None,
+        operation: str | None = None,
+    ) -> Iterator[Row]:
+        """The rows of `table` matching `where` (column = value), one explicit page at a time.
+
+        Args:
+            table: table or view.
+            columns: PostgREST's select list.
+            order: a total order, as columns (`"email"`) or `"column.desc"`.
+            where: equality filters.
+            limit: stop after this many rows.
+            page_size: rows per request (`PAGE_SIZE` when None).
+            operation: names the read in errors and retries (`read <table>` when None).
+        """
+        filters = dict(where or {})
+
+        def query() -> Any:
+            builder = self._client.table(table).select(columns)
+            for column, value in filters.items():
+                builder = builder.eq(column, value)
+            return _ordered(builder, order)
+
+        return self._pages(operation or f"read {table}", query, limit=limit, page_size=page_size)
+
+    def count(self, table: str) -> int:
+        """The exact number of rows in `table` (a HEAD request)."""
+        response = self.call(
+            f"count {table}",
+            lambda: (
+                self._client.table(table).select("*", count=CountMethod.exact, head=True).execute()
+            ),
+        )
+        return int(response.count or 0)
+
+    def upsert(
+        self,
+        table: str,
+        rows: Sequence[Row] | Row,
+        *,
+        on_conflict: str,
+        ignore_duplicates: bool = False,
+        operation: str | None = None,
+    ) -> None:
+        """Inserts `rows`, merging (or ignoring) those whose `on_conflict` key exists."""
+        payload: Any = list(rows) if isinstance(rows, Sequence) else rows
+        self.call(
+            operation or f"write {table}",
+            lambda: (
+                self._client.table(table)
+                .upsert(
+                    payload,
+                    on_conflict=on_conflict,
+                    ignore_duplicates=ignore_duplicates,
+                    returning=ReturnMethod.minimal,
+                )
+                .execute()
+            ),
+        )
+
+    def update(
+        self,
+        table: str,
+        values: Row,
+        *,
+        where: Mapping[str, Any],
+        operation: str | None = None,
+    ) -> None:
+        """Updates the rows of `table` matching `where` (column = value; never empty)."""
+        if not where:
+            raise ValueError("an update needs a filter")
+        filters = dict(where)
+
+        def request() -> Any:
+            builder = self._client.table(table).update(values, returning=ReturnMethod.minimal)
+            for column, value in filters.items():
+                builder = builder.eq(column, value)
+            return builder.execute()
+
+        self.call(operation or f"update {table}", request)
+
+    def delete_in(
+        self,
+        table: str,
+        column: str,
+        values: Sequence[str],
+        *,
+        batch_size: int = 200,
+        operation: str | None = None,
+    ) -> None:
+        """Deletes the rows of `table` whose `column` is one of `values`, in batches."""
+        for start in range(0, len(values), batch_size):
+            chunk = list(values[start : start + batch_size])
+            self.call(
+                operation or f"clear {table}",
+                lambda chunk=chunk: (
+                    self._client.table(table)  # type: ignore[misc]
+                    .delete(returning=ReturnMethod.minimal)
+                    .in_(column, chunk)
+                    .execute()
+                ),
+            )
+
+    def ping(self, table: str, policy: RetryPolicy | None = None) -> None:
+        """One small read that proves REST and the database answer."""
+        self.call(
+            f"ping {table}",
+            lambda: self._client.table(table).select("*").limit(1).execute(),
+            policy,
+        )
+
+    # -- Auth admin API --------------------------------------------------------------------
+
+    def create_user(self, attributes: Row) -> Row:
+        """POST /admin/users; the created user."""
+        admin = self._client.auth.admin
+        response = self.call("create account", lambda: admin.create_user(attributes))  # type: ignore[arg-type]
+        return _user_row(response.user)
+
+    def get_user(self, user_id: str) -> Row:
+        """GET /admin/users/<id>."""
+        admin = self._client.auth.admin
+        response = self.call("get account", lambda: admin.get_user_by_id(user_id))
+        return _user_row(response.user)
+
+    def update_user(self, user_id: str, attributes: Row, *, operation: str) -> Row:
+        """PUT /admin/users/<id>; the updated user."""
+        admin = self._client.auth.admin
+        response = self.call(operation, lambda: admin.update_user_by_id(user_id, attributes))  # type: ignore[arg-type]
+        return _user_row(response.user)
+
+    def generate_link(self, kind: str, email: str, redirect_to: str | None = None) -> str:
+        """POST /admin/generate_link; the action link (Auth sends nothing itself)."""
+        params: dict[str, Any] = {"type": kind, "email": email}
+        if redirect_to:
+            params["options"] = {"redirect_to": redirect_to}
+        admin = self._client.auth.admin
+        response = self.call("generate link", lambda: admin.generate_link(params))  # type: ignore[arg-type]
+        return str(response.properties.action_link)
+
+    def list_users(self, *, page: int, per_page: int, filter_text: str | None = None) -> list[Row]:
+        """GET /admin/users with the `filter` supabase-py does not offer (`email LIKE %f%`)."""
+        params: dict[str, Any] = {"page": page, "per_page": per_page}
+        if filter_text is not None:
+            params["filter"] = filter_text
+
+        def request() -> list[Row]:
+            response = self._http.get(
+                f"{self.url}/auth/v1/admin/users",
+                params=params,
+                headers={"apikey": self._key, "Authorization": f"Bearer {self._key}"},
+            )
+            response.raise_for_status()
+            users: list[Row] = response.json().get("users") or []
+            return users
+
+        return self.call("find account", request)
+
+    # -- the edge --------------------------------------------------------------------------
 
     def call(self, operation: str, fn: Callable[[], T], policy: RetryPolicy | None = None) -> T:
         """Runs `fn` (one request) under the retry policy, translating its errors."""
@@ -105,15 +308,23 @@ class SupabaseApi:
 
         return (policy or self.policy).call(operation, attempt)
 
-    def admin_get(self, path: str, params: dict[str, Any]) -> httpx.Response:
-        """A GET on the Auth admin API that supabase-py does not offer (the list `filter`)."""
-        response = self.http.get(
-            f"{self.url}/auth/v1/{path.lstrip('/')}",
-            params=params,
-            headers={"apikey": self._key, "Authorization": f"Bearer {self._key}"},
-        )
-        response.raise_for_status()
-        return response
+    def _pages(
+        self, operation: str, query: Callable[[], Any], *, limit: int | None, page_size: int | None
+    ) -> Iterator[Row]:
+        """The one pager: explicit ranges over a query with a total order."""
+        page_size = page_size or PAGE_SIZE
+        start = 0
+        while limit is None or start < limit:
+            end = start + page_size - 1 if limit is None else min(start + page_size, limit) - 1
+            response = self.call(operation, partial(_page, query, start, end))
+            rows: list[Row] = response.data or []
+            yield from rows
+            if len(rows) < end - start + 1:
+                return
+            start = end + 1
+
+    def _remember(self, response: httpx.Response) -> None:
+        self._local.response = response
 
     def translate(self, exc: BaseException, operation: str) -> SupabaseError:
         """Turns a library exception into a `SupabaseError` (never with a secret in it)."""
@@ -155,8 +366,23 @@ class SupabaseApi:
             status=status,
             code=code,
             retriable=is_retriable_status(status, message, code),
-            retry_after=_retry_after(response),
+            retry_after=(
+                retry_after_seconds(response.headers.get("retry-after"))
+                if response is not None
+                else None
+            ),
         )
 
     def close(self) -> None:
-        self.http.close()
+        self._http.close()
+
+
+def _page(query: Callable[[], Any], first: int, last: int) -> Any:
+    return query().range(first, last).execute()
+
+
+def _ordered(builder: Any, order: Sequence[str]) -> Any:
+    for term in order:
+        column, _, direction = term.partition(".")
+        builder = builder.order(column, desc=direction == "desc")
+    return builder

@@ -10,18 +10,17 @@ from collections import Counter
 from datetime import UTC, datetime
 from typing import Any
 
-from postgrest.types import CountMethod
 from pydantic import BaseModel, Field
 
 from sync_worker.config import VerifySettings
+from sync_worker.customers import CrmSnapshot
 from sync_worker.errors import ExitCode, SupabaseError
 from sync_worker.services import crm_columns
-from sync_worker.source import CrmSnapshot, read_snapshot
+from sync_worker.source import read_snapshot
 from sync_worker.state import load_failures, load_tracking
 from sync_worker.status import (
     MIN_WIDTH,
     plain_text,
-    read_pages,
     text_console,
     titled_table,
     unavailable,
@@ -70,17 +69,10 @@ class VerifyReport(BaseModel):
 
 def database_mismatches(api: SupabaseApi) -> list[Mismatch]:
     """Every mismatch the `crm_sync_verify` RPC reports, read in explicit pages."""
-    rows = read_pages(
-        api,
-        "verify",
-        lambda: (
-            api.client.rpc("crm_sync_verify", {}, get=True)
-            .order("check")
-            .order("email")
-            .order("user_id")
-            .order("expected")
-            .order("actual")
-        ),
+    rows = api.rpc_rows(
+        "crm_sync_verify",
+        order=("check", "email", "user_id", "expected", "actual"),
+        operation="verify",
     )
     return [
         Mismatch(
@@ -96,8 +88,7 @@ def database_mismatches(api: SupabaseApi) -> list[Mismatch]:
 
 def repair_derived_rows(api: SupabaseApi) -> dict[str, int]:
     """Runs the `crm_sync_repair` RPC: rows repaired per check (stats and mirrors only)."""
-    response = api.call("repair", lambda: api.client.rpc("crm_sync_repair", {}).execute())
-    rows: Any = response.data or []
+    rows: Any = api.rpc("crm_sync_repair", operation="repair") or []
     return {str(row["check"]): int(row["repaired"]) for row in rows}
 
 
@@ -127,14 +118,6 @@ def enrolment_mismatches(api: SupabaseApi, snapshot: CrmSnapshot) -> list[Mismat
     return found
 
 
-def _row_count(api: SupabaseApi, table: str) -> int:
-    response = api.call(
-        f"count {table}",
-        lambda: api.client.table(table).select("*", count=CountMethod.exact, head=True).execute(),
-    )
-    return int(response.count or 0)
-
-
 def verify(api: SupabaseApi, snapshot: CrmSnapshot | None, *, repair: bool) -> VerifyReport:
     """Checks the success metrics; with `repair`, repairs stats and mirrors, then checks again.
 
@@ -155,8 +138,8 @@ def verify(api: SupabaseApi, snapshot: CrmSnapshot | None, *, repair: bool) -> V
         remaining = database_mismatches(api)
     enrolment = enrolment_mismatches(api, snapshot) if snapshot is not None else []
 
-    profiles = _row_count(api, "profiles")
-    tracked = _row_count(api, "digital_resume_by_crm")
+    profiles = api.count("profiles")
+    tracked = api.count("digital_resume_by_crm")
     checked = {
         "credit_accuracy": profiles,
         "credit_mirror": tracked,

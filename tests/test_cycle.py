@@ -17,7 +17,7 @@ from supabase import create_client
 from supabase_sandbox.faults import FaultKind, FaultPlan
 from supabase_sandbox.stack import Sandbox
 from sync_worker.config import Settings
-from sync_worker.cycle import exit_code_of, run_cycle
+from sync_worker.cycle import run_cycle
 from sync_worker.errors import ExitCode
 from sync_worker.logs import configure_logging
 from sync_worker.report import CycleReport
@@ -60,7 +60,7 @@ def clean(sandbox: Sandbox) -> Iterator[None]:
 
 def run(settings: Settings) -> CycleReport:
     with LiveServices(settings, policy=FAST) as services:
-        return run_cycle(settings, services.for_cycle())
+        return run_cycle(services.options, services.for_cycle())
 
 
 def query(sandbox: Sandbox, sql: str, *params: Any) -> list[tuple[Any, ...]]:
@@ -133,7 +133,7 @@ def test_first_run_provisions_each_customer_once_and_second_run_does_nothing(
     assert first.credits_granted == 8
     assert {i.email for i in first.invalid} == {"fay@@example", None}
     assert first.failures == []
-    assert exit_code_of(first) is ExitCode.OK
+    assert first.exit_code is ExitCode.OK
     for email in ("ann@example.com", "bob.stone@example.com"):
         assert_provisioned_once(sandbox, email)
     # Nothing invalid or ineligible reached Supabase.
@@ -157,7 +157,7 @@ def test_first_run_provisions_each_customer_once_and_second_run_does_nothing(
     assert (second.created, second.enrolled, second.emails_sent) == (0, 0, 0)
     assert sandbox.requests.writes() == 0
     assert len(sandbox.mail) == 2
-    assert exit_code_of(second) is ExitCode.OK
+    assert second.exit_code is ExitCode.OK
 
 
 def test_an_existing_user_is_linked_and_keeps_their_password(
@@ -190,7 +190,7 @@ def test_an_existing_user_is_linked_and_keeps_their_password(
 def test_mail_down_for_one_cycle(sandbox: Sandbox, crm_url: str) -> None:
     add_sales(crm_url, ("mo@example.com", "Mo", 1, None), ("ny@example.com", "Ny", 1, None))
     down = run(settings_for(sandbox, crm_url, smtp_port=closed_port()))
-    assert exit_code_of(down) is ExitCode.UNAVAILABLE
+    assert down.exit_code is ExitCode.UNAVAILABLE
     assert down.aborted
     assert "mail" in down.aborted
     assert (down.created, down.emails_sent) == (2, 0)
@@ -202,7 +202,7 @@ def test_mail_down_for_one_cycle(sandbox: Sandbox, crm_url: str) -> None:
 
     back = run(settings_for(sandbox, crm_url))
     assert (back.created, back.emails_sent, back.failures) == (0, 2, [])
-    assert exit_code_of(back) is ExitCode.OK
+    assert back.exit_code is ExitCode.OK
     for email in ("mo@example.com", "ny@example.com"):
         assert_provisioned_once(sandbox, email)
         # The password set right before this email is the one that works.
@@ -258,7 +258,7 @@ def test_a_failing_customer_never_stops_the_others_and_is_parked(
         first = run(settings)
         assert first.created == 1
         assert [(f.email, f.step) for f in first.failures] == [("no@blocked.example", "account")]
-        assert exit_code_of(first) is ExitCode.CUSTOMERS_FAILED
+        assert first.exit_code is ExitCode.CUSTOMERS_FAILED
         [(attempts, parked, due)] = query(
             sandbox,
             "select attempts, parked_at is not null, next_attempt_at > now()"
@@ -267,7 +267,7 @@ def test_a_failing_customer_never_stops_the_others_and_is_parked(
         assert (attempts, parked, due) == (1, False, True)
         waiting = run(settings)
         assert waiting.planned["wait"] == 1
-        assert exit_code_of(waiting) is ExitCode.OK
+        assert waiting.exit_code is ExitCode.OK
         query(sandbox, "select 1")
         with psycopg.connect(sandbox.db_url, autocommit=True) as conn:
             conn.execute("update public.crm_sync_failures set next_attempt_at = now()")
@@ -278,7 +278,7 @@ def test_a_failing_customer_never_stops_the_others_and_is_parked(
         ) == [(2, True)]
         parked = run(settings)
         assert parked.planned["parked"] == 1
-        assert exit_code_of(parked) is ExitCode.OK
+        assert parked.exit_code is ExitCode.OK
         assert_provisioned_once(sandbox, "ok@example.com")
     finally:
         with psycopg.connect(sandbox.db_url, autocommit=True) as conn:
@@ -317,7 +317,7 @@ def test_dry_run_writes_nothing(sandbox: Sandbox, crm_url: str) -> None:
     add_sales(crm_url, ("dry@example.com", None, 1, None))
     settings = settings_for(sandbox, crm_url)
     with LiveServices(settings, policy=FAST) as services:
-        report = run_cycle(settings, services.for_cycle(), dry_run=True)
+        report = run_cycle(services.options, services.for_cycle(), dry_run=True)
     assert report.planned["provision"] == 1
     assert report.preview["provision"] == ["dry@example.com"]
     assert "DRY RUN" in report.render()
@@ -380,7 +380,7 @@ def test_an_outage_counts_against_no_customer(sandbox: Sandbox, crm_url: str) ->
     add_sales(crm_url, *[(f"down{i}@example.com", None, 1) for i in range(8)])
     sandbox.faults.auth = FaultPlan(fault_rate=1.0, mix={FaultKind.UNAVAILABLE: 1})
     report = run(settings_for(sandbox, crm_url, sync_concurrency=1))
-    assert exit_code_of(report) is ExitCode.UNAVAILABLE
+    assert report.exit_code is ExitCode.UNAVAILABLE
     assert report.aborted
     assert "Supabase" in report.aborted
     assert query(sandbox, "select count(*) from public.crm_sync_failures") == [(0,)]

@@ -16,7 +16,7 @@ from postgrest.exceptions import APIError
 from supabase import create_client
 
 from supabase_sandbox.stack import Sandbox
-from sync_worker import status as status_module
+from sync_worker import supabase_api
 from sync_worker.config import Settings
 from sync_worker.mailers import SmtpMailer
 from sync_worker.runner import run_guarded_cycle
@@ -225,7 +225,7 @@ def test_status_reads_every_list_in_explicit_pages(
     seeded: Seeded, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """With one row per page, every row still arrives: nothing relies on a server default."""
-    monkeypatch.setattr(status_module, "PAGE_SIZE", 1)
+    monkeypatch.setattr(supabase_api, "PAGE_SIZE", 1)
     seeded.sandbox.requests.reset()
     api = api_for(seeded)
     try:
