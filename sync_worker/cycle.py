@@ -10,6 +10,7 @@ dependency that is down aborts the cycle (exit 69) without counting against cust
 from __future__ import annotations
 
 import contextvars
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -173,34 +174,37 @@ def _provision_phase(
     if not steps:
         return done
 
-    def one(step: CustomerStep) -> ProvisionedAccount | SyncError | None:
-        if _stopping(services, tally):
-            return None
+    lock = threading.Lock()
+
+    def one(step: CustomerStep) -> None:
+        with lock:
+            if _stopping(services, tally):
+                return
         assert step.customer is not None
         try:
-            return provision_account(services.provisioner, step.customer, options.credentials_mode)
+            result = provision_account(
+                services.provisioner, step.customer, options.credentials_mode
+            )
         except SyncError as exc:
-            return exc
+            log.warning("account_failed", email=step.email, error=str(exc))
+            with lock:
+                # Noted as it happens, so that a run of outages stops the tasks still queued.
+                tally.fail(_failure(step.email, Step.ACCOUNT, exc))
+            return
+        with lock:
+            tally.succeed()
+            done[step.email] = result
+            created = result.origin is AccountOrigin.CREATED
+            (tally.created if created else tally.linked).append(step.email)
+        log.info("account_ready", email=step.email, origin=result.origin.value)
 
     # Each task runs in a copy of this thread's context, so its log lines (retries) carry the
     # run id too.
     tasks = [(contextvars.copy_context(), step) for step in steps]
     progress = ProgressReporter(len(steps), "provisioning accounts")
     with progress, ThreadPoolExecutor(max_workers=options.concurrency) as pool:
-        results = pool.map(lambda task: task[0].run(one, task[1]), tasks)
-        for step, result in zip(steps, results, strict=True):
+        for _ in pool.map(lambda task: task[0].run(one, task[1]), tasks):
             progress.advance()
-            if result is None:
-                continue
-            if isinstance(result, SyncError):
-                log.warning("account_failed", email=step.email, error=str(result))
-                tally.fail(_failure(step.email, Step.ACCOUNT, result))
-                continue
-            tally.succeed()
-            done[step.email] = result
-            created = result.origin is AccountOrigin.CREATED
-            (tally.created if created else tally.linked).append(step.email)
-            log.info("account_ready", email=step.email, origin=result.origin.value)
     return done
 
 
@@ -218,7 +222,10 @@ def _enrol_phase(
     """
     if tally.aborted is not None:
         return
-    enrolments = [Enrolment(p.customer, p.account.id, p.origin) for p in provisioned.values()]
+    # In the plan's order (by email), whatever order the accounts were ready in.
+    enrolments = [
+        Enrolment(p.customer, p.account.id, p.origin) for _, p in sorted(provisioned.items())
+    ]
     for step in plan.of(Action.REACTIVATE, Action.REFRESH):
         assert step.customer is not None
         assert step.tracked is not None

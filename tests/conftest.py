@@ -49,6 +49,14 @@ def db(supabase_db: str) -> Iterator[psycopg.Connection[Any]]:
 
 
 @pytest.fixture(autouse=True)
+def _fixed_terminal_width(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rendered tables wrap at the terminal's width: the same width for every test, whether
+    run in a terminal, a pipe or a worker process."""
+    monkeypatch.setenv("COLUMNS", "140")
+    monkeypatch.setenv("LINES", "40")
+
+
+@pytest.fixture(autouse=True)
 def _fresh_logging() -> Iterator[None]:
     """Each test starts from structlog's defaults, whatever an earlier test configured."""
     yield

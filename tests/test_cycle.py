@@ -325,7 +325,9 @@ def test_dry_run_writes_nothing(sandbox: Sandbox, crm_url: str) -> None:
     assert sandbox.mail == []
 
 
+@pytest.mark.scale
 def test_thousands_of_customers_past_every_page(sandbox: Sandbox, crm_url: str) -> None:
+    """2,500 customers: every page of the CRM, of the state and of the enrolment batches."""
     with psycopg.connect(crm_url, autocommit=True) as conn:
         conn.execute(
             "insert into sales_closure (email, digital_resume_sale_value)"

@@ -85,16 +85,20 @@ def start(env: dict[str, str], tmp_path: Path, *args: str) -> subprocess.Popen[b
     )
 
 
-def once(env: dict[str, str], tmp_path: Path) -> int:
-    done = subprocess.run(
+def run_once(env: dict[str, str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
         [sys.executable, "-m", "sync_worker", "--once"],
         env=env,
         cwd=tmp_path,
         capture_output=True,
+        text=True,
         timeout=120,
         check=False,
     )
-    return done.returncode
+
+
+def once(env: dict[str, str], tmp_path: Path) -> int:
+    return run_once(env, tmp_path).returncode
 
 
 def add_customers(crm_url: str, count: int, prefix: str = "d") -> list[str]:
@@ -114,6 +118,28 @@ def wait_for(check: Callable[[], bool], timeout: float = 30, what: str = "condit
     while not check():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.05)
+
+
+OTHER_RUN = "another-replica:1:test"
+
+
+def take_lease(sandbox: Sandbox, holder: str, ttl_seconds: int) -> bool:
+    """Takes the lease through its RPC, as another run would."""
+    with psycopg.connect(sandbox.db_url, autocommit=True) as conn:
+        row = conn.execute(
+            "select public.acquire_sync_lease(%s, %s)", (holder, ttl_seconds)
+        ).fetchone()
+    return bool(row and row[0])
+
+
+def release_lease(sandbox: Sandbox, holder: str) -> bool:
+    with psycopg.connect(sandbox.db_url, autocommit=True) as conn:
+        row = conn.execute("select public.release_sync_lease(%s)", (holder,)).fetchone()
+    return bool(row and row[0])
+
+
+def lease_holders(sandbox: Sandbox) -> list[tuple[Any, ...]]:
+    return rows(sandbox, "select holder from public.crm_sync_lease")
 
 
 def stop(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> tuple[int, float]:
@@ -169,7 +195,7 @@ def test_daemon_runs_cycles_serves_probes_and_stops_cleanly(
         assert status == 200
         for name in (
             'crm_sync_cycles_total{outcome="succeeded"}',
-            'crm_sync_customers_total{action="provision",outcome="created"} 3.0',
+            'crm_sync_customers_total{action="account",outcome="created"} 3.0',
             "crm_sync_emails_sent_total 3.0",
             "crm_sync_cycle_duration_seconds_count",
             "crm_sync_last_success_timestamp_seconds",
@@ -222,23 +248,41 @@ def test_two_daemons_and_a_once_never_overlap(
     sandbox: Sandbox, crm_url: str, tmp_path: Path
 ) -> None:
     emails = add_customers(crm_url, 12, "pair")
-    # Both daemons tick at start; a first cycle of over a second makes them collide.
     sandbox.faults.auth = FaultPlan(latency_ms=80)
     env = environment(sandbox, crm_url, SYNC_CONCURRENCY="1")
+    # Another run (a replica, a cron job) certainly holds the lease: a one-off run steps aside.
+    assert take_lease(sandbox, OTHER_RUN, ttl_seconds=300)
+    held = run_once(env, tmp_path)
+    assert held.returncode == 75, held.stderr
+    assert "nothing was done" in held.stderr
+    assert held.stdout == ""  # no cycle report: no cycle ran
+    assert lease_holders(sandbox) == [(OTHER_RUN,)]
+    assert rows(sandbox, "select count(*) from public.crm_sync_runs") == [(0,)]
+    assert rows(sandbox, "select count(*) from auth.users") == [(0,)]
+
     daemons = [start(env, tmp_path, "run") for _ in range(2)]
+    logs = list(tmp_path.glob("worker-*.log"))
+    assert len(logs) == 2
     try:
-        once_code = once(env, tmp_path)
+        # Each daemon skips its ticks while the other run holds the lease...
+        wait_for(
+            lambda: all('"event": "cycle_skipped"' in p.read_text() for p in logs),
+            what="both daemons to skip a tick",
+        )
+        assert rows(sandbox, "select count(*) from auth.users") == [(0,)]
+        assert release_lease(sandbox, OTHER_RUN)
+        # ...then they take turns: a first cycle of over a second makes them collide.
         wait_for(lambda: len(finished_runs(sandbox)) >= 4, timeout=60, what="four cycles")
     finally:
         codes = [stop(d)[0] for d in daemons]
     assert codes == [0, 0]
-    assert once_code in (0, 75)
     runs = finished_runs(sandbox)
     for earlier, later in itertools.pairwise(runs):
         assert earlier[1] <= later[0], f"runs overlap: {earlier} and {later}"
-    # The daemon that loses the race for a tick logs that it skipped it.
-    log = "".join(p.read_text() for p in tmp_path.glob("worker-*.log"))
-    assert '"event": "cycle_skipped"' in log
+    assert_each_customer_once(sandbox, emails)
+    # With nobody holding the lease, a one-off run takes it and has nothing left to do.
+    assert lease_holders(sandbox) == []
+    assert once(env, tmp_path) == 0
     assert_each_customer_once(sandbox, emails)
 
 

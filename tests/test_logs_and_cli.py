@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import subprocess
 import sys
 
@@ -11,6 +12,7 @@ import pytest
 import structlog
 
 from sync_worker.cli import main
+from sync_worker.errors import ExitCode
 from sync_worker.logs import MaskSecrets, configure_logging
 
 
@@ -58,23 +60,54 @@ def test_every_line_is_json_with_run_id_and_masked() -> None:
     assert "RuntimeError" in lines[1]["exception"]
 
 
+COMMANDS = ("run", "migrate", "status", "verify", "config")
+
+
+def section(text: str, heading: str) -> str:
+    """The lines under `heading:` in a help text, up to the next blank line."""
+    match = re.search(rf"^{re.escape(heading)}:\n((?:.+\n?)*)", text, re.MULTILINE)
+    assert match, f"no {heading!r} section in:\n{text}"
+    return match.group(1)
+
+
+def listed(name: str, lines: str) -> bool:
+    """Whether one of `lines` is an indented entry that starts with `name` (an option such
+    as `--dry-run` does not list `run`)."""
+    return re.search(rf"^[ \t]+{re.escape(name)}(?=[ \t]|$)", lines, re.MULTILINE) is not None
+
+
 def test_help_lists_every_command_of_the_design(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_:
         main(["--help"])
     assert exit_.value.code == 0
-    out = capsys.readouterr().out
-    for command in (
-        "run",
-        "migrate",
-        "status",
-        "verify",
-        "config",
-        "--once",
-        "--dry-run",
-        "--repair",
-        "--json",
+    out, err = capsys.readouterr()
+    assert err == ""
+    # Each command twice: in the overview of the description, and in argparse's own list of
+    # the sub-commands it accepts.
+    overview = section(out, "commands")
+    accepted = section(out, "positional arguments")
+    for command in COMMANDS:
+        assert listed(command, overview), f"{command!r} missing from:\n{overview}"
+        assert listed(command, accepted), f"{command!r} missing from:\n{accepted}"
+    # Each command's options on its own overview line.
+    for command, option in (
+        ("run", "--once"),
+        ("run", "--dry-run"),
+        ("migrate", "--dry-run"),
+        ("status", "--json"),
+        ("verify", "--repair"),
     ):
-        assert command in out
+        assert re.search(rf"^[ \t]+{command} .*\[{re.escape(option)}\]", overview, re.MULTILINE), (
+            f"{command} {option} missing from:\n{overview}"
+        )
+    options = section(out, "options")
+    for option in ("--once", "--dry-run"):  # `crm-sync --once` is `crm-sync run --once`
+        assert listed(option, options), f"{option!r} missing from:\n{options}"
+    # Every exit code, each with what it means, and no other number.
+    codes = section(out, "exit codes of a one-off run")
+    documented = [int(code) for code in re.findall(r"(?<!\S)(\d+) [a-z]", codes)]
+    assert sorted(documented) == sorted(code.value for code in ExitCode)
+    assert sorted(int(n) for n in re.findall(r"\d+", codes)) == sorted(documented)
 
 
 def test_unknown_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:

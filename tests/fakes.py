@@ -1,0 +1,250 @@
+"""In-memory fakes of the cycle's interfaces (`Provisioner`, `EnrolmentStore`, `Mailer`) for
+fast unit tests of every branch of a cycle: no network, no database.
+
+They keep the state a real project keeps (accounts, tracking rows, failures), so several
+cycles can run one after another, and each can be told to fail in the ways the real
+services fail.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+
+from sync_worker.customers import (
+    AuthAccount,
+    CrmCustomer,
+    CrmSnapshot,
+    CustomerFailure,
+    Enrolment,
+    EnrolmentResult,
+    EnrolOutcome,
+    TrackedCustomer,
+)
+from sync_worker.cycle import CycleOptions, CycleServices
+from sync_worker.errors import MailError, SupabaseError
+from sync_worker.provision import AccountExists
+from sync_worker.welcome_email import WelcomeEmail
+
+NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
+OPTIONS = CycleOptions(login_url="https://app.example/login", concurrency=2, max_attempts=3)
+
+
+def outage(operation: str = "create account") -> SupabaseError:
+    """What a call answers when Supabase is down: 503 after retries."""
+    return SupabaseError(f"{operation}: HTTP 503", status=503, retriable=True)
+
+
+def refusal(operation: str = "create account") -> SupabaseError:
+    """A refusal about this one request (a 400): nothing to do with an outage."""
+    return SupabaseError(f"{operation}: bad request", status=400, retriable=False)
+
+
+@dataclass
+class FakeAccount:
+    id: str
+    email: str
+    created_by_crm_sync: bool
+    has_signed_in: bool = False
+    password: str | None = field(default=None, repr=False)
+
+    def view(self) -> AuthAccount:
+        return AuthAccount(self.id, self.email, self.created_by_crm_sync, self.has_signed_in)
+
+
+@dataclass
+class FakeProvisioner:
+    """The Auth admin API: accounts by email; `failing[email]` is raised by its calls."""
+
+    accounts: dict[str, FakeAccount] = field(default_factory=dict)
+    failing: dict[str, SupabaseError] = field(default_factory=dict)
+    calls: list[tuple[str, str]] = field(default_factory=list)
+    on_create: Callable[[str], None] = lambda email: None
+    _ids: itertools.count[int] = field(default_factory=itertools.count)
+
+    def add(self, email: str, *, ours: bool = False, signed_in: bool = True) -> FakeAccount:
+        account = FakeAccount(f"user-{next(self._ids)}", email, ours, signed_in, "their-own")
+        self.accounts[email] = account
+        return account
+
+    def _check(self, operation: str, email: str) -> None:
+        self.calls.append((operation, email))
+        if email in self.failing:
+            raise self.failing[email]
+
+    def create_account(self, customer: CrmCustomer, password: str | None) -> AuthAccount:
+        self.on_create(customer.email)
+        self._check("create", customer.email)
+        if customer.email in self.accounts:
+            raise AccountExists("email_exists", status=422, code="email_exists")
+        account = FakeAccount(f"user-{next(self._ids)}", customer.email, True, False, password)
+        self.accounts[customer.email] = account
+        return account.view()
+
+    def find_account(self, email: str) -> AuthAccount | None:
+        self._check("find", email)
+        account = self.accounts.get(email)
+        return account.view() if account else None
+
+    def _by_id(self, user_id: str) -> FakeAccount:
+        return next(a for a in self.accounts.values() if a.id == user_id)
+
+    def get_account(self, user_id: str) -> AuthAccount:
+        account = self._by_id(user_id)
+        self._check("get", account.email)
+        return account.view()
+
+    def set_temporary_password(self, user_id: str, password: str) -> None:
+        account = self._by_id(user_id)
+        self._check("set_password", account.email)
+        account.password = password
+
+    def setup_link(self, email: str) -> str:
+        self._check("setup_link", email)
+        return f"https://project.example/auth/v1/verify?token=t-{email}&type=recovery"
+
+
+@dataclass
+class FakeStore:
+    """The enrolment RPCs and bookkeeping tables, as `enrol_crm_customers` & co. behave."""
+
+    tracking: dict[str, TrackedCustomer] = field(default_factory=dict)
+    failures: dict[str, CustomerFailure] = field(default_factory=dict)
+    enrol_error: SupabaseError | None = None
+    refuse: dict[str, str] = field(default_factory=dict)  # email -> the RPC's error text
+    record_email_error: dict[str, SupabaseError] = field(default_factory=dict)
+    deactivate_error: SupabaseError | None = None
+    writes: list[str] = field(default_factory=list)
+
+    def enrol(self, batch: Sequence[Enrolment], initial_credits: int) -> list[EnrolmentResult]:
+        self.writes.append("enrol")
+        if self.enrol_error is not None:
+            raise self.enrol_error
+        results = []
+        for item in batch:
+            email = item.customer.email
+            if email in self.refuse:
+                results.append(
+                    EnrolmentResult(
+                        email, item.user_id, EnrolOutcome.ERROR, error=self.refuse[email]
+                    )
+                )
+                continue
+            before = self.tracking.get(email)
+            granted = initial_credits if before is None else 0
+            row = TrackedCustomer(
+                email=email,
+                user_id=item.user_id,
+                is_active=True,
+                welcome_email_status=before.welcome_email_status if before else "pending",
+                account_origin=before.account_origin if before else item.origin,
+                full_name=item.customer.name,
+                crm_lead_id=item.customer.lead_id,
+                credits_remaining=(before.credits_remaining if before else 0) + granted,
+            )
+            self.tracking[email] = row
+            outcome = (
+                EnrolOutcome.ENROLLED
+                if before is None
+                else EnrolOutcome.REACTIVATED
+                if not before.is_active
+                else EnrolOutcome.UPDATED
+                if before != row
+                else EnrolOutcome.UNCHANGED
+            )
+            results.append(
+                EnrolmentResult(
+                    email,
+                    item.user_id,
+                    outcome,
+                    credits_granted=granted,
+                    credits_remaining=row.credits_remaining,
+                    welcome_email_sent=row.welcome_email_sent,
+                    account_origin=row.account_origin,
+                )
+            )
+        return results
+
+    def deactivate(self, emails: Sequence[str]) -> list[str]:
+        self.writes.append("deactivate")
+        if self.deactivate_error is not None:
+            raise self.deactivate_error
+        changed = []
+        for email in emails:
+            row = self.tracking.get(email)
+            if row is not None and row.is_active:
+                self.tracking[email] = replace(row, is_active=False)
+                changed.append(email)
+        return changed
+
+    def record_welcome_email(self, email: str, kind: str) -> bool:
+        self.writes.append("record_welcome_email")
+        if email in self.record_email_error:
+            raise self.record_email_error[email]
+        row = self.tracking[email]
+        self.tracking[email] = replace(row, welcome_email_status="sent")
+        return row.welcome_email_status != "sent"
+
+    def record_failures(self, failures: Sequence[CustomerFailure]) -> None:
+        if failures:
+            self.writes.append("record_failures")
+        for failure in failures:
+            self.failures[failure.email] = failure
+
+    def clear_failures(self, emails: Sequence[str]) -> None:
+        if emails:
+            self.writes.append("clear_failures")
+        for email in emails:
+            self.failures.pop(email, None)
+
+
+@dataclass
+class FakeMailer:
+    """A mail server: `failing[email]` is raised for that recipient; `before_send` runs first."""
+
+    sent: list[WelcomeEmail] = field(default_factory=list)
+    failing: dict[str, MailError] = field(default_factory=dict)
+    before_send: Callable[[WelcomeEmail], None] = lambda message: None
+    closed: int = 0
+
+    def send(self, message: WelcomeEmail) -> None:
+        self.before_send(message)
+        if message.to in self.failing:
+            raise self.failing[message.to]
+        self.sent.append(message)
+
+    def close(self) -> None:
+        self.closed += 1
+
+    def to(self, email: str) -> list[WelcomeEmail]:
+        return [m for m in self.sent if m.to == email]
+
+
+@dataclass
+class FakeProject:
+    """A CRM and a Supabase project in memory, wired as a cycle's services."""
+
+    crm: dict[str, CrmCustomer] = field(default_factory=dict)
+    auth: FakeProvisioner = field(default_factory=FakeProvisioner)
+    store: FakeStore = field(default_factory=FakeStore)
+    mailer: FakeMailer = field(default_factory=FakeMailer)
+    clock: datetime = NOW
+    stop: Callable[[], bool] = lambda: False
+
+    def sell(self, *emails: str, name: str | None = None) -> None:
+        for email in emails:
+            self.crm[email] = CrmCustomer(email=email, name=name)
+
+    def services(self) -> CycleServices:
+        return CycleServices(
+            read_crm=lambda: CrmSnapshot(dict(self.crm), [], len(self.crm)),
+            load_tracking=lambda: dict(self.store.tracking),
+            load_failures=lambda: dict(self.store.failures),
+            provisioner=self.auth,
+            store=self.store,
+            mailer=self.mailer,
+            clock=lambda: self.clock,
+            should_stop=lambda: self.stop(),  # noqa: PLW0108 (read when called)
+        )

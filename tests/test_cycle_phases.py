@@ -1,0 +1,430 @@
+"""Every branch of a cycle, on in-memory fakes: no network, no database (the end-to-end runs
+on the local stack are in test_cycle.py)."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import timedelta
+
+import pytest
+
+from sync_worker.customers import (
+    AccountOrigin,
+    CredentialsMode,
+    CustomerFailure,
+    Outcome,
+    Step,
+)
+from sync_worker.cycle import CycleOptions, run_cycle
+from sync_worker.errors import ExitCode, MailError, MailUnavailable
+from sync_worker.report import CycleReport
+from sync_worker.settle import OUTAGE_THRESHOLD
+from sync_worker.welcome_email import WelcomeEmail
+from tests.fakes import NOW, OPTIONS, FakeProject, outage, refusal
+
+
+def run(project: FakeProject, options: CycleOptions = OPTIONS, **kwargs: bool) -> CycleReport:
+    return run_cycle(options, project.services(), run_id="test", **kwargs)
+
+
+def test_a_new_customer_gets_an_account_credits_and_one_email() -> None:
+    project = FakeProject()
+    project.sell("ann@example.com", name="Ann")
+    report = run(project)
+    assert (report.created, report.enrolled, report.credits_granted, report.emails_sent) == (
+        1,
+        1,
+        4,
+        1,
+    )
+    assert report.outcome is Outcome.SUCCEEDED
+    assert report.exit_code is ExitCode.OK
+    [message] = project.mailer.sent
+    assert message.kind == "new_account"
+    assert message.name == "Ann"
+    assert message.temporary_password == project.auth.accounts["ann@example.com"].password
+    assert project.store.tracking["ann@example.com"].welcome_email_sent
+    assert project.mailer.closed == 1
+
+    project.store.writes.clear()
+    again = run(project)
+    assert again.planned["nothing"] == 1
+    assert project.store.writes == []
+    assert len(project.mailer.sent) == 1
+
+
+def test_a_linked_account_keeps_its_password_and_is_told_of_its_credits() -> None:
+    project = FakeProject()
+    kim = project.auth.add("kim@example.com")
+    project.sell("kim@example.com")
+    report = run(project)
+    assert (report.created, report.linked, report.emails_sent) == (0, 1, 1)
+    [message] = project.mailer.sent
+    assert message.kind == "credits_added"
+    assert message.temporary_password is None
+    assert message.credits_granted == 4
+    assert kim.password == "their-own"
+    assert ("set_password", "kim@example.com") not in project.auth.calls
+    assert project.store.tracking["kim@example.com"].account_origin is AccountOrigin.LINKED
+
+
+def test_an_account_of_ours_cut_off_before_enrolment_is_resumed_with_a_fresh_password() -> None:
+    project = FakeProject()
+    cut = project.auth.add("cut@example.com", ours=True, signed_in=False)
+    project.sell("cut@example.com")
+    report = run(project)
+    assert (report.created, report.linked) == (1, 0)
+    [message] = project.mailer.sent
+    assert message.kind == "new_account"
+    assert message.temporary_password == cut.password != "their-own"
+
+
+def test_a_retried_email_carries_a_password_set_right_before_it() -> None:
+    project = FakeProject()
+    project.sell("mo@example.com")
+    project.mailer.failing["mo@example.com"] = MailError("452 mailbox busy", retriable=True)
+    first = run(project)
+    assert [(f.email, f.step) for f in first.failures] == [("mo@example.com", Step.EMAIL)]
+    first_password = project.auth.accounts["mo@example.com"].password
+
+    del project.mailer.failing["mo@example.com"]
+    project.clock = NOW + timedelta(hours=1)
+    second = run(project)
+    assert second.planned["resume_email"] == 1
+    [message] = project.mailer.sent
+    account = project.auth.accounts["mo@example.com"]
+    assert message.temporary_password == account.password != first_password
+    assert project.store.failures == {}
+
+
+def test_a_retried_email_to_someone_who_already_signed_in_changes_no_password() -> None:
+    project = FakeProject()
+    project.sell("sig@example.com")
+    project.mailer.failing["sig@example.com"] = MailError("452 busy", retriable=True)
+    run(project)
+    account = project.auth.accounts["sig@example.com"]
+    account.has_signed_in = True
+    password = account.password
+    del project.mailer.failing["sig@example.com"]
+    project.clock = NOW + timedelta(hours=1)
+    run(project)
+    [message] = project.mailer.sent
+    assert message.kind == "credits_added"
+    assert account.password == password
+
+
+def test_setup_link_mode_sends_a_link_and_no_password() -> None:
+    project = FakeProject()
+    project.sell("lin@example.com")
+    run(project, dataclasses.replace(OPTIONS, credentials_mode=CredentialsMode.SETUP_LINK))
+    [message] = project.mailer.sent
+    assert message.setup_link is not None
+    assert "lin@example.com" in message.setup_link
+    assert message.temporary_password is None
+    assert project.auth.accounts["lin@example.com"].password is None
+
+
+def test_email_disabled_enrols_and_sends_nothing() -> None:
+    project = FakeProject()
+    project.sell("quiet@example.com")
+    report = run(project, dataclasses.replace(OPTIONS, send_email=False))
+    assert (report.enrolled, report.emails_sent) == (1, 0)
+    assert project.mailer.sent == []
+    assert not project.store.tracking["quiet@example.com"].welcome_email_sent
+
+
+def test_one_failing_customer_never_stops_the_others_and_is_parked_at_max_attempts() -> None:
+    project = FakeProject()
+    project.sell("ok@example.com", "no@example.com")
+    project.auth.failing["no@example.com"] = refusal()
+    first = run(project)
+    assert first.created == 1
+    assert first.outcome is Outcome.PARTIAL
+    assert first.exit_code is ExitCode.CUSTOMERS_FAILED
+    failure = project.store.failures["no@example.com"]
+    assert (failure.step, failure.attempts, failure.parked) == (Step.ACCOUNT, 1, False)
+    assert failure.next_attempt_at == NOW + timedelta(minutes=5)
+    assert failure.first_failed_at == failure.last_failed_at == NOW
+
+    waiting = run(project)
+    assert waiting.planned["wait"] == 1
+    assert waiting.exit_code is ExitCode.OK
+
+    for attempt in (2, 3):
+        project.clock += timedelta(hours=7)
+        report = run(project)
+        assert report.failures[0].attempts == attempt
+    failure = project.store.failures["no@example.com"]
+    assert (failure.attempts, failure.parked, failure.next_attempt_at) == (3, True, None)
+    assert failure.first_failed_at == NOW
+    project.clock += timedelta(days=1)
+    parked = run(project)
+    assert parked.planned["parked"] == 1
+    assert parked.exit_code is ExitCode.OK
+    assert project.auth.calls.count(("create", "no@example.com")) == 3
+
+
+def test_a_failure_is_cleared_once_the_customer_is_done() -> None:
+    project = FakeProject()
+    project.sell("back@example.com")
+    project.auth.failing["back@example.com"] = refusal()
+    run(project)
+    assert "back@example.com" in project.store.failures
+    del project.auth.failing["back@example.com"]
+    project.clock += timedelta(hours=1)
+    report = run(project)
+    assert report.emails_sent == 1
+    assert project.store.failures == {}
+
+
+def test_a_failure_of_someone_who_left_the_crm_unenrolled_is_cleared() -> None:
+    project = FakeProject()
+    project.sell("gone@example.com")
+    project.auth.failing["gone@example.com"] = refusal()
+    run(project)
+    del project.crm["gone@example.com"]
+    report = run(project)
+    assert report.planned == dict.fromkeys(report.planned, 0)
+    assert project.store.failures == {}
+
+
+def test_an_outage_aborts_the_cycle_and_counts_against_no_customer() -> None:
+    project = FakeProject()
+    emails = [f"down{i}@example.com" for i in range(OUTAGE_THRESHOLD + 3)]
+    project.sell(*emails)
+    for email in emails:
+        project.auth.failing[email] = outage()
+    report = run(project, dataclasses.replace(OPTIONS, concurrency=1))
+    assert report.outcome is Outcome.FAILED
+    assert report.exit_code is ExitCode.UNAVAILABLE
+    assert report.aborted is not None
+    assert report.aborted.startswith("Supabase is unreachable")
+    # The cycle stopped at the threshold: the rest were not even tried.
+    assert len(report.failures) == OUTAGE_THRESHOLD
+    assert project.store.failures == {}
+    assert project.store.writes == []
+
+
+def test_outages_with_successes_between_them_do_not_abort() -> None:
+    project = FakeProject()
+    emails = [f"c{i:02}@example.com" for i in range(2 * OUTAGE_THRESHOLD)]
+    project.sell(*emails)
+    for email in emails[::2]:  # every other customer: never five in a row
+        project.auth.failing[email] = outage()
+    report = run(project, dataclasses.replace(OPTIONS, concurrency=1))
+    assert report.aborted is None
+    assert report.created == OUTAGE_THRESHOLD
+    # Not aborted: each failure counts as an attempt.
+    assert {f.attempts for f in project.store.failures.values()} == {1}
+    assert len(project.store.failures) == OUTAGE_THRESHOLD
+
+
+def test_a_transient_enrolment_failure_aborts_and_leaves_accounts_for_the_next_run() -> None:
+    project = FakeProject()
+    project.sell("en1@example.com", "en2@example.com")
+    project.store.enrol_error = outage("enrol customers")
+    report = run(project)
+    assert report.outcome is Outcome.FAILED
+    assert report.aborted is not None
+    assert "enrolment" in report.aborted
+    assert report.created == 2
+    assert {f.step for f in report.failures} == {Step.ENROL}
+    assert project.mailer.sent == []
+    assert project.store.failures == {}  # an outage counts against nobody
+
+    project.store.enrol_error = None
+    again = run(project)
+    assert (again.created, again.linked, again.emails_sent) == (2, 0, 2)
+
+
+def test_a_refused_enrolment_is_a_failure_of_that_customer_only() -> None:
+    project = FakeProject()
+    project.sell("ok@example.com", "bad@example.com")
+    project.store.refuse["bad@example.com"] = "profiles_email_check"
+    report = run(project)
+    assert report.emails_sent == 1
+    [failure] = report.failures
+    assert (failure.email, failure.step) == ("bad@example.com", Step.ENROL)
+    assert failure.reason == "error: profiles_email_check"
+    assert report.outcome is Outcome.PARTIAL
+
+
+def test_a_permanent_enrolment_error_fails_the_batch_without_aborting() -> None:
+    project = FakeProject()
+    project.sell("x@example.com")
+    project.store.enrol_error = refusal("enrol customers")
+    report = run(project)
+    assert report.aborted is None
+    assert [f.step for f in report.failures] == [Step.ENROL]
+    assert project.store.failures["x@example.com"].attempts == 1
+
+
+def test_an_email_accepted_whose_recording_fails_is_a_record_email_failure() -> None:
+    project = FakeProject()
+    project.sell("rec@example.com", "fine@example.com")
+    project.store.record_email_error["rec@example.com"] = refusal("record welcome email")
+    report = run(project)
+    assert len(project.mailer.sent) == 2
+    assert report.emails_sent == 1
+    [failure] = report.failures
+    assert (failure.email, failure.step) == ("rec@example.com", Step.RECORD_EMAIL)
+    assert not project.store.tracking["rec@example.com"].welcome_email_sent
+
+
+def test_mail_unavailable_aborts_and_every_email_stays_owed() -> None:
+    project = FakeProject()
+    project.sell("m1@example.com", "m2@example.com")
+    project.mailer.failing = {
+        e: MailUnavailable("cannot talk to the SMTP server", retriable=True) for e in project.crm
+    }
+    report = run(project)
+    assert report.aborted is not None
+    assert report.aborted.startswith("mail is unreachable")
+    assert report.exit_code is ExitCode.UNAVAILABLE
+    assert report.emails_sent == 0
+    assert project.store.failures == {}
+    assert all(not row.welcome_email_sent for row in project.store.tracking.values())
+    project.mailer.failing = {}
+    assert run(project).emails_sent == 2
+
+
+def test_removed_from_the_crm_is_deactivated_and_coming_back_reactivates() -> None:
+    project = FakeProject()
+    project.sell("pat@example.com")
+    run(project)
+    del project.crm["pat@example.com"]
+    gone = run(project)
+    assert gone.deactivated == 1
+    assert not project.store.tracking["pat@example.com"].is_active
+    project.sell("pat@example.com")
+    back = run(project)
+    assert (back.reactivated, back.emails_sent, back.credits_granted) == (1, 0, 0)
+    assert project.store.tracking["pat@example.com"].is_active
+    assert project.store.tracking["pat@example.com"].credits_remaining == 4
+
+
+def test_a_failed_deactivation_is_recorded_against_the_customer() -> None:
+    project = FakeProject()
+    project.sell("dee@example.com")
+    run(project)
+    del project.crm["dee@example.com"]
+    project.store.deactivate_error = refusal("deactivate customers")
+    report = run(project)
+    assert [(f.email, f.step) for f in report.failures] == [("dee@example.com", Step.DEACTIVATE)]
+
+
+def test_a_changed_name_refreshes_the_tracking_row_without_an_email() -> None:
+    project = FakeProject()
+    project.sell("ren@example.com", name="Old")
+    run(project)
+    project.sell("ren@example.com", name="New")
+    report = run(project)
+    assert (report.refreshed, report.emails_sent) == (1, 0)
+    assert project.store.tracking["ren@example.com"].full_name == "New"
+
+
+def test_dry_run_writes_nothing_and_previews_the_plan() -> None:
+    project = FakeProject()
+    project.sell("dry@example.com")
+    report = run(project, dry_run=True)
+    assert report.planned["provision"] == 1
+    assert report.preview["provision"] == ["dry@example.com"]
+    assert project.auth.calls == []
+    assert project.store.writes == []
+    assert project.mailer.sent == []
+
+
+def test_a_stop_during_provisioning_enrols_what_was_created_and_sends_nothing() -> None:
+    project = FakeProject()
+    emails = [f"s{i}@example.com" for i in range(6)]
+    project.sell(*emails)
+    created: list[str] = []
+
+    def created_one(email: str) -> None:
+        created.append(email)
+
+    project.auth.on_create = created_one
+    project.stop = lambda: len(created) >= 2
+    report = run(project, dataclasses.replace(OPTIONS, concurrency=1))
+    assert report.interrupted
+    assert report.outcome is Outcome.INTERRUPTED
+    assert report.exit_code is ExitCode.CUSTOMERS_FAILED
+    assert report.created == 2
+    # Created accounts are enrolled even when stopping, so no account is left half-done.
+    assert report.enrolled == 2
+    assert project.mailer.sent == []
+    assert project.store.failures == {}
+    project.stop = lambda: False
+    resumed = run(project)
+    assert (resumed.created, resumed.emails_sent) == (4, 6)
+
+
+def test_a_stop_during_the_email_phase_leaves_the_rest_owed() -> None:
+    project = FakeProject()
+    project.sell("e1@example.com", "e2@example.com", "e3@example.com")
+
+    def stop_after_first(message: WelcomeEmail) -> None:
+        project.stop = lambda: True
+
+    project.mailer.before_send = stop_after_first
+    report = run(project)
+    assert report.interrupted
+    assert report.emails_sent == 1
+    assert sum(not row.welcome_email_sent for row in project.store.tracking.values()) == 2
+    project.stop = lambda: False
+    project.mailer.before_send = lambda message: None
+    assert run(project).emails_sent == 2
+
+
+def test_a_stop_before_deactivation_deactivates_nobody() -> None:
+    project = FakeProject()
+    project.sell("d1@example.com")
+    run(project)
+    del project.crm["d1@example.com"]
+    project.stop = lambda: True
+    report = run(project)
+    assert report.interrupted
+    assert report.deactivated == 0
+    assert project.store.tracking["d1@example.com"].is_active
+
+
+def test_settled_failures_keep_their_first_failure_time() -> None:
+    project = FakeProject()
+    project.sell("f@example.com")
+    project.store.failures["f@example.com"] = CustomerFailure(
+        "f@example.com",
+        Step.ACCOUNT,
+        "earlier",
+        attempts=2,
+        next_attempt_at=NOW - timedelta(minutes=1),
+        first_failed_at=NOW - timedelta(days=2),
+    )
+    project.auth.failing["f@example.com"] = refusal()
+    report = run(project)
+    [failure] = report.failures
+    assert failure.attempts == 3
+    assert failure.parked  # OPTIONS.max_attempts == 3
+    assert failure.first_failed_at == NOW - timedelta(days=2)
+    assert failure.last_failed_at == NOW
+
+
+@pytest.mark.parametrize(
+    ("aborted", "interrupted", "failed", "outcome", "code"),
+    [
+        (False, False, False, Outcome.SUCCEEDED, ExitCode.OK),
+        (False, False, True, Outcome.PARTIAL, ExitCode.CUSTOMERS_FAILED),
+        (False, True, False, Outcome.INTERRUPTED, ExitCode.CUSTOMERS_FAILED),
+        (False, True, True, Outcome.INTERRUPTED, ExitCode.CUSTOMERS_FAILED),
+        (True, True, True, Outcome.FAILED, ExitCode.UNAVAILABLE),
+    ],
+)
+def test_one_mapping_from_a_report_to_outcome_and_exit_code(
+    aborted: bool, interrupted: bool, failed: bool, outcome: Outcome, code: ExitCode
+) -> None:
+    report = CycleReport(run_id="r", started_at=NOW)
+    report.aborted = "Supabase is unreachable: down" if aborted else None
+    report.interrupted = interrupted
+    report.failures = [CustomerFailure("a@x.co", Step.ACCOUNT, "no")] if failed else []
+    assert report.outcome is outcome
+    assert report.exit_code is code
+    assert report.log_fields()["outcome"] == outcome.value
