@@ -1,0 +1,49 @@
+"""The structure docs/ARCHITECTURE.md promises: a core without I/O, one import direction."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from graphlib import CycleError, TopologicalSorter
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parent.parent / "sync_worker"
+IO_LIBRARIES = ("psycopg", "httpx", "supabase", "postgrest", "requests", "smtplib", "socket")
+
+
+def test_the_core_imports_no_io_library() -> None:
+    probe = (
+        "import sys, sync_worker.plan, sync_worker.settle; "
+        f"print(sorted(m for m in sys.modules if m.split('.')[0] in {IO_LIBRARIES!r}))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", probe], check=True, capture_output=True, text=True
+    ).stdout.strip()
+    assert loaded == "[]"
+
+
+def imports_of(path: Path) -> set[str]:
+    """The sync_worker modules one file imports (at run time or for type checking alike)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text("utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            if node.module == "sync_worker":
+                found.update(f"sync_worker.{alias.name}" for alias in node.names)
+            elif node.module.startswith("sync_worker."):
+                found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.startswith("sync_worker."))
+    return found
+
+
+def test_no_import_cycles_and_the_sandbox_stays_outside() -> None:
+    modules = {f"sync_worker.{p.stem}": p for p in PACKAGE.glob("*.py") if p.stem != "__init__"}
+    graph = {name: imports_of(path) & set(modules) for name, path in modules.items()}
+    try:
+        order = list(TopologicalSorter(graph).static_order())
+    except CycleError as cycle:
+        raise AssertionError(f"import cycle: {cycle.args[1]}") from None
+    assert set(order) == set(modules)
+    for path in modules.values():
+        assert "supabase_sandbox" not in path.read_text("utf-8"), path.name
