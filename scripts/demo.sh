@@ -68,7 +68,7 @@ linked = [m for m in parsed if "added" in m["Subject"]]
 print(f"new-account emails: {len(new)}, credits-added emails: {len(linked)}")
 first = new[0]
 text = first.get_body(preferencelist=("plain",)).get_content()
-password = re.search(r"Temporary password: (\S+)", text).group(1)
+password = re.search(r"Temporary password:\s*(\S+)", text).group(1)
 print(f"\n--- one of them, in full (its password masked here) ---")
 print(f"From: {first['From']}\nTo: {first['To']}\nSubject: {first['Subject']}\n")
 print(text.replace(password, "*" * len(password)))

@@ -35,6 +35,10 @@ EmailKind = Literal["new_account", "credits_added"]
 MORE_CREDITS = 3
 MORE_CREDITS_PRICE = "$9.99"
 _IDEMPOTENCY_PREFIX = "crm-welcome-"
+# A name longer than this is cut (with an ellipsis) in the To header and the greeting.
+MAX_NAME_LENGTH = 64
+# Control, format, surrogate, private use, unassigned, line and paragraph separators.
+_UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,8 +125,11 @@ $price from the Billing page once you are signed in.
 The CareerCast team
 """)
 
+# The password stands alone on its line, so nothing around it can be taken for part of it.
 _TEXT_PASSWORD = Template("""\
-Temporary password: $password
+Temporary password:
+
+    $password
 
 You must change this temporary password when you first sign in.""")
 
@@ -166,7 +173,9 @@ $credential_html
 more credits for $price from the <strong>Billing</strong> page once you are signed in.</p>""")
 
 _HTML_PASSWORD = Template("""\
-<p>Temporary password: <code style="font-size: 1.1em;">$password</code></p>
+<p>Temporary password:</p>
+<pre style="font-family: Menlo, Consolas, monospace; font-size: 1.2em; padding: 8px 12px; \
+background: #f3f4f6; display: inline-block;">$password</pre>
 <p>You must change this temporary password when you first sign in.</p>""")
 
 _HTML_SETUP_LINK = Template("""\
@@ -264,11 +273,21 @@ def _credits_phrase(credits: int) -> str:
 
 
 def _clean_name(name: str | None) -> str | None:
-    """The name with control characters dropped and whitespace collapsed (it goes in headers)."""
+    """The CRM name as it may appear in a header and a greeting, whatever the interpreter.
+
+    NFC; control, format, private-use and line/paragraph-separator characters become spaces;
+    whitespace collapses; the `=?` that opens an RFC 2047 encoded word is broken up, so that
+    no version of the email package decodes CR/LF out of it (CVE-2024-6923); at most
+    `MAX_NAME_LENGTH` characters.
+    """
     if name is None:
         return None
-    printable = "".join(c for c in name if unicodedata.category(c) != "Cc" or c.isspace())
-    return " ".join(printable.split()) or None
+    text = unicodedata.normalize("NFC", name[: MAX_NAME_LENGTH * 4])
+    text = "".join(" " if unicodedata.category(c) in _UNSAFE_CATEGORIES else c for c in text)
+    text = " ".join(text.split()).replace("=?", "= ?")
+    if len(text) > MAX_NAME_LENGTH:
+        text = text[: MAX_NAME_LENGTH - 3].rstrip() + "..."
+    return text or None
 
 
 def _domain_of(sender: str) -> str:

@@ -190,7 +190,7 @@ def test_smtp_message_is_accepted_and_parses_back() -> None:
     assert message["Message-ID"]
     assert message.get_content_type() == "multipart/alternative"
     text, html = text_and_html(message)
-    assert f"Temporary password: {PASSWORD}" in text
+    assert f"Temporary password:\r\n\r\n    {PASSWORD}\r\n" in text  # SMTP lines end in CRLF
     assert PASSWORD in html
     assert LOGIN_URL in text
     assert {"event": "email_sent", "to": "jane@example.com", "kind": "new_account"}.items() <= (
@@ -599,7 +599,7 @@ def test_resend_request_headers_and_body(resend_api: responses.RequestsMock) -> 
     assert body["from"] == SENDER
     assert body["to"] == ["jane@example.com"]
     assert body["subject"] == "Your CareerCast Digital Resume account is ready"
-    assert f"Temporary password: {PASSWORD}" in body["text"]
+    assert f"Temporary password:\n\n    {PASSWORD}\n" in body["text"]
     assert PASSWORD in body["html"]
     assert "<html" in body["html"]
     sent = [e for e in logs if e["event"] == "email_sent"]
@@ -768,7 +768,7 @@ def test_console_mailer_prints_the_email_without_secrets() -> None:
     output = stream.getvalue()
     assert "To: jane@example.com" in output
     assert "Subject: Your CareerCast Digital Resume account is ready" in output
-    assert "Temporary password: ********" in output
+    assert "Temporary password:\n\n    ********\n" in output
     assert "Set your password here: ********" in output
     assert PASSWORD not in output
     assert SETUP_LINK not in output

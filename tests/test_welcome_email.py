@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import re
 from email.message import EmailMessage
 
 import pytest
@@ -77,7 +78,7 @@ def test_new_account_with_password_has_everything_the_customer_needs() -> None:
         assert "4 free credits" in body
         assert "3 more credits for $9.99" in body
         assert "Billing" in body
-    assert f"Temporary password: {PASSWORD}" in text
+    assert f"Temporary password:\n\n    {PASSWORD}\n" in text
     assert "Tmp-9f2K&amp;x&lt;Q&gt;7zLw3pR" in html
     assert PASSWORD not in html  # only its escaped form
     assert "Set your password" not in text
@@ -179,7 +180,7 @@ def test_redacted_masks_the_credentials() -> None:
     shown = new_account().redacted()
     text, _ = render_bodies(shown)
     assert PASSWORD not in text
-    assert "Temporary password: ********" in text
+    assert "Temporary password:\n\n    ********\n" in text
 
     link_text, _ = render_bodies(new_account(password=None, link=SETUP_LINK).redacted())
     assert SETUP_LINK not in link_text
@@ -246,3 +247,62 @@ def test_the_error_never_carries_the_password() -> None:
     with pytest.raises(ValueError, match="exactly one") as caught:
         new_account(password=PASSWORD, link=SETUP_LINK)
     assert PASSWORD not in str(caught.value)
+
+
+HEADERS = {"Subject", "From", "To", "Date", "Message-ID", "MIME-Version", "Content-Type"}
+
+
+def _encoded_word(text: str, encoding: str = "b") -> str:
+    import base64
+    import quopri
+
+    if encoding == "b":
+        return f"=?utf-8?b?{base64.b64encode(text.encode()).decode()}?="
+    return f"=?utf-8?q?{quopri.encodestring(text.encode(), header=True).decode()}?="
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        _encoded_word("Ann\r\nBcc: thief@evil.example\r\nReply-To: thief@evil.example"),
+        _encoded_word("Ann\nBcc: thief@evil.example", "q"),
+        "Ann " + _encoded_word("x\r\nX-Injected: 1") + " Lee",
+        "Ann\u2028Bcc: thief@evil.example",  # Unicode line separator
+        "Ann\x1b[31m\x00\x7f\u200e Lee",
+        "A" * 10_000,
+    ],
+)
+def test_a_crm_name_never_adds_a_header_whatever_the_python(name: str) -> None:
+    """CVE-2024-6923: before 3.11.10/3.12.5 the email package decoded encoded words in a display
+    name and wrote their CR/LF out as is. Rendered, sent as bytes and parsed back, the message
+    has exactly its own headers."""
+    for policy in (email.policy.SMTP, email.policy.SMTPUTF8):
+        raw = render(new_account(name=name), SENDER).as_bytes(policy=policy)
+        parsed = email.message_from_bytes(raw, policy=email.policy.default)
+        assert set(parsed.keys()) == HEADERS, parsed.keys()
+        assert len(parsed.get_all("To") or []) == 1
+        [address] = parsed["To"].addresses
+        assert address.addr_spec == "jane@example.com"
+        shown = address.display_name
+        assert "=?" not in shown
+        assert all(c.isprintable() for c in shown)
+        assert len(shown) <= 64
+
+
+def test_a_long_name_is_capped_in_the_greeting_too() -> None:
+    text, _html = parts(render(new_account(name="Ann " + "B" * 5000), SENDER))
+    greeting = text.splitlines()[0]
+    assert greeting.startswith("Hello Ann B")
+    assert len(greeting) <= len("Hello ,") + 64
+
+
+def test_the_password_stands_on_a_line_of_its_own_and_in_a_monospace_block() -> None:
+    password = "Ab3d5-Fg7h9-Jk2m4-Np6q8"
+    text, html = parts(render(new_account(password=password), SENDER))
+    lines = text.splitlines()
+    [line] = [line for line in lines if password in line]
+    assert line.strip() == password
+    index = lines.index(line)
+    assert lines[index - 1].strip() == ""
+    assert lines[index + 1].strip() == ""
+    assert re.search(rf"<pre[^>]*monospace[^>]*>{re.escape(password)}</pre>", html)
