@@ -175,6 +175,9 @@ class Settings(VerifySettings):
     initial_credits: int = Field(default=4, ge=0, le=1000)
     credentials_mode: CredentialsMode = CredentialsMode.TEMPORARY_PASSWORD
     app_login_url: str = ""
+    # Where a linked account's owner can choose a new password (the app's "forgot password"
+    # page); empty: the email points to the sign-in page's "Forgot password?".
+    app_password_reset_url: str = ""
 
     email_backend: EmailBackend = EmailBackend.SMTP
     email_from: str = ""
@@ -200,7 +203,7 @@ class Settings(VerifySettings):
     def _supabase_db_url(cls, value: SecretStr | None) -> SecretStr | None:
         return None if value is None else _check_postgres_url(value)
 
-    @field_validator("app_login_url")
+    @field_validator("app_login_url", "app_password_reset_url")
     @classmethod
     def _login_url(cls, value: str) -> str:
         if value:

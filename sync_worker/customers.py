@@ -18,7 +18,10 @@ from email_validator import EmailNotValidError, validate_email
 
 class AccountOrigin(StrEnum):
     CREATED = "created"  # crm-sync created the auth account
-    LINKED = "linked"  # the person already had an account; crm-sync linked it
+    LINKED = "linked"  # the person already had a confirmed account; crm-sync linked it
+    # An unconfirmed account existed for the email (anyone can create one): crm-sync set fresh
+    # credentials, confirmed the email and sent the new-account email (issue 10: pre-hijacking).
+    TAKEN_OVER = "taken_over"
 
 
 class CredentialsMode(StrEnum):
@@ -150,6 +153,13 @@ class AuthAccount:
     email: str
     created_by_crm_sync: bool
     has_signed_in: bool
+    email_confirmed: bool = True
+    taken_over_by_crm_sync: bool = False
+
+    @property
+    def resumable(self) -> bool:
+        """Ours (created or taken over) from a cycle cut off before its owner signed in."""
+        return (self.created_by_crm_sync or self.taken_over_by_crm_sync) and not self.has_signed_in
 
 
 @dataclass(frozen=True, slots=True)

@@ -61,6 +61,7 @@ class CycleOptions:
     """What a cycle reads of the configuration (built from `Settings` at the edge)."""
 
     login_url: str = ""
+    password_reset_url: str = ""
     initial_credits: int = 4
     credentials_mode: CredentialsMode = CredentialsMode.TEMPORARY_PASSWORD
     send_email: bool = True
@@ -194,8 +195,11 @@ def _provision_phase(
         with lock:
             tally.succeed()
             done[step.email] = result
-            created = result.origin is AccountOrigin.CREATED
-            (tally.created if created else tally.linked).append(step.email)
+            {
+                AccountOrigin.CREATED: tally.created,
+                AccountOrigin.LINKED: tally.linked,
+                AccountOrigin.TAKEN_OVER: tally.taken_over,
+            }[result.origin].append(step.email)
         log.info("account_ready", email=step.email, origin=result.origin.value)
 
     # Each task runs in a copy of this thread's context, so its log lines (retries) carry the
@@ -320,6 +324,7 @@ def _email_phase(
                     origin=item.origin,
                     mode=options.credentials_mode,
                     fresh_password=fresh.password if fresh else None,
+                    redirect_to=options.login_url,
                 )
                 message = WelcomeEmail(
                     to=item.email,
@@ -331,6 +336,9 @@ def _email_phase(
                     setup_link=credentials.setup_link,
                     credits_granted=(
                         options.initial_credits if credentials.kind == "credits_added" else None
+                    ),
+                    password_reset_url=(
+                        options.password_reset_url if credentials.kind == "credits_added" else None
                     ),
                 )
                 services.mailer.send(message)

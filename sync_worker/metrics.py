@@ -60,6 +60,7 @@ class SyncMetrics:
         for step, outcome_label, count in (
             (Step.ACCOUNT, "created", report.created),
             (Step.ACCOUNT, "linked", report.linked),
+            (Step.ACCOUNT, "taken_over", report.taken_over),
             (Step.ENROL, "enrolled", report.enrolled),
             (Step.ENROL, "reactivated", report.reactivated),
             (Step.ENROL, "refreshed", report.refreshed),

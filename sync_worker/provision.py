@@ -1,9 +1,11 @@
 """Provisions auth accounts and issues the credentials a welcome email carries, through the
 Supabase Auth admin API.
 
-An existing account (422 `email_exists`) is found by its exact email and linked; its password
-is never changed. Accounts crm-sync creates carry `app_metadata.created_by = "crm-sync"` (which
-users cannot edit), so a creation cut off before enrolment is resumed as ours, not linked.
+An existing, confirmed account (422 `email_exists`) is found by its exact email and linked; its
+password is never changed. An unconfirmed one is taken over: anyone can sign up with another
+person's email, so its password is replaced and the customer gets credentials of their own.
+Accounts crm-sync creates carry `app_metadata.created_by = "crm-sync"` (which users cannot
+edit), so a creation cut off before enrolment is resumed as ours, not linked.
 A temporary password is set right before the email that carries it, never on an account its
 owner already signed in to.
 """
@@ -53,7 +55,9 @@ class Provisioner(Protocol):
 
     def set_temporary_password(self, user_id: str, password: str) -> None: ...
 
-    def setup_link(self, email: str) -> str: ...
+    def take_over(self, user_id: str, password: str) -> AuthAccount: ...
+
+    def setup_link(self, email: str, redirect_to: str) -> str: ...
 
 
 def new_temporary_password() -> str:
@@ -80,6 +84,8 @@ def account_from(data: dict[str, Any]) -> AuthAccount:
         email=str(data.get("email") or "").strip().lower(),
         created_by_crm_sync=app_metadata.get("created_by") == CREATED_BY,
         has_signed_in=data.get("last_sign_in_at") is not None,
+        email_confirmed=data.get("email_confirmed_at") is not None,
+        taken_over_by_crm_sync=app_metadata.get("taken_over_by") == CREATED_BY,
     )
 
 
@@ -113,10 +119,20 @@ def provision_account(
         raise SupabaseError(
             "the email is registered but its account was not found", status=422, retriable=True
         )
-    if found.created_by_crm_sync and not found.has_signed_in:
+    if found.resumable:
         # Ours, from a cycle cut off before enrolment: resume it; its credentials are set
         # right before the email.
-        return ProvisionedAccount(customer, found, AccountOrigin.CREATED)
+        origin = AccountOrigin.TAKEN_OVER if found.taken_over_by_crm_sync else AccountOrigin.CREATED
+        return ProvisionedAccount(customer, found, origin)
+    if not found.email_confirmed:
+        # Anyone can sign up with someone else's email and wait (pre-hijacking): an unconfirmed
+        # account is never linked as it is. Its password is replaced (a setup link's account
+        # gets one nobody knows), its email confirmed, and the customer gets new credentials.
+        password = new_temporary_password()
+        account = provisioner.take_over(found.id, password)
+        log.warning("unconfirmed_account_taken_over", email=customer.email)
+        fresh = password if mode is CredentialsMode.TEMPORARY_PASSWORD else None
+        return ProvisionedAccount(customer, account, AccountOrigin.TAKEN_OVER, fresh)
     return ProvisionedAccount(customer, found, AccountOrigin.LINKED)
 
 
@@ -128,6 +144,7 @@ def issue_credentials(
     origin: AccountOrigin,
     mode: CredentialsMode,
     fresh_password: str | None,
+    redirect_to: str,
 ) -> Credentials:
     """The credentials a welcome email carries, set on the account right before it is sent.
 
@@ -135,9 +152,10 @@ def issue_credentials(
         provisioner: the Auth admin API.
         email: the customer's email.
         user_id: their account.
-        origin: created by crm-sync, or linked (they keep their password).
+        origin: created or taken over by crm-sync, or linked (they keep their password).
         mode: a temporary password or a setup link.
-        fresh_password: the password this cycle created the account with, if it did.
+        fresh_password: the password this cycle set on the account, if it did.
+        redirect_to: where a setup link lands once used (the app's sign-in page).
 
     Raises:
         SupabaseError: the Auth API failed (after retries).
@@ -145,7 +163,7 @@ def issue_credentials(
     if origin is AccountOrigin.LINKED:
         return Credentials("credits_added")
     if mode is CredentialsMode.SETUP_LINK:
-        return Credentials("new_account", setup_link=provisioner.setup_link(email))
+        return Credentials("new_account", setup_link=provisioner.setup_link(email, redirect_to))
     if fresh_password is not None:
         return Credentials("new_account", temporary_password=fresh_password)
     if provisioner.get_account(user_id).has_signed_in:
@@ -228,6 +246,23 @@ class SupabaseProvisioner:
             operation="set temporary password",
         )
 
-    def setup_link(self, email: str) -> str:
-        """A password-setup (recovery) link; Supabase sends nothing itself."""
-        return self._api.generate_link("recovery", email)
+    def take_over(self, user_id: str, password: str) -> AuthAccount:
+        """Replaces an unconfirmed account's password, confirms its email and marks it, so
+        that whoever created it can no longer sign in with what they chose."""
+        user = self._api.update_user(
+            user_id,
+            {
+                "password": password,
+                "email_confirm": True,
+                "user_metadata": {"source": "crm", "must_change_password": True},
+                "app_metadata": {"taken_over_by": CREATED_BY},
+            },
+            operation="take over unconfirmed account",
+        )
+        return account_from(user)
+
+    def setup_link(self, email: str, redirect_to: str) -> str:
+        """A password-setup (recovery) link that lands on `redirect_to` once used; Supabase
+        sends nothing itself. `redirect_to` must be in Auth's redirect allow list (else Auth
+        falls back to the project's Site URL)."""
+        return self._api.generate_link("recovery", email, redirect_to=redirect_to or None)

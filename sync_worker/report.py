@@ -44,6 +44,7 @@ class CycleReport(BaseModel):
     planned: dict[str, int] = Field(default_factory=dict)
     created: int = 0
     linked: int = 0
+    taken_over: int = 0
     enrolled: int = 0
     reactivated: int = 0
     refreshed: int = 0
@@ -77,6 +78,7 @@ class CycleReport(BaseModel):
         outcomes = Counter(r.outcome for r in tally.enrolled.values())
         self.created = len(tally.created)
         self.linked = len(tally.linked)
+        self.taken_over = len(tally.taken_over)
         self.enrolled = outcomes[EnrolOutcome.ENROLLED]
         self.reactivated = outcomes[EnrolOutcome.REACTIVATED]
         self.refreshed = outcomes[EnrolOutcome.UPDATED]
@@ -124,6 +126,7 @@ class CycleReport(BaseModel):
             "planned": self.planned,
             "created": self.created,
             "linked": self.linked,
+            "taken_over": self.taken_over,
             "enrolled": self.enrolled,
             "reactivated": self.reactivated,
             "refreshed": self.refreshed,
@@ -154,7 +157,8 @@ class CycleReport(BaseModel):
                 lines.append(f"    {action}: {', '.join(emails)}{suffix}")
         else:
             lines += [
-                f"  accounts: {self.created} created, {self.linked} linked",
+                f"  accounts: {self.created} created, {self.linked} linked,"
+                f" {self.taken_over} unconfirmed taken over",
                 f"  enrolled: {self.enrolled} new, {self.reactivated} reactivated,"
                 f" {self.refreshed} refreshed; {self.credits_granted} credits granted",
                 f"  emails sent: {self.emails_sent}",

@@ -31,6 +31,7 @@ def cycle_options(settings: Settings) -> CycleOptions:
     """The few settings a cycle reads, as one frozen value."""
     return CycleOptions(
         login_url=settings.app_login_url,
+        password_reset_url=settings.app_password_reset_url,
         initial_credits=settings.initial_credits,
         credentials_mode=settings.credentials_mode,
         send_email=settings.email_backend is not EmailBackend.DISABLED,

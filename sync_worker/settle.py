@@ -39,6 +39,7 @@ class CycleTally:
     outage_threshold: int = OUTAGE_THRESHOLD
     created: list[str] = field(default_factory=list)
     linked: list[str] = field(default_factory=list)
+    taken_over: list[str] = field(default_factory=list)
     enrolled: dict[str, EnrolmentResult] = field(default_factory=dict)
     emailed: list[str] = field(default_factory=list)
     deactivated: list[str] = field(default_factory=list)

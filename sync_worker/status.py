@@ -30,6 +30,7 @@ _SUMMARY_KEYS = (
     ("eligible", "eligible"),
     ("created", "created"),
     ("linked", "linked"),
+    ("taken_over", "taken over"),
     ("enrolled", "enrolled"),
     ("reactivated", "reactivated"),
     ("refreshed", "refreshed"),

@@ -56,6 +56,8 @@ class WelcomeEmail:
             `credits_added` subject and text name the number when it is given.
         temporary_password: for `new_account` in `temporary_password` mode.
         setup_link: for `new_account` in `setup_link` mode.
+        password_reset_url: for `credits_added`: where to choose a new password (the app's
+            "forgot password" page); without it, the sign-in page's "Forgot password?".
     """
 
     to: str
@@ -66,6 +68,7 @@ class WelcomeEmail:
     temporary_password: str | None = field(default=None, repr=False)
     setup_link: str | None = field(default=None, repr=False)
     credits_granted: int | None = None
+    password_reset_url: str | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in ("new_account", "credits_added"):
@@ -146,6 +149,9 @@ $balance_phrase.
 
 Sign in as usual with your current password at: $login_url
 
+Did not create this account yourself, or forgot its password? $reset_text Only someone \
+who can read this inbox can do that.
+
 Need more? Buy $more_credits more credits for $price from the Billing page once you are \
 signed in.
 
@@ -187,6 +193,8 @@ _HTML_CREDITS_ADDED = Template("""\
 <p>We added <strong>$granted_phrase</strong> to your existing CareerCast account \
 (<strong>$email</strong>). You now have <strong>$balance_phrase</strong>.</p>
 <p>Sign in as usual with your current password at: <a href="$login_url">$login_url</a></p>
+<p>Did not create this account yourself, or forgot its password? $reset_html Only someone \
+who can read this inbox can do that.</p>
 <p>Need more? Buy $more_credits more credits for $price from the <strong>Billing</strong> \
 page once you are signed in.</p>""")
 
@@ -207,8 +215,9 @@ def render_bodies(email: WelcomeEmail) -> tuple[str, str]:
     values = _values(email)
     html_values = _html_values(values)
     if email.kind == "credits_added":
-        text = _TEXT_CREDITS_ADDED.substitute(values)
-        content = _HTML_CREDITS_ADDED.substitute(html_values)
+        reset_text, reset_html = _reset_texts(email)
+        text = _TEXT_CREDITS_ADDED.substitute(values, reset_text=reset_text)
+        content = _HTML_CREDITS_ADDED.substitute(html_values, reset_html=reset_html)
     else:
         if email.temporary_password is not None:
             credential_text = _TEXT_PASSWORD.substitute(values)
@@ -220,6 +229,22 @@ def render_bodies(email: WelcomeEmail) -> tuple[str, str]:
         content = _HTML_NEW_ACCOUNT.substitute(html_values, credential_html=credential_html)
     html = _HTML_PAGE.substitute(subject=escape(render_subject(email)), content=content)
     return text, html
+
+
+def _reset_texts(email: WelcomeEmail) -> tuple[str, str]:
+    """How the owner of a linked account takes it over from their inbox (text, HTML)."""
+    if email.password_reset_url:
+        url = escape(email.password_reset_url, quote=True)
+        return (
+            f"Choose a new password at {email.password_reset_url}",
+            f'<a href="{url}">Choose a new password</a>.',
+        )
+    login = escape(email.login_url, quote=True)
+    return (
+        f'Use "Forgot password?" on the sign-in page ({email.login_url}) to choose a new one.',
+        f'Use <strong>Forgot password?</strong> on <a href="{login}">the sign-in page</a> to '
+        "choose a new one.",
+    )
 
 
 def render(email: WelcomeEmail, sender: str) -> EmailMessage:

@@ -49,9 +49,18 @@ class FakeAccount:
     created_by_crm_sync: bool
     has_signed_in: bool = False
     password: str | None = field(default=None, repr=False)
+    email_confirmed: bool = True
+    taken_over: bool = False
 
     def view(self) -> AuthAccount:
-        return AuthAccount(self.id, self.email, self.created_by_crm_sync, self.has_signed_in)
+        return AuthAccount(
+            self.id,
+            self.email,
+            self.created_by_crm_sync,
+            self.has_signed_in,
+            self.email_confirmed,
+            self.taken_over,
+        )
 
 
 @dataclass
@@ -64,8 +73,12 @@ class FakeProvisioner:
     on_create: Callable[[str], None] = lambda email: None
     _ids: itertools.count[int] = field(default_factory=itertools.count)
 
-    def add(self, email: str, *, ours: bool = False, signed_in: bool = True) -> FakeAccount:
-        account = FakeAccount(f"user-{next(self._ids)}", email, ours, signed_in, "their-own")
+    def add(
+        self, email: str, *, ours: bool = False, signed_in: bool = True, confirmed: bool = True
+    ) -> FakeAccount:
+        account = FakeAccount(
+            f"user-{next(self._ids)}", email, ours, signed_in, "their-own", confirmed
+        )
         self.accounts[email] = account
         return account
 
@@ -101,9 +114,20 @@ class FakeProvisioner:
         self._check("set_password", account.email)
         account.password = password
 
-    def setup_link(self, email: str) -> str:
+    def take_over(self, user_id: str, password: str) -> AuthAccount:
+        account = self._by_id(user_id)
+        self._check("take_over", account.email)
+        account.password = password
+        account.email_confirmed = True
+        account.taken_over = True
+        return account.view()
+
+    def setup_link(self, email: str, redirect_to: str) -> str:
         self._check("setup_link", email)
-        return f"https://project.example/auth/v1/verify?token=t-{email}&type=recovery"
+        return (
+            f"https://project.example/auth/v1/verify?token=t-{email}&type=recovery"
+            f"&redirect_to={redirect_to}"
+        )
 
 
 @dataclass

@@ -10,10 +10,12 @@ from collections.abc import Iterator
 from decimal import Decimal
 from email.message import EmailMessage
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import psycopg
 import pytest
 from supabase import create_client
+from supabase_auth.errors import AuthApiError
 
 from supabase_sandbox.faults import FaultKind, FaultPlan
 from supabase_sandbox.stack import Sandbox
@@ -40,7 +42,9 @@ PASSWORD_LINE = re.compile(r"Temporary password:\s*(\S+)")
 
 @pytest.fixture(scope="module")
 def sandbox(admin_url: str) -> Iterator[Sandbox]:
-    with Sandbox.start(admin_url, bcrypt_cost=4) as running:
+    with Sandbox.start(
+        admin_url, bcrypt_cost=4, redirect_allow_list=("https://careercast.example.com/**",)
+    ) as running:
         yield running
 
 
@@ -182,6 +186,7 @@ def test_an_existing_user_is_linked_and_keeps_their_password(
     ) == [(user_id, "linked")]
     [message] = mail_to(sandbox, "kim@example.com")
     assert "4 free credits were added" in message["Subject"]
+    assert 'Use "Forgot password?" on the sign-in page' in text_of(message)
     assert "Kims-Own-Passw0rd" not in text_of(message)
     assert not PASSWORD_LINE.search(text_of(message))
     assert_provisioned_once(sandbox, "kim@example.com")
@@ -314,8 +319,31 @@ def test_setup_link_mode(sandbox: Sandbox, crm_url: str) -> None:
     report = run(settings_for(sandbox, crm_url, credentials_mode="setup_link"))
     assert report.emails_sent == 1
     body = text_of(mail_to(sandbox, "lin@example.com")[0])
-    assert "/auth/v1/verify" in body
     assert not PASSWORD_LINE.search(body)
+    [link] = re.findall(r"https?://\S+/auth/v1/verify\S+", body)
+    # The link lands on the app's sign-in page, not on the project's Site URL.
+    assert parse_qs(urlsplit(link).query)["redirect_to"] == [LOGIN_URL]
+
+
+def test_an_unconfirmed_account_is_taken_over_and_its_creators_password_stops_working(
+    sandbox: Sandbox, crm_url: str
+) -> None:
+    admin = create_client(sandbox.url, sandbox.service_role_key).auth.admin
+    admin.create_user(
+        {"email": "vic@example.com", "password": "Squatters-Passw0rd", "email_confirm": False}
+    )
+    add_sales(crm_url, ("vic@example.com", "Vic", 1, None))
+    report = run(settings_for(sandbox, crm_url))
+    assert (report.created, report.linked, report.taken_over) == (0, 0, 1)
+    [message] = mail_to(sandbox, "vic@example.com")
+    assert message["Subject"] == "Your CareerCast Digital Resume account is ready"
+    sign_in(sandbox, "vic@example.com", password_in(message))
+    with pytest.raises(AuthApiError):
+        sign_in(sandbox, "vic@example.com", "Squatters-Passw0rd")
+    assert query(
+        sandbox, "select account_origin, credits_remaining from public.digital_resume_by_crm"
+    ) == [("taken_over", 4)]
+    assert run(settings_for(sandbox, crm_url)).emails_sent == 0
 
 
 def test_dry_run_writes_nothing(sandbox: Sandbox, crm_url: str) -> None:

@@ -428,3 +428,55 @@ def test_one_mapping_from_a_report_to_outcome_and_exit_code(
     assert report.outcome is outcome
     assert report.exit_code is code
     assert report.log_fields()["outcome"] == outcome.value
+
+
+def test_an_unconfirmed_account_is_taken_over_never_linked_as_it_is() -> None:
+    """Pre-hijacking: anyone can sign up with the customer's email and wait for the credits."""
+    project = FakeProject()
+    squatter = project.auth.add("vic@example.com", confirmed=False, signed_in=False)
+    project.sell("vic@example.com")
+    report = run(project)
+    assert (report.created, report.linked, report.taken_over) == (0, 0, 1)
+    [message] = project.mailer.sent
+    assert message.kind == "new_account"
+    assert message.temporary_password == squatter.password
+    assert squatter.password != "their-own"
+    assert squatter.email_confirmed
+    assert project.store.tracking["vic@example.com"].account_origin is AccountOrigin.TAKEN_OVER
+    assert "unconfirmed taken over" in report.render()
+
+
+def test_an_unconfirmed_account_in_setup_link_mode_loses_its_password_too() -> None:
+    project = FakeProject()
+    squatter = project.auth.add("sue@example.com", confirmed=False, signed_in=False)
+    project.sell("sue@example.com")
+    run(project, dataclasses.replace(OPTIONS, credentials_mode=CredentialsMode.SETUP_LINK))
+    [message] = project.mailer.sent
+    assert message.kind == "new_account"
+    assert message.temporary_password is None
+    assert message.setup_link is not None
+    assert message.setup_link.endswith(f"redirect_to={OPTIONS.login_url}")
+    assert squatter.password not in (None, "their-own")  # replaced by one nobody was sent
+
+
+def test_a_taken_over_account_cut_off_before_its_email_is_resumed_as_taken_over() -> None:
+    project = FakeProject()
+    project.sell("tia@example.com")
+    account = project.auth.add("tia@example.com", confirmed=True, signed_in=False)
+    account.taken_over = True
+    report = run(project)
+    assert report.taken_over == 1
+    [message] = project.mailer.sent
+    assert message.kind == "new_account"
+    assert message.temporary_password == account.password != "their-own"
+
+
+def test_a_linked_account_is_told_how_to_take_it_over_from_its_inbox() -> None:
+    project = FakeProject()
+    project.auth.add("kim@example.com")
+    project.sell("kim@example.com")
+    reset = "https://app.example/forgot-password"
+    run(project, dataclasses.replace(OPTIONS, password_reset_url=reset))
+    [message] = project.mailer.sent
+    assert message.kind == "credits_added"
+    assert message.password_reset_url == reset

@@ -58,6 +58,13 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--bcrypt-cost", type=int, default=10, help="bcrypt cost of password hashes (Auth: 10)"
     )
+    serve.add_argument(
+        "--redirect-url",
+        action="append",
+        default=[],
+        metavar="GLOB",
+        help="add to Auth's redirect allow list (URI_ALLOW_LIST), e.g. the app's sign-in page",
+    )
     serve.add_argument("--verbose", action="store_true", help="log every request to stderr")
     return parser
 
@@ -98,6 +105,7 @@ def serve(args: argparse.Namespace) -> int:
             smtp_port=args.smtp_port,
             demo_data=args.demo_data,
             mail_folder=args.mail_dir,
+            redirect_allow_list=tuple(args.redirect_url),
             bcrypt_cost=args.bcrypt_cost,
         )
     except (psycopg.OperationalError, PoolTimeout) as exc:

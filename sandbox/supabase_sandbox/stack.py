@@ -52,6 +52,7 @@ class SandboxOptions:
         bcrypt_cost: Supabase Auth uses 10; tests may lower it to go faster.
         with_migrations: apply crm-sync's migrations (False gives a bare Supabase-like database).
         site_url: Auth's SITE_URL, the default redirect of emailed links.
+        redirect_allow_list: Auth's URI_ALLOW_LIST: globs a link's `redirect_to` may match.
         pool_size: database connections per API.
         db_prefix: the prefix of the created databases' names.
     """
@@ -65,6 +66,7 @@ class SandboxOptions:
     bcrypt_cost: int = 10
     with_migrations: bool = True
     site_url: str = "http://localhost:3000"
+    redirect_allow_list: tuple[str, ...] = ()
     pool_size: int = 16
     db_prefix: str = "crm_sync_sandbox"
 
@@ -145,6 +147,7 @@ class Sandbox:
         settings = AuthSettings(
             external_url=f"{self._http.url}/auth/v1",
             site_url=opts.site_url,
+            redirect_allow_list=opts.redirect_allow_list,
             bcrypt_cost=opts.bcrypt_cost,
         )
         mailer = AuthMailer(self._sink.host, self._sink.port)
