@@ -15,6 +15,7 @@ import structlog
 
 from sync_worker import __version__, config
 from sync_worker.daemon import Daemon
+from sync_worker.display import printable
 from sync_worker.errors import ConfigError, ExitCode, SyncError
 from sync_worker.lease import worker_id
 from sync_worker.logs import configure_logging
@@ -164,11 +165,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _COMMANDS[args.command](args)
     except ConfigError as exc:
         for problem in exc.problems:
-            print(f"configuration error: {problem}", file=sys.stderr)
+            print(f"configuration error: {printable(problem)}", file=sys.stderr)
         return ExitCode.USAGE
     except SyncError as exc:
         log.error("command_failed", command=args.command, error=str(exc))
-        print(f"crm-sync {args.command}: {exc}", file=sys.stderr)
+        print(f"crm-sync {args.command}: {printable(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         return 130

@@ -16,6 +16,7 @@ import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
 from sync_worker.config import MASK
+from sync_worker.display import printable
 
 _SECRET_KEY = re.compile(
     r"pass(word|wd)?|secret|token|api_?key|authorization|credential|private_?key|cookie",
@@ -87,6 +88,19 @@ def add_exception_text(_logger: WrappedLogger, _method: str, event_dict: EventDi
     return event_dict
 
 
+def escape_control_characters(
+    _logger: WrappedLogger, _method: str, event_dict: EventDict
+) -> EventDict:
+    """Escapes control characters in the text values of a console line (a traceback keeps its
+    line breaks); JSON lines escape them by themselves."""
+    return {
+        key: printable(value, keep="\n" if key == "exception" else "")
+        if isinstance(value, str)
+        else value
+        for key, value in event_dict.items()
+    }
+
+
 def configure_logging(
     log_format: str = "auto",
     level: str = "INFO",
@@ -115,8 +129,10 @@ def configure_logging(
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         add_exception_text,
         mask_secrets,
-        renderer,
     ]
+    if not use_json:
+        processors.append(escape_control_characters)
+    processors.append(renderer)
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level]),

@@ -10,6 +10,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from sync_worker.customers import CrmSnapshot, CustomerFailure, EnrolOutcome, Outcome
+from sync_worker.display import printable
 from sync_worker.errors import ExitCode
 from sync_worker.plan import SyncPlan
 from sync_worker.settle import CycleTally, Settlement, outcome_of
@@ -175,7 +176,7 @@ class CycleReport(BaseModel):
             lines.append(f"  ABORTED: {self.aborted}")
         if self.interrupted:
             lines.append("  INTERRUPTED: stopped on a signal; the next run finishes the rest")
-        return "\n".join(lines)
+        return printable("\n".join(lines), keep="\n")
 
 
 def _short(reason: str) -> str:

@@ -15,6 +15,7 @@ from rich.table import Table
 
 from sync_worker.config import SupabaseSettings
 from sync_worker.customers import CustomerFailure
+from sync_worker.display import printable
 from sync_worker.errors import DependencyUnavailable, ExitCode, SupabaseError
 from sync_worker.state import parse_timestamp, read_failures
 from sync_worker.supabase_api import SupabaseApi
@@ -216,7 +217,8 @@ def render_status(report: StatusReport, *, width: int = RENDER_WIDTH) -> str:
     runs.add_column("counts", min_width=24)
     runs.add_column("error", overflow="fold")
     for run in report.runs:
-        runs.add_row(
+        add_text_row(
+            runs,
             _shown(run.started_at),
             _shown(run.finished_at),
             f"{run.duration_seconds:.1f} s" if run.duration_seconds is not None else "-",
@@ -233,7 +235,8 @@ def render_status(report: StatusReport, *, width: int = RENDER_WIDTH) -> str:
     pending.add_column("enrolled", no_wrap=True)
     pending.add_column("last sync", no_wrap=True)
     for customer in report.pending[:SHOWN_ROWS]:
-        pending.add_row(
+        add_text_row(
+            pending,
             customer.email,
             customer.full_name or "",
             _shown(customer.enrolled_at),
@@ -253,7 +256,8 @@ def render_status(report: StatusReport, *, width: int = RENDER_WIDTH) -> str:
     failed.add_column("next attempt", no_wrap=True)
     failed.add_column("reason", overflow="fold")
     for failure in report.failed[:SHOWN_ROWS]:
-        failed.add_row(
+        add_text_row(
+            failed,
             failure.email,
             failure.step,
             str(failure.attempts),
@@ -267,21 +271,21 @@ def render_status(report: StatusReport, *, width: int = RENDER_WIDTH) -> str:
     users = titled_table("CRM user count")
     users.add_column("total_crm_users", justify="right")
     users.add_column("inactive_crm_users", justify="right")
-    users.add_row(str(figures.total_crm_users), str(figures.inactive_crm_users))
+    add_text_row(users, str(figures.total_crm_users), str(figures.inactive_crm_users))
     _print(console, users, 1, "")
 
     data = titled_table("CRM data distribution")
     data.add_column("data_type")
     data.add_column("count", justify="right")
     for item in figures.data_distribution:
-        data.add_row(item.data_type, str(item.count))
+        add_text_row(data, item.data_type, str(item.count))
     _print(console, data, len(figures.data_distribution), "no data")
 
     credits = titled_table("CRM credit distribution")
     credits.add_column("credits_remaining", justify="right")
     credits.add_column("user_count", justify="right")
     for bucket in figures.credit_distribution:
-        credits.add_row(str(bucket.credits_remaining), str(bucket.user_count))
+        add_text_row(credits, str(bucket.credits_remaining), str(bucket.user_count))
     _print(console, credits, len(figures.credit_distribution), "no CRM users")
     return plain_text(buffer)
 
@@ -326,6 +330,11 @@ def _print(console: Console, table: Table, total: int, empty: str) -> None:
     console.print()
 
 
+def add_text_row(table: Table, *cells: str) -> None:
+    """Adds a row of data, each control character escaped before the table is laid out."""
+    table.add_row(*(printable(cell) for cell in cells))
+
+
 def text_console(buffer: io.StringIO, width: int) -> Console:
     return Console(
         file=buffer,
@@ -339,8 +348,10 @@ def text_console(buffer: io.StringIO, width: int) -> Console:
 
 
 def plain_text(buffer: io.StringIO) -> str:
-    """What a console printed into `buffer`, without trailing blanks."""
-    return "\n".join(line.rstrip() for line in buffer.getvalue().splitlines()).strip() + "\n"
+    """What a console printed into `buffer`, without trailing blanks, every control character
+    of the data in it escaped."""
+    text = "\n".join(line.rstrip() for line in buffer.getvalue().splitlines()).strip() + "\n"
+    return printable(text, keep="\n")
 
 
 def _shown(value: datetime | None) -> str:

@@ -20,6 +20,7 @@ from sync_worker.source import read_snapshot
 from sync_worker.state import load_failures, load_tracking
 from sync_worker.status import (
     MIN_WIDTH,
+    add_text_row,
     plain_text,
     text_console,
     titled_table,
@@ -196,7 +197,8 @@ def render_verify(report: VerifyReport, *, width: int = RENDER_WIDTH) -> str:
         table.add_column("expected", overflow="fold")
         table.add_column("actual", overflow="fold")
         for mismatch in report.mismatches:
-            table.add_row(
+            add_text_row(
+                table,
                 mismatch.check,
                 mismatch.email or "-",
                 mismatch.user_id or "-",
@@ -218,7 +220,7 @@ def render_verify(report: VerifyReport, *, width: int = RENDER_WIDTH) -> str:
         figures = (
             [result.found, result.repaired, result.remaining] if report.repair else [result.found]
         )
-        checks.add_row(result.check, str(result.checked), *(str(f) for f in figures))
+        add_text_row(checks, result.check, str(result.checked), *(str(f) for f in figures))
     console.print(checks)
     console.print()
     if report.repair:

@@ -1,0 +1,71 @@
+"""CRM data cannot drive the terminal: control characters are escaped in the summary, status,
+verify, console logs and the CLI's error line."""
+
+from __future__ import annotations
+
+import io
+from datetime import UTC, datetime
+
+import structlog
+
+from sync_worker.customers import CrmCustomer, CrmSnapshot, CustomerFailure, InvalidCrmRow, Step
+from sync_worker.display import printable
+from sync_worker.logs import configure_logging
+from sync_worker.plan import make_plan
+from sync_worker.report import CycleReport
+from sync_worker.status import PendingCustomer, RunLine, StatusReport, render_status
+from sync_worker.verify import Mismatch, VerifyReport, render_verify
+
+NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
+# Set the window title, clear the screen, a bell, a right-to-left override, a line separator.
+HOSTILE = "AWL-1\x1b]0;pwned\x07\x1b[2J\u202e\u2028end"
+
+
+def assert_inert(text: str) -> None:
+    assert "\x1b" not in text
+    assert "\x07" not in text
+    assert "\u202e" not in text
+    assert "\u2028" not in text
+    assert "\\x1b]0;pwned\\x07\\x1b[2J\\u202e\\u2028end" in text
+
+
+def test_printable_escapes_controls_and_keeps_what_it_is_told_to() -> None:
+    assert printable("plain text, ünïcode ✓") == "plain text, ünïcode ✓"
+    assert printable("a\tb\nc\x00") == "a\\x09b\\x0ac\\x00"
+    assert printable("a\nb\x1b", keep="\n") == "a\nb\\x1b"
+    assert printable("\U000e0001") == "\\U000e0001"
+
+
+def test_the_cycle_summary_escapes_lead_ids_emails_and_reasons() -> None:
+    snapshot = CrmSnapshot(
+        {"a@x.co": CrmCustomer("a@x.co")},
+        [InvalidCrmRow(f"bad{HOSTILE}@", "invalid", HOSTILE)],
+        2,
+    )
+    report = CycleReport.begin(
+        "r", NOW, False, snapshot, make_plan(snapshot.customers, {}, {}, NOW)
+    )
+    report.failures = [CustomerFailure("a@x.co", Step.ACCOUNT, f"refused: {HOSTILE}")]
+    assert_inert(report.render())
+
+
+def test_status_and_verify_escape_what_they_show() -> None:
+    status = StatusReport(
+        generated_at=NOW,
+        runs=[RunLine(id="1", worker_id=HOSTILE, started_at=NOW, status="failed", summary="-")],
+        pending=[PendingCustomer(email="p@x.co", user_id="u", full_name=HOSTILE)],
+        failed=[CustomerFailure("f@x.co", Step.EMAIL, HOSTILE, attempts=1)],
+    )
+    assert_inert(render_status(status, width=400))
+    verify = VerifyReport(
+        checked_at=NOW,
+        mismatches=[Mismatch(check="crm_enrolment", email="m@x.co", expected="x", actual=HOSTILE)],
+    )
+    assert_inert(render_verify(verify, width=400))
+
+
+def test_console_log_lines_escape_control_characters() -> None:
+    stream = io.StringIO()
+    configure_logging("console", "INFO", stream=stream)
+    structlog.get_logger("test").warning("crm_row_invalid", lead_id=HOSTILE)
+    assert_inert(stream.getvalue())
