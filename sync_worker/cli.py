@@ -18,7 +18,7 @@ from sync_worker.daemon import Daemon
 from sync_worker.display import printable
 from sync_worker.errors import ConfigError, ExitCode, SyncError
 from sync_worker.lease import worker_id
-from sync_worker.logs import configure_logging
+from sync_worker.logs import configure_logging, mask_secrets
 from sync_worker.migrate import migrate
 from sync_worker.runner import run_guarded_cycle
 from sync_worker.services import LiveServices
@@ -40,7 +40,8 @@ commands:
 
 exit codes of a one-off run:
   0 done   1 some customers failed   2 usage or configuration error
-  69 a dependency was unreachable    75 another run holds the lease
+  69 a dependency was unreachable    70 internal error (a bug; reported, secrets masked)
+  75 another run holds the lease
 """
 
 
@@ -173,3 +174,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        # A bug, not an outcome: logged with its traceback and printed in one line, both
+        # through the masker, so a crash never shows a secret (EX_SOFTWARE).
+        log.error("command_crashed", command=args.command, exc_info=exc)
+        shown = mask_secrets.mask_text(f"{type(exc).__name__}: {exc}")
+        print(f"crm-sync {args.command}: internal error: {printable(shown)}", file=sys.stderr)
+        return ExitCode.SOFTWARE

@@ -14,11 +14,18 @@ import re
 from collections.abc import Iterator
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, TypeVar
-from urllib.parse import urlsplit, urlunsplit
+from typing import Annotated, Any, TypeVar
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from email_validator import EmailNotValidError, validate_email
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BeforeValidator,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from sync_worker.customers import CredentialsMode
@@ -59,6 +66,23 @@ _IDENTIFIER_PART = re.compile(r"^[^\x00\s.][^\x00.]*$")
 _CRON_FIELDS = 5
 
 
+def _clean_secret(value: object) -> object:
+    """Secrets filled from a file or a secret store often end in a line break: strip what
+    surrounds them; refuse whitespace or control characters inside (never echoing the value)."""
+    if isinstance(value, SecretStr):
+        value = value.get_secret_value()
+    if not isinstance(value, str):
+        return value
+    value = value.strip()
+    if any(c.isspace() or not c.isprintable() for c in value):
+        raise ValueError("contains whitespace or a control character inside the value")
+    return value
+
+
+# A secret: stripped of surrounding whitespace, never shown (repr, str, `crm-sync config`).
+Secret = Annotated[SecretStr, BeforeValidator(_clean_secret)]
+
+
 def _source_config() -> SettingsConfigDict:
     return SettingsConfigDict(
         env_file=".env",
@@ -92,7 +116,7 @@ class LoggingSettings(BaseSettings):
 class MigrateSettings(LoggingSettings):
     """What `crm-sync migrate` needs."""
 
-    supabase_db_url: SecretStr
+    supabase_db_url: Secret
 
     @field_validator("supabase_db_url")
     @classmethod
@@ -104,7 +128,7 @@ class SupabaseSettings(LoggingSettings):
     """What every command that talks to the Supabase APIs needs (`status`)."""
 
     supabase_url: str
-    supabase_service_role_key: SecretStr
+    supabase_service_role_key: Secret
 
     @field_validator("supabase_url")
     @classmethod
@@ -128,7 +152,7 @@ class SupabaseSettings(LoggingSettings):
 class CrmSettings(LoggingSettings):
     """Where the CRM is and what of it to read."""
 
-    crm_database_url: SecretStr
+    crm_database_url: Secret
     crm_table: str = "sales_closure"
     crm_email_column: str = "email"
     crm_eligibility_column: str = "digital_sale_resume"
@@ -170,7 +194,7 @@ class VerifySettings(CrmSettings, SupabaseSettings):
 class Settings(VerifySettings):
     """The worker's whole configuration (DESIGN.md, "Configuration")."""
 
-    supabase_db_url: SecretStr | None = None
+    supabase_db_url: Secret | None = None
 
     initial_credits: int = Field(default=4, ge=0, le=1000)
     credentials_mode: CredentialsMode = CredentialsMode.TEMPORARY_PASSWORD
@@ -184,9 +208,9 @@ class Settings(VerifySettings):
     smtp_host: str = ""
     smtp_port: int = Field(default=587, ge=1, le=65535)
     smtp_username: str = ""
-    smtp_password: SecretStr | None = None
+    smtp_password: Secret | None = None
     smtp_security: SmtpSecurity = SmtpSecurity.STARTTLS
-    resend_api_key: SecretStr | None = None
+    resend_api_key: Secret | None = None
 
     sync_interval_seconds: int = Field(default=300, ge=1)
     sync_cron: str = ""
@@ -255,10 +279,47 @@ class Settings(VerifySettings):
 
 
 def _check_postgres_url(value: SecretStr) -> SecretStr:
-    parts = urlsplit(value.get_secret_value())
-    if parts.scheme not in {"postgresql", "postgres"}:
+    """Parses the URL as libpq will (every form: userinfo, `?password=`, several hosts), so a
+    malformed one is a configuration error now rather than a crash later. libpq's own messages
+    quote the offending text, which can be the password: they are never passed on."""
+    from psycopg import ProgrammingError  # noqa: PLC0415 (psycopg is slow to import)
+    from psycopg.conninfo import conninfo_to_dict  # noqa: PLC0415
+
+    url = value.get_secret_value()
+    if urlsplit(url).scheme not in {"postgresql", "postgres"}:
         raise ValueError("must be a postgresql:// URL")
+    try:
+        params = conninfo_to_dict(url)
+    except ProgrammingError as exc:
+        raise ValueError(_libpq_problem(str(exc))) from None
+    for port in str(params.get("port") or "").split(","):
+        if port and not (port.isdigit() and 0 < int(port) < 65536):
+            raise ValueError("has a port that is not a number from 1 to 65535")
     return value
+
+
+def _libpq_problem(message: str) -> str:
+    if "percent-encoded" in message:
+        return (
+            "is not a valid URL: a '%' in the user name or password must be written as %25 "
+            "(percent-encode special characters)"
+        )
+    parameter = re.fullmatch(r'invalid URI query parameter: "([A-Za-z_]{1,40})"', message.strip())
+    if parameter:
+        return f"has a query parameter libpq does not know: {parameter.group(1)}"
+    return "is not a valid libpq connection URL"
+
+
+_USERINFO_PASSWORD = re.compile(r"(?P<head>://[^:@/?#]*:)(?P<pw>[^@/?#]*)(?=@)")
+_QUERY_PASSWORD = re.compile(r"(?P<head>[?&]password=)(?P<pw>[^&#]*)", re.IGNORECASE)
+
+
+def url_passwords(url: str) -> list[str]:
+    """The passwords written in a connection URL (userinfo and `password=`), as written and
+    percent-decoded."""
+    found = [m["pw"] for m in _USERINFO_PASSWORD.finditer(url)]
+    found += [m["pw"] for m in _QUERY_PASSWORD.finditer(url)]
+    return [p for raw in found if raw for p in {raw, unquote(raw)}]
 
 
 def service_role_key_problem(key: str) -> str | None:
@@ -295,17 +356,10 @@ def jwt_role(token: str) -> str | None:
 
 
 def mask_url(url: str) -> str:
-    """Hides the password of a URL, keeping what an operator needs to recognise it."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"{parts.username or ''}:{MASK}@{host}"
-    if parts.port is not None:
-        netloc += f":{parts.port}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    """Hides the passwords of a URL (userinfo and `password=`), keeping what an operator needs
+    to recognise it; any libpq form, several hosts included."""
+    url = _USERINFO_PASSWORD.sub(lambda m: m["head"] + MASK if m["pw"] else m[0], url)
+    return _QUERY_PASSWORD.sub(lambda m: m["head"] + MASK, url)
 
 
 def _secret_values(settings: BaseSettings) -> list[str]:
@@ -315,9 +369,8 @@ def _secret_values(settings: BaseSettings) -> list[str]:
         if isinstance(value, SecretStr):
             secret = value.get_secret_value()
             found.append(secret)
-            password = urlsplit(secret).password if "://" in secret else None
-            if password:
-                found.append(password)
+            if "://" in secret:
+                found.extend(url_passwords(secret))
     return [s for s in found if len(s) >= 4]
 
 

@@ -38,6 +38,7 @@ from sync_worker.errors import (
     SyncError,
     is_outage,
 )
+from sync_worker.logs import mask_secrets
 from sync_worker.mailers import Mailer
 from sync_worker.plan import Action, CustomerStep, SyncPlan, make_plan
 from sync_worker.progress import ProgressReporter
@@ -146,13 +147,13 @@ def _read_state(what: str, load: Callable[[], dict[str, S]]) -> dict[str, S]:
 
 
 def _failure(email: str, step: Step, error: SyncError | str) -> CustomerFailure:
-    """One customer's failure as the domain records it."""
+    """One customer's failure as the domain records it (its reason is stored: masked)."""
     if isinstance(error, str):
-        return CustomerFailure(email, step, error)
+        return CustomerFailure(email, step, mask_secrets.mask_text(error))
     return CustomerFailure(
         email,
         step,
-        str(error),
+        mask_secrets.mask_text(str(error)),
         retriable=bool(getattr(error, "retriable", True)),
         outage=is_outage(error),
     )

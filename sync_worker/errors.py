@@ -29,6 +29,7 @@ class ExitCode(IntEnum):
     CUSTOMERS_FAILED = 1
     USAGE = 2
     UNAVAILABLE = 69
+    SOFTWARE = 70  # an internal error (a bug): reported, masked, never a traceback of secrets
     TEMPFAIL = 75
 
 

@@ -6,11 +6,13 @@ values wherever they appear, and the passwords of URLs, so a careless log call c
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import sys
 from collections.abc import Iterable, Mapping
 from typing import Any, TextIO, cast
+from urllib.parse import quote
 
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
@@ -24,21 +26,39 @@ _SECRET_KEY = re.compile(
 )
 # scheme://user:password@host -> keep the user, hide the password.
 _URL_PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^:/@\s]*:)(?P<pw>[^@\s]+)(?=@)", re.I)
+_MIN_SECRET_LENGTH = 4
 # A bare JWT anywhere in a string (three base64url segments, the first a JSON header).
 _JWT = re.compile(r"eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}")
+
+
+def _forms(secret: str) -> set[str]:
+    """A secret as it may appear in a line: as is, stripped, escaped by JSON or repr, or
+    percent-encoded."""
+    forms = {secret, secret.strip()}
+    for form in (secret, secret.strip()):
+        forms |= {
+            json.dumps(form)[1:-1],
+            json.dumps(form, ensure_ascii=False)[1:-1],
+            repr(form)[1:-1],
+            quote(form, safe=""),
+        }
+    return {f for f in forms if len(f) >= _MIN_SECRET_LENGTH}
 
 
 class MaskSecrets:
     """Processor that replaces secrets in an event with a fixed mask, recursively."""
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
-        self._secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
+        self._secrets: list[str] = []
+        self.add(secrets)
 
     def add(self, secrets: Iterable[str]) -> None:
-        """Registers more secret values (e.g. once settings are loaded)."""
-        self._secrets = sorted(
-            set(self._secrets) | {s for s in secrets if s}, key=len, reverse=True
-        )
+        """Registers more secret values (e.g. once settings are loaded), in every form."""
+        known = set(self._secrets)
+        for secret in secrets:
+            if secret:
+                known |= _forms(secret)
+        self._secrets = sorted(known, key=len, reverse=True)
 
     def __call__(self, _logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
         return {key: self._clean(key, value) for key, value in event_dict.items()}
@@ -66,6 +86,15 @@ class MaskSecrets:
 
 
 mask_secrets = MaskSecrets()
+
+
+class ForwardToStructlog(logging.Handler):
+    """Sends the records of other libraries' stdlib loggers (APScheduler reports a crashed job
+    with its traceback) through structlog, so they are masked and carry the run id too."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        logger = structlog.get_logger(record.name)
+        logger.log(record.levelno, record.getMessage(), exc_info=record.exc_info or None)
 
 
 class _LiveStderr:
@@ -139,3 +168,5 @@ def configure_logging(
         logger_factory=structlog.PrintLoggerFactory(out),
         cache_logger_on_first_use=False,
     )
+    # Nothing reaches stderr around the masker: other libraries' warnings and errors too.
+    logging.basicConfig(handlers=[ForwardToStructlog()], level=logging.WARNING, force=True)

@@ -40,11 +40,14 @@ def run_guarded_cycle(
 
     try:
         with lease.held():
+            history.close_abandoned(datetime.now(UTC))
             history_id = history.start(run_id, datetime.now(UTC))
             try:
                 report = run_cycle(live.options, live.for_cycle(stop), run_id=run_id)
-            except SyncError as exc:
-                history.finish(history_id, datetime.now(UTC), Outcome.FAILED, None, str(exc))
+            except Exception as exc:
+                # A crash (a bug included) is recorded as a failed run, never left 'running'.
+                error = str(exc) if isinstance(exc, SyncError) else f"{type(exc).__name__}: {exc}"
+                history.finish(history_id, datetime.now(UTC), Outcome.FAILED, None, error)
                 raise
             history.finish(history_id, datetime.now(UTC), report.outcome, report, report.aborted)
             return report

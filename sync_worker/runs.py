@@ -10,10 +10,12 @@ import structlog
 
 from sync_worker.customers import Outcome
 from sync_worker.errors import SupabaseError
+from sync_worker.logs import mask_secrets
 from sync_worker.report import CycleReport
 from sync_worker.supabase_api import SupabaseApi
 
 log = structlog.get_logger("crm_sync.runs")
+ABANDONED = "abandoned"
 
 
 class RunHistory:
@@ -46,6 +48,23 @@ class RunHistory:
             return None
         return history_id
 
+    def close_abandoned(self, now: datetime) -> None:
+        """Closes the rows of runs that never finished (killed processes). Call only while
+        holding the lease: then no other run is active."""
+        try:
+            self._api.update(
+                "crm_sync_runs",
+                {
+                    "status": ABANDONED,
+                    "finished_at": now.isoformat(),
+                    "error": "the process running this cycle stopped without finishing it",
+                },
+                where={"status": "running"},
+                operation="close abandoned runs",
+            )
+        except SupabaseError as exc:
+            log.warning("run_history_unavailable", error=str(exc))
+
     def finish(
         self,
         history_id: str | None,
@@ -59,7 +78,8 @@ class RunHistory:
         values: dict[str, Any] = {
             "finished_at": finished.isoformat(),
             "status": status.value,
-            "error": error,
+            # An error's text may quote what a server said back; no secret is ever stored.
+            "error": mask_secrets.mask_text(error) if error else None,
             "counts": report.log_fields() | {"run_id": report.run_id} if report else {},
         }
         try:

@@ -480,3 +480,20 @@ def test_a_linked_account_is_told_how_to_take_it_over_from_its_inbox() -> None:
     [message] = project.mailer.sent
     assert message.kind == "credits_added"
     assert message.password_reset_url == reset
+
+
+def test_a_failure_reason_is_stored_without_any_secret() -> None:
+    from sync_worker.logs import mask_secrets
+
+    secret = "re_live_9f8e7d6c5b4a"
+    mask_secrets.add([secret])
+    project = FakeProject()
+    project.sell("sec@example.com")
+    project.mailer.failing["sec@example.com"] = MailError(
+        f"Invalid header value b'Bearer {secret}\\n'", retriable=True
+    )
+    report = run(project)
+    stored = project.store.failures["sec@example.com"].reason
+    assert secret not in stored
+    assert "********" in stored
+    assert secret not in report.render()

@@ -1,0 +1,64 @@
+"""The run history never shows a ghost: a crashed run is finished as failed, and a run left
+'running' by a killed process is closed as abandoned by the next run that takes the lease."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+from supabase_sandbox.stack import Sandbox
+from sync_worker import runner
+from sync_worker.logs import mask_secrets
+from sync_worker.runner import run_guarded_cycle
+from sync_worker.services import LiveServices
+from tests.stack import FAST, add_sales, crm_database, settings_for
+
+
+@pytest.fixture(scope="module")
+def sandbox(admin_url: str) -> Iterator[Sandbox]:
+    with Sandbox.start(admin_url, bcrypt_cost=4) as running:
+        yield running
+
+
+@pytest.fixture
+def crm_url(admin_url: str) -> Iterator[str]:
+    with crm_database(admin_url) as url:
+        yield url
+
+
+def runs(sandbox: Sandbox) -> list[tuple[Any, ...]]:
+    with psycopg.connect(sandbox.db_url) as conn:
+        return conn.execute(
+            "select worker_id, status, finished_at is not null, error from public.crm_sync_runs"
+            " order by started_at"
+        ).fetchall()
+
+
+def test_a_crash_is_recorded_as_failed_and_a_killed_run_as_abandoned(
+    sandbox: Sandbox, crm_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    add_sales(crm_url, ("h@example.com", None, 1))
+    settings = settings_for(sandbox, crm_url)
+    with psycopg.connect(sandbox.db_url, autocommit=True) as conn:
+        conn.execute(
+            "insert into public.crm_sync_runs (worker_id, started_at)"
+            " values ('killed-pod:1', now() - interval '1 hour')"
+        )
+    secret = "s3cr3t-in-a-crash-message"
+    mask_secrets.add([secret])
+
+    def crash(*_args: object, **_kwargs: object) -> None:
+        raise RuntimeError(f"unexpected {secret}")
+
+    monkeypatch.setattr(runner, "run_cycle", crash)
+    with LiveServices(settings, policy=FAST) as live, pytest.raises(RuntimeError):
+        run_guarded_cycle(live, worker="crashing:2", run_id=uuid.uuid4().hex[:12])
+    [killed, crashed] = runs(sandbox)
+    assert killed[:3] == ("killed-pod:1", "abandoned", True)
+    assert crashed[:3] == ("crashing:2", "failed", True)
+    assert "RuntimeError: unexpected" in crashed[3]
+    assert secret not in crashed[3]

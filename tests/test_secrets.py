@@ -1,0 +1,144 @@
+"""Secrets on every path (issue 10, item 3): stripped or refused at configuration time, masked
+in every form a log line or an error can take, never written to the database, and never shown
+by a crash."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+from sync_worker import config
+from sync_worker.cli import main
+from sync_worker.config import MASK
+from sync_worker.errors import ConfigError
+from sync_worker.logs import MaskSecrets, configure_logging
+from tests.test_config import MINIMAL, NAMES, SERVICE_KEY, fake_jwt
+
+BAD_PASSWORD = "Tr0ub4dor%&3xK9"
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for name in NAMES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
+
+
+def load(monkeypatch: pytest.MonkeyPatch, **values: str) -> config.Settings:
+    for name, value in {**MINIMAL, **values}.items():
+        monkeypatch.setenv(name, value)
+    return config.load(config.Settings)
+
+
+def test_a_secret_with_a_trailing_newline_is_stripped(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = load(
+        monkeypatch,
+        SUPABASE_SERVICE_ROLE_KEY=SERVICE_KEY + "\n",
+        EMAIL_BACKEND="resend",
+        EMAIL_FROM="a@b.co",
+        APP_LOGIN_URL="https://app.example/login",
+        RESEND_API_KEY=" re_live_key_123\r\n",
+        SMTP_PASSWORD="smtp-pass\n",
+    )
+    assert settings.supabase_service_role_key.get_secret_value() == SERVICE_KEY
+    assert settings.resend_api_key is not None
+    assert settings.resend_api_key.get_secret_value() == "re_live_key_123"
+    assert settings.smtp_password is not None
+    assert settings.smtp_password.get_secret_value() == "smtp-pass"
+
+
+def test_a_secret_with_a_line_break_inside_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load(
+            monkeypatch,
+            EMAIL_BACKEND="resend",
+            EMAIL_FROM="a@b.co",
+            APP_LOGIN_URL="https://app.example/login",
+            RESEND_API_KEY="re_live\nkey",
+        )
+    [problem] = caught.value.problems
+    assert problem.startswith("RESEND_API_KEY:")
+    assert "re_live" not in problem
+
+
+def test_the_masker_catches_escaped_forms_of_a_secret() -> None:
+    secret = 'p"a\\ss\u00e9word-42'
+    stream = io.StringIO()
+    configure_logging("json", "INFO", secrets=[secret], stream=stream)
+    import structlog
+
+    structlog.get_logger("t").info("leak", note=f"with {secret}", nested={"x": [secret]})
+    out = stream.getvalue()
+    for form in (
+        secret,
+        json.dumps(secret)[1:-1],
+        repr(secret)[1:-1],
+        json.dumps(secret, ensure_ascii=False)[1:-1],
+    ):
+        assert form not in out
+    assert MaskSecrets([secret]).mask_text(repr(secret)) == f"'{MASK}'"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"postgresql://u:{BAD_PASSWORD}@127.0.0.1:5432/crm",
+        f"postgresql://u:{BAD_PASSWORD}@127.0.0.1:5432/crm?bogus=1",
+        f"postgresql://u@127.0.0.1:5432/crm?password={BAD_PASSWORD}&bogus=1",
+        f"postgresql://u:{BAD_PASSWORD}@127.0.0.1:notaport/crm",
+    ],
+)
+def test_a_malformed_database_url_is_a_configuration_error_without_its_password(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], url: str
+) -> None:
+    monkeypatch.setenv("CRM_DATABASE_URL", url)
+    for name, value in MINIMAL.items():
+        if name != "CRM_DATABASE_URL":
+            monkeypatch.setenv(name, value)
+    assert main(["run", "--once"]) == 2
+    captured = capsys.readouterr()
+    assert "CRM_DATABASE_URL" in captured.err
+    for text in (captured.out, captured.err):
+        assert BAD_PASSWORD not in text
+        assert "Tr0ub4dor" not in text
+
+
+def test_every_libpq_url_form_is_masked_by_crm_sync_config(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    forms = {
+        "postgresql://u:pw-one-secret@h1:5432,h2:5433/crm": "pw-one-secret",
+        "postgresql://u@h/crm?sslmode=require&password=pw-two-secret": "pw-two-secret",
+        "postgres://u:pw%40three@[::1]:5432/crm": "pw@three",
+    }
+    for url, password in forms.items():
+        load(monkeypatch, CRM_DATABASE_URL=url)
+        assert main(["config"]) == 0
+        out = capsys.readouterr().out
+        assert password not in out
+        assert password.replace("@", "%40") not in out
+        assert "CRM_DATABASE_URL" in out
+        assert MASK in out
+
+
+def test_an_unexpected_crash_prints_and_logs_no_secret(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from sync_worker import cli
+
+    def crash(*_args: object, **_kwargs: object) -> None:
+        raise RuntimeError(f"boom: {SERVICE_KEY} and crm-pass-123")
+
+    monkeypatch.setattr(cli, "run_guarded_cycle", crash)
+    load(monkeypatch, LOG_FORMAT="json")
+    code = main(["run", "--once"])
+    captured = capsys.readouterr()
+    assert code == 70
+    assert "boom" in captured.err
+    for text in (captured.out, captured.err):
+        assert SERVICE_KEY not in text
+        assert "crm-pass-123" not in text
+    assert fake_jwt("service_role") not in captured.err
