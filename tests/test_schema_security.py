@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import psycopg
@@ -342,3 +343,57 @@ def test_no_function_of_ours_is_executable_by_anon(db: psycopg.Connection[Any]) 
         """
     ).fetchall()
     assert rows == []
+
+
+def _refusal(db: psycopg.Connection[Any], user: User, table: str, email: str) -> tuple[str, str]:
+    column = CRM_DATA[table]
+    with pytest.raises(psycopg.Error) as caught, as_user(db, user):
+        db.execute(
+            f"insert into public.{table} (email, user_id, {column}) values (%s, %s, 'x')",
+            (email, user.id),
+        )
+    return str(caught.value.sqlstate), str(caught.value.diag.message_primary)
+
+
+@pytest.mark.parametrize("table", list(CRM_DATA))
+def test_who_is_a_crm_customer_does_not_leak_through_an_insert(
+    db: psycopg.Connection[Any], people: dict[str, User], table: str
+) -> None:
+    """Issue 10, item 4: naming a CRM customer's email and naming anyone else's get the same
+    answer, so an insert cannot probe who is a customer."""
+    a, b = people["a"], people["b"]
+    customer = _refusal(db, a, table, b.email)
+    stranger = _refusal(db, a, table, "nobody-known@example.com")
+    assert customer == stranger
+    assert customer == ("42501", f'new row violates row-level security policy for table "{table}"')
+
+
+def _forged_service_claims(db: psycopg.Connection[Any], user: User | None) -> None:
+    db.execute("set local role authenticated")
+    claims = {"role": "service_role"} | ({"sub": str(user.id), "email": user.email} if user else {})
+    db.execute("select set_config('request.jwt.claims', %s, true)", (json.dumps(claims),))
+
+
+def test_privilege_comes_from_the_role_not_from_forged_claims(
+    db: psycopg.Connection[Any], people: dict[str, User]
+) -> None:
+    """Issue 10, item 5: a session as `authenticated` with claims saying service_role reads
+    no one else's dashboard, and missing claims are nobody's."""
+    a, b = people["a"], people["b"]
+    with db.transaction():
+        _forged_service_claims(db, a)
+        with pytest.raises(psycopg.errors.InsufficientPrivilege), db.transaction():
+            db.execute("select * from public.get_crm_dashboard_data(%s)", (b.email,))
+    with db.transaction():
+        _forged_service_claims(db, a)
+        assert scalar(db, "select public.is_crm_user(%s)", b.id) is False
+        assert scalar(db, "select public.is_crm_user(%s)", a.id) is True
+    with db.transaction():
+        db.execute("set local role authenticated")
+        db.execute("select set_config('request.jwt.claims', '{}', true)")
+        assert scalar(db, "select public.is_crm_user(%s)", b.id) is False
+    # The database role PostgREST switches to for the service key still may.
+    with acting_as(db, "service_role"):
+        assert scalar(db, "select public.is_crm_user(%s)", b.id) is True
+    # So may the owner's own session (migrations, an operator's psql).
+    assert scalar(db, "select public.is_crm_user(%s)", b.id) is True
