@@ -7,6 +7,8 @@ the adapters, the report, status and metrics; no I/O here.
 
 from __future__ import annotations
 
+import re
+import unicodedata
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -14,6 +16,16 @@ from enum import StrEnum
 from typing import Any, Literal
 
 from email_validator import EmailNotValidError, validate_email
+
+MAX_EMAIL_LENGTH = 254  # RFC 5321's path limit, within Auth's 255
+MAX_NAME_LENGTH = 200
+# Control, format, surrogate, private use, unassigned, line and paragraph separators.
+_UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
+# badoux/checkmail ValidateFormat, which Supabase Auth's validateEmail calls (api/mail.go).
+_AUTH_EMAIL_FORMAT = re.compile(
+    r"^[a-zA-Z0-9.!#$%&'*+/=?^_`{|}~-]+@[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?"
+    r"(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?)*$"
+)
 
 
 class AccountOrigin(StrEnum):
@@ -130,7 +142,8 @@ class CustomerFailure:
     next attempt or parked) and as stored in `crm_sync_failures`.
 
     `outage` marks a failure that says "the service is down" rather than anything about the
-    customer (no connection, a timeout, 429, a 5xx after retries); it is never stored.
+    customer (no connection, a timeout, 429, a 5xx after retries); `permanent` one refused for
+    good (an HTTP 4xx about the request, an SMTP 5xx), parked at once. Neither is stored.
     """
 
     email: str
@@ -141,6 +154,7 @@ class CustomerFailure:
     next_attempt_at: datetime | None = None
     parked: bool = False
     outage: bool = False
+    permanent: bool = False
     first_failed_at: datetime | None = None
     last_failed_at: datetime | None = None
 
@@ -212,17 +226,42 @@ class Credentials:
     setup_link: str | None = field(default=None, repr=False)
 
 
+def clean_name(raw: str | None) -> str | None:
+    """A CRM name fit for the tracking row, the account's metadata and an email: NFC, control,
+    format and separator characters as spaces, whitespace collapsed, at most
+    `MAX_NAME_LENGTH` characters; None when nothing is left."""
+    if raw is None:
+        return None
+    text = unicodedata.normalize("NFC", raw[: MAX_NAME_LENGTH * 4])
+    text = "".join(" " if unicodedata.category(c) in _UNSAFE_CATEGORIES else c for c in text)
+    text = " ".join(text.split())[:MAX_NAME_LENGTH].rstrip()
+    return text or None
+
+
 def normalise_email(raw: str | None) -> tuple[str | None, str | None]:
-    """Trims and lower-cases an email and validates it (syntax only, no DNS).
+    """The one form of an email that Supabase Auth will accept, or why there is none.
+
+    NFC first (one person typed in two normal forms is one customer), then trimmed, lower-cased
+    and validated (syntax only, no DNS); an internationalised domain becomes its ASCII (IDNA)
+    form. Supabase Auth's format check (badoux/checkmail, called by api/mail.go validateEmail)
+    takes only ASCII, so any other address is invalid up front rather than refused by Auth on
+    every cycle.
 
     Returns:
         (email, None) when valid, or (None, reason) when not.
     """
     if raw is None or not raw.strip():
         return None, "no email"
-    email = raw.strip().lower()
+    text = unicodedata.normalize("NFC", raw).strip().lower()
+    if len(text) > MAX_EMAIL_LENGTH:
+        return None, f"longer than {MAX_EMAIL_LENGTH} characters"
     try:
-        validate_email(email, check_deliverability=False)
+        valid = validate_email(text, check_deliverability=False)
     except EmailNotValidError as exc:
         return None, str(exc)
+    email = f"{valid.local_part}@{valid.ascii_domain}".lower()
+    if not _AUTH_EMAIL_FORMAT.match(email):
+        return None, (
+            "Supabase Auth accepts only ASCII letters, digits and .!#$%&'*+/=?^_`{|}~- before the @"
+        )
     return email, None

@@ -156,6 +156,7 @@ def _failure(email: str, step: Step, error: SyncError | str) -> CustomerFailure:
         mask_secrets.mask_text(str(error)),
         retriable=bool(getattr(error, "retriable", True)),
         outage=is_outage(error),
+        permanent=bool(getattr(error, "permanent", False)),
     )
 
 

@@ -5,12 +5,14 @@
     ├── LeaseHeld                  another run holds the lease (exit 75)
     ├── MigrationError             a migration failed or was edited after it was applied
     ├── CrmSourceError             reading the CRM failed (bad table/column, SQL error)
+    │   └── CrmDataError           ... on its data (exit 1, never 2)
     ├── SupabaseError              an Auth or REST call failed; carries status and code
     └── MailError                  a message was not accepted; carries retriable/retry_after
         └── MailUnavailable        the mail server or API cannot be used at all
 
-Boundary errors carry `retriable` (worth another attempt now: timeouts, 429, 5xx) and
-`retry_after` (seconds the server asked us to wait, if any); tenacity retries on those alone.
+Boundary errors carry `retriable` (worth another attempt now: timeouts, 429, 5xx),
+`retry_after` (seconds the server asked us to wait, if any; tenacity retries on those alone)
+and `permanent` (refused for good: the customer is parked at once, not retried for days).
 A failure about one customer is not an exception but data: `customers.CustomerFailure`.
 
 ConfigError stays outside the tree: it is the operator's mistake, found before any I/O,
@@ -74,12 +76,26 @@ class CrmSourceError(SyncError):
     exit_code = ExitCode.USAGE
 
 
+class CrmDataError(CrmSourceError):
+    """The CRM's data broke the read (a value no cast can take): not a configuration error."""
+
+    exit_code = ExitCode.CUSTOMERS_FAILED
+
+
 class _BoundaryError(SyncError):
     def __init__(
-        self, message: str, *, retriable: bool = False, retry_after: float | None = None
+        self,
+        message: str,
+        *,
+        retriable: bool = False,
+        retry_after: float | None = None,
+        permanent: bool = False,
     ) -> None:
         self.retriable = retriable
         self.retry_after = retry_after
+        # The server refused this request for good (an HTTP 4xx about its content, an SMTP
+        # 5xx): the same request can never succeed, so the customer is parked at once.
+        self.permanent = permanent
         super().__init__(message)
 
 
@@ -94,10 +110,11 @@ class SupabaseError(_BoundaryError):
         code: str | None = None,
         retriable: bool = False,
         retry_after: float | None = None,
+        permanent: bool = False,
     ) -> None:
         self.status = status
         self.code = code
-        super().__init__(message, retriable=retriable, retry_after=retry_after)
+        super().__init__(message, retriable=retriable, retry_after=retry_after, permanent=permanent)
 
 
 class MailError(_BoundaryError):

@@ -361,7 +361,10 @@ def _translate_smtp(exc: BaseException, recipient: str | None, *, connecting: bo
     message = f"{what}: {detail}"
     if unavailable:
         return MailUnavailable(message, retriable=retriable)
-    return MailError(message, retriable=retriable)
+    # A 5xx reply to this message (550 no such mailbox, 500 line too long, 552 too big) will
+    # be the answer to every later attempt too.
+    permanent = code is not None and 500 <= code < 600
+    return MailError(message, retriable=retriable, permanent=permanent)
 
 
 # --- Resend ----------------------------------------------------------------------------
@@ -499,7 +502,9 @@ def _translate_resend(response: requests.Response, hide: Iterable[str | None]) -
         kind, retriable = MailUnavailable, True
     else:
         retriable = status >= 500
-    return kind(message, retriable=retriable, retry_after=retry_after)
+    # validation_error (400/422): this message is refused as it stands, on every attempt.
+    permanent = kind is MailError and status in (400, 422)
+    return kind(message, retriable=retriable, retry_after=retry_after, permanent=permanent)
 
 
 def _json_field(response: requests.Response, key: str) -> str | None:

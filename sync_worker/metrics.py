@@ -46,6 +46,11 @@ class SyncMetrics:
             "Customers not yet fully provisioned (waiting for a retry, or failed this cycle).",
             registry=self.registry,
         )
+        self.deactivation_guard = Gauge(
+            "crm_sync_deactivation_guard_tripped",
+            "1 when the last cycle held back its deactivations (too many at once), else 0.",
+            registry=self.registry,
+        )
         self.failed = Gauge(
             "crm_sync_customers_failed",
             "Customers parked after SYNC_MAX_ATTEMPTS failed attempts.",
@@ -74,6 +79,7 @@ class SyncMetrics:
         self.emails.inc(report.emails_sent)
         self.pending.set(report.planned.get("wait", 0) + len(report.failures))
         self.failed.set(report.planned.get("parked", 0))
+        self.deactivation_guard.set(1 if report.deactivation_blocked else 0)
         if outcome is Outcome.SUCCEEDED:
             self.last_success.set(time.time())
 

@@ -55,6 +55,8 @@ class CycleReport(BaseModel):
     failures: list[CustomerFailure] = Field(default_factory=list)
     aborted: str | None = None
     interrupted: bool = False
+    # Why this cycle deactivated nobody though the plan said to (the mass-deactivation guard).
+    deactivation_blocked: str | None = None
     preview: dict[str, list[str]] = Field(default_factory=dict)
 
     @classmethod

@@ -104,7 +104,9 @@ def settle(plan: SyncPlan, tally: CycleTally, now: datetime, max_attempts: int) 
             continue
         before = previous.get(email)
         attempts = (before.attempts if before else 0) + 1
-        parked = attempts >= max_attempts
+        # Refused for good: parked at once with its reason, never retried (each retry of an
+        # email would also set a new password).
+        parked = attempts >= max_attempts or failure.permanent
         record.append(
             replace(
                 failure,

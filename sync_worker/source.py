@@ -14,13 +14,23 @@ from decimal import Decimal, InvalidOperation
 import psycopg
 from psycopg import sql
 
-from sync_worker.customers import CrmCustomer, CrmSnapshot, InvalidCrmRow, normalise_email
-from sync_worker.errors import CrmSourceError, DependencyUnavailable, first_line
+from sync_worker.customers import (
+    CrmCustomer,
+    CrmSnapshot,
+    InvalidCrmRow,
+    clean_name,
+    normalise_email,
+)
+from sync_worker.errors import CrmDataError, CrmSourceError, DependencyUnavailable, first_line
 
 STATEMENT_TIMEOUT_MS = 120_000
 FETCH_SIZE = 2_000
-# A strict decimal literal: anything else (text, 'NaN', '1e5') is not eligible.
-_NUMERIC = r"^\s*\+?([0-9]+(\.[0-9]*)?|\.[0-9]+)\s*$"
+# A plain decimal in ASCII with bounded length: only such a value is ever cast to numeric, so
+# no value (a Unicode space, 200,000 digits) can fail the read of everyone.
+_DECIMAL = r"^[ \t]*[+-]?([0-9]{1,30}(\.[0-9]{0,30})?|\.[0-9]{1,30})[ \t]*$"
+# Valid numeric values that are not amounts: not eligible, and not worth reporting.
+_NOT_AMOUNTS = ("nan", "infinity", "+infinity", "-infinity", "inf", "+inf", "-inf")
+PREVIEW_LENGTH = 24
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,7 +45,9 @@ class CrmColumns:
 
 
 def eligible_rows_query(columns: CrmColumns) -> sql.Composed:
-    """The SELECT of eligible rows: every name quoted, nothing formatted into SQL text."""
+    """The SELECT of eligible rows and of rows whose value cannot be read: every name quoted,
+    nothing formatted into SQL text. The fifth column says whether the value is a plain
+    decimal (eligible, > 0) or unreadable (reported as invalid)."""
     table = sql.SQL(".").join(sql.Identifier(part) for part in columns.table.split("."))
     value = sql.SQL("{}::text").format(sql.Identifier(columns.eligibility))
 
@@ -45,33 +57,60 @@ def eligible_rows_query(columns: CrmColumns) -> sql.Composed:
     # CASE, not AND: PostgreSQL may evaluate AND operands in any order, so the cast must only
     # run once the pattern matched.
     return sql.SQL(
-        "select {email}::text, {value}, {name}, {lead_id} from {table}"
-        " where case when {value} ~ {pattern} then ({value})::numeric > 0 else false end"
+        "select {email}::text, left({value}, {preview}), {name}, {lead_id}, {value} ~ {pattern}"
+        " from {table}"
+        " where case when {value} ~ {pattern} then ({value})::numeric > 0"
+        " else btrim({value}, {blanks}) <> '' and lower(btrim({value})) <> all({not_amounts})"
+        " end"
     ).format(
         email=sql.Identifier(columns.email),
         value=value,
         name=optional(columns.name),
         lead_id=optional(columns.lead_id),
         table=table,
-        pattern=sql.Literal(_NUMERIC),
+        pattern=sql.Literal(_DECIMAL),
+        preview=sql.Literal(PREVIEW_LENGTH * 4),
+        blanks=sql.Literal(" \t\r\n"),
+        not_amounts=sql.Literal(list(_NOT_AMOUNTS)),
     )
 
 
-def merge_rows(rows: Iterable[tuple[str | None, str, str | None, str | None]]) -> CrmSnapshot:
+Row = (
+    tuple[str | None, str, str | None, str | None]
+    | tuple[str | None, str, str | None, str | None, bool]
+)
+
+
+def merge_rows(rows: Iterable[Row]) -> CrmSnapshot:
     """Merges eligible rows into one customer per normalised email (pure).
 
     Args:
-        rows: (raw email, eligibility value as text, name, lead id) per eligible sale row.
+        rows: (raw email, eligibility value as text, name, lead id[, whether the value is a
+            plain decimal]) per row the query returned.
     """
     snapshot = CrmSnapshot()
-    for raw_email, raw_value, raw_name, raw_lead in rows:
+    for row in rows:
+        raw_email, raw_value, raw_name, raw_lead = row[:4]
+        readable = bool(row[4]) if len(row) > 4 else True
         snapshot.rows_read += 1
         lead_id = raw_lead.strip() if raw_lead and raw_lead.strip() else None
+        if not readable:
+            preview = raw_value[:PREVIEW_LENGTH] + (
+                "..." if len(raw_value) > PREVIEW_LENGTH else ""
+            )
+            snapshot.invalid.append(
+                InvalidCrmRow(
+                    raw_email,
+                    f"the eligibility value is not a plain decimal number: {preview!r}",
+                    lead_id,
+                )
+            )
+            continue
         email, reason = normalise_email(raw_email)
         if email is None:
             snapshot.invalid.append(InvalidCrmRow(raw_email, reason or "invalid", lead_id))
             continue
-        name = raw_name.strip() if raw_name and raw_name.strip() else None
+        name = clean_name(raw_name)
         try:
             value = Decimal(raw_value.strip())
         except (InvalidOperation, AttributeError):
@@ -100,14 +139,11 @@ def merge_rows(rows: Iterable[tuple[str | None, str, str | None, str | None]]) -
     return snapshot
 
 
-def _stream(
-    conn: psycopg.Connection[tuple[object, ...]], query: sql.Composed
-) -> Iterator[tuple[str | None, str, str | None, str | None]]:
+def _stream(conn: psycopg.Connection[Row], query: sql.Composed) -> Iterator[Row]:
     with conn.cursor(name="crm_sync_eligible_rows") as cursor:
         cursor.itersize = FETCH_SIZE
         cursor.execute(query)
-        for row in cursor:
-            yield (row[0], row[1], row[2], row[3])  # type: ignore[misc]
+        yield from cursor
 
 
 def read_snapshot(database_url: str, columns: CrmColumns) -> CrmSnapshot:
@@ -138,5 +174,8 @@ def read_snapshot(database_url: str, columns: CrmColumns) -> CrmSnapshot:
         ) from exc
     except psycopg.OperationalError as exc:
         raise DependencyUnavailable("CRM database", first_line(exc)) from exc
+    except psycopg.errors.DataError as exc:
+        # Data, not configuration: never exit 2 for it.
+        raise CrmDataError(f"reading the CRM failed on its data: {first_line(exc)}") from exc
     except psycopg.Error as exc:
         raise CrmSourceError(f"reading the CRM failed: {first_line(exc)}") from exc

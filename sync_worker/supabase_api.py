@@ -33,6 +33,9 @@ DEFAULT_TIMEOUT = httpx.Timeout(connect=5.0, read=30.0, write=30.0, pool=30.0)
 # proxy's 1000-row cap) can cut a list short without us noticing.
 PAGE_SIZE = 1000
 _RETRIABLE_STATUS = frozenset({0, 408, 429, 502, 503, 504})
+# Refusals of a request's content (Auth: validation_failed 400, email_address_invalid 422;
+# PostgREST: a check constraint 400): the same request will be refused every time.
+_PERMANENT_STATUS = frozenset({400, 413, 414, 422})
 # PostgREST's own "cannot reach the database" errors (PGRST000-PGRST003) answer 503/504.
 _RETRIABLE_POSTGREST_CODES = frozenset({"PGRST000", "PGRST001", "PGRST002", "PGRST003"})
 
@@ -366,6 +369,7 @@ class SupabaseApi:
             status=status,
             code=code,
             retriable=is_retriable_status(status, message, code),
+            permanent=status in _PERMANENT_STATUS and code != "email_exists",
             retry_after=(
                 retry_after_seconds(response.headers.get("retry-after"))
                 if response is not None

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import unicodedata
 from dataclasses import dataclass, field
 from email.headerregistry import Address
 from email.message import EmailMessage
@@ -18,6 +17,7 @@ from string import Template
 from typing import Literal
 
 from sync_worker.config import MASK
+from sync_worker.customers import clean_name
 
 __all__ = [
     "MORE_CREDITS",
@@ -37,8 +37,6 @@ MORE_CREDITS_PRICE = "$9.99"
 _IDEMPOTENCY_PREFIX = "crm-welcome-"
 # A name longer than this is cut (with an ellipsis) in the To header and the greeting.
 MAX_NAME_LENGTH = 64
-# Control, format, surrogate, private use, unassigned, line and paragraph separators.
-_UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -305,11 +303,7 @@ def _clean_name(name: str | None) -> str | None:
     no version of the email package decodes CR/LF out of it (CVE-2024-6923); at most
     `MAX_NAME_LENGTH` characters.
     """
-    if name is None:
-        return None
-    text = unicodedata.normalize("NFC", name[: MAX_NAME_LENGTH * 4])
-    text = "".join(" " if unicodedata.category(c) in _UNSAFE_CATEGORIES else c for c in text)
-    text = " ".join(text.split()).replace("=?", "= ?")
+    text = (clean_name(name) or "").replace("=?", "= ?")
     if len(text) > MAX_NAME_LENGTH:
         text = text[: MAX_NAME_LENGTH - 3].rstrip() + "..."
     return text or None

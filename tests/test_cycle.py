@@ -421,3 +421,16 @@ def test_an_outage_counts_against_no_customer(sandbox: Sandbox, crm_url: str) ->
     assert query(sandbox, "select count(*) from public.crm_sync_failures") == [(0,)]
     sandbox.faults.clear()
     assert run(settings_for(sandbox, crm_url)).created == 8
+
+
+def test_a_ten_kilobyte_name_is_capped_and_the_email_still_goes_out(
+    sandbox: Sandbox, crm_url: str
+) -> None:
+    """Issue 8, item 3: the SMTP server answered 500 Line too long after the account existed."""
+    add_sales(crm_url, ("long@example.com", "Ann " + "Lee" * 3400 + "\x07\x1b", 1, None))
+    report = run(settings_for(sandbox, crm_url))
+    assert (report.created, report.emails_sent, report.failures) == (1, 1, [])
+    [(name,)] = query(sandbox, "select full_name from public.digital_resume_by_crm")
+    assert name.startswith("Ann LeeLee")
+    assert len(name) <= 200
+    assert name.isprintable()

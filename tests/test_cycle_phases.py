@@ -16,7 +16,7 @@ from sync_worker.customers import (
     Step,
 )
 from sync_worker.cycle import CycleOptions, run_cycle
-from sync_worker.errors import ExitCode, MailError, MailUnavailable
+from sync_worker.errors import ExitCode, MailError, MailUnavailable, SupabaseError
 from sync_worker.report import CycleReport
 from sync_worker.settle import OUTAGE_THRESHOLD
 from sync_worker.welcome_email import WelcomeEmail
@@ -497,3 +497,29 @@ def test_a_failure_reason_is_stored_without_any_secret() -> None:
     assert secret not in stored
     assert "********" in stored
     assert secret not in report.render()
+
+
+def test_a_permanent_refusal_is_parked_at_once_with_its_reason() -> None:
+    """Issue 8, item 3: an SMTP 5xx or an HTTP 4xx about the request is not retried for days
+    (each retried email would also set a new password)."""
+    project = FakeProject()
+    project.sell("five@example.com", "four@example.com")
+    project.mailer.failing["five@example.com"] = MailError(
+        "the SMTP server did not accept the message: 550 no such mailbox", permanent=True
+    )
+    project.auth.failing["four@example.com"] = SupabaseError(
+        "create account: Unable to validate email address", status=400, permanent=True
+    )
+    report = run(project)
+    assert {f.email: (f.step, f.attempts, f.parked) for f in report.failures} == {
+        "five@example.com": (Step.EMAIL, 1, True),
+        "four@example.com": (Step.ACCOUNT, 1, True),
+    }
+    stored = project.store.failures["five@example.com"]
+    assert "550 no such mailbox" in stored.reason
+    assert stored.next_attempt_at is None
+    password = project.auth.accounts["five@example.com"].password
+    project.clock += timedelta(days=2)
+    later = run(project)
+    assert later.planned["parked"] == 2
+    assert project.auth.accounts["five@example.com"].password == password

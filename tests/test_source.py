@@ -165,3 +165,85 @@ def test_merge_rows_is_pure() -> None:
         3,
         Decimal(6),
     )
+
+
+@pytest.fixture
+def text_crm(admin_url: str) -> Iterator[str]:
+    name = database.unique_name("crm_sync_poison")
+    url = database.create_database(admin_url, name)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(
+            "create table sales_closure (lead_id text, email text, digital_sale_resume text)"
+        )
+    yield url
+    database.drop_database(admin_url, name)
+
+
+def test_a_poison_eligibility_value_is_one_invalid_row_not_a_failed_read(text_crm: str) -> None:
+    """Issue 8, item 1: a Unicode space, 17,000 and 200,000 digits used to fail the whole read
+    (exit 2) on every cycle."""
+    rows = [
+        ("AWL-1", "ok@example.com", "49.99"),
+        ("AWL-2", "space@example.com", "49\u2003"),
+        ("AWL-3", "long@example.com", "1." + "1" * 17_000),
+        ("AWL-4", "huge@example.com", "9" * 200_000),
+        ("AWL-5", "nan@example.com", "NaN"),
+        ("AWL-6", "inf@example.com", "Infinity"),
+        ("AWL-7", "neg@example.com", " -5 "),
+        ("AWL-8", "blank@example.com", "  "),
+        ("AWL-9", "word@example.com", "yes"),
+        ("AWL-10", "plus@example.com", " +7.5\t"),
+    ]
+    with psycopg.connect(text_crm, autocommit=True) as conn, conn.cursor() as cur:
+        cur.executemany("insert into sales_closure values (%s, %s, %s)", rows)
+    snapshot = read_snapshot(text_crm, CrmColumns(lead_id="lead_id"))
+    assert sorted(snapshot.customers) == ["ok@example.com", "plus@example.com"]
+    assert snapshot.customers["plus@example.com"].sale_value == Decimal("7.5")
+    invalid = {i.lead_id: i.reason for i in snapshot.invalid}
+    assert sorted(invalid) == ["AWL-2", "AWL-3", "AWL-4", "AWL-9"]
+    for reason in invalid.values():
+        assert reason.startswith("the eligibility value is not a plain decimal number")
+        assert len(reason) < 200
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("user@bücher.example", "user@xn--bcher-kva.example"),
+        ("User@Bu\u0308cher.Example", "user@xn--bcher-kva.example"),  # the same, decomposed
+        ("  Ann.Lee+crm@Example.COM ", "ann.lee+crm@example.com"),
+    ],
+)
+def test_emails_are_nfc_and_their_domains_ascii(raw: str, expected: str) -> None:
+    from sync_worker.customers import normalise_email
+
+    assert normalise_email(raw) == (expected, None)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "用户@例子.广告",
+        "\uff46\uff55\uff4c\uff4c@example.com",  # full-width letters
+        "jos\u00e9@example.com",  # Supabase Auth takes only ASCII before the @
+        "Jose\u0301@example.com",
+        "ann@exa mple.com",
+    ],
+)
+def test_emails_auth_would_refuse_are_invalid_up_front(raw: str) -> None:
+    from sync_worker.customers import normalise_email
+
+    email, reason = normalise_email(raw)
+    assert email is None
+    assert reason
+
+
+def test_one_customer_in_two_normal_forms_is_one_customer() -> None:
+    snapshot = merge_rows(
+        [
+            ("ann@b\u00fccher.example", "1", None, "L1"),
+            ("ann@bu\u0308cher.example", "2", None, "L2"),
+        ]
+    )
+    assert list(snapshot.customers) == ["ann@xn--bcher-kva.example"]
+    assert snapshot.customers["ann@xn--bcher-kva.example"].sale_rows == 2
