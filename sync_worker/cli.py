@@ -16,7 +16,7 @@ import structlog
 from sync_worker import __version__, config
 from sync_worker.daemon import Daemon
 from sync_worker.display import printable
-from sync_worker.errors import ConfigError, ExitCode, SyncError
+from sync_worker.errors import ConfigError, ExitCode, KeyRefused, SyncError
 from sync_worker.lease import worker_id
 from sync_worker.logs import configure_logging, mask_secrets
 from sync_worker.migrate import migrate
@@ -167,6 +167,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         for problem in exc.problems:
             print(f"configuration error: {printable(problem)}", file=sys.stderr)
+        return ExitCode.USAGE
+    except KeyRefused as exc:
+        log.error("command_failed", command=args.command, error=exc.problem)
+        print(f"configuration error: {printable(exc.problem)}", file=sys.stderr)
         return ExitCode.USAGE
     except SyncError as exc:
         log.error("command_failed", command=args.command, error=str(exc))

@@ -250,9 +250,14 @@ class Settings(VerifySettings):
     @field_validator("sync_cron")
     @classmethod
     def _cron(cls, value: str) -> str:
+        value = value.strip()
         if value and len(value.split()) != _CRON_FIELDS:
             raise ValueError("must be a 5-field crontab expression (minute hour day month weekday)")
-        return value.strip()
+        if value:
+            problem = cron_problem(value)
+            if problem:
+                raise ValueError(problem)
+        return value
 
     @model_validator(mode="after")
     def _email_requirements(self) -> Settings:
@@ -276,6 +281,23 @@ class Settings(VerifySettings):
         if problems:
             raise ConfigError(problems)
         return self
+
+
+def cron_problem(expression: str) -> str | None:
+    """Why a 5-field crontab expression cannot drive the daemon, or None: every run checks it
+    (a `--once` too), so a typo is exit 2 here and never a traceback in the daemon."""
+    from datetime import UTC, datetime  # noqa: PLC0415
+
+    from sync_worker.schedule import trigger_for  # noqa: PLC0415 (APScheduler is slow to load)
+
+    try:
+        trigger = trigger_for(60, expression, timezone=UTC)
+        first = trigger.get_next_fire_time(None, datetime.now(UTC))
+    except (ValueError, TypeError, KeyError) as exc:
+        return f"is not a valid crontab expression ({exc})"
+    if first is None:
+        return "never fires (no date matches it)"
+    return None
 
 
 def _check_postgres_url(value: SecretStr) -> SecretStr:

@@ -32,6 +32,7 @@ from sync_worker.customers import (
 )
 from sync_worker.errors import (
     DependencyUnavailable,
+    KeyRefused,
     MailError,
     MailUnavailable,
     SupabaseError,
@@ -142,6 +143,8 @@ def run_cycle(
 def _read_state(what: str, load: Callable[[], dict[str, S]]) -> dict[str, S]:
     try:
         return load()
+    except KeyRefused:
+        raise
     except SupabaseError as exc:
         raise DependencyUnavailable("Supabase", f"reading {what}: {exc}") from exc
 

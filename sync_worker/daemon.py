@@ -21,7 +21,7 @@ from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from sync_worker.config import Settings
-from sync_worker.errors import LeaseHeld, SupabaseError, SyncError
+from sync_worker.errors import KeyRefused, LeaseHeld, SupabaseError, SyncError
 from sync_worker.health import HealthServer
 from sync_worker.lease import worker_id
 from sync_worker.metrics import SyncMetrics
@@ -89,6 +89,16 @@ class Daemon:
         self._last_outcome = "failed"
         self.metrics.cycles.labels("crashed").inc()
 
+    def _preflight(self, live: LiveServices) -> None:
+        """One read before the scheduler starts: a key Supabase refuses stops the daemon now
+        (exit 2) instead of failing every tick; any other failure is left to the ticks."""
+        try:
+            live.api.ping("crm_sync_lease", policy=READINESS_POLICY)
+        except KeyRefused:
+            raise
+        except SupabaseError as exc:
+            log.warning("supabase_not_answering_at_start", error=str(exc))
+
     # -- probes ------------------------------------------------------------------------------
 
     def alive(self) -> bool:
@@ -133,6 +143,7 @@ class Daemon:
         RETRY_LISTENERS.append(self.metrics.observe_retry)
         with LiveServices(settings) as live:
             self._live = live
+            self._preflight(live)
             health = None
             if settings.health_port:
                 health = HealthServer(

@@ -7,6 +7,7 @@
     ├── CrmSourceError             reading the CRM failed (bad table/column, SQL error)
     │   └── CrmDataError           ... on its data (exit 1, never 2)
     ├── SupabaseError              an Auth or REST call failed; carries status and code
+    │   └── KeyRefused             401/403 to the service-role key: configuration (exit 2)
     └── MailError                  a message was not accepted; carries retriable/retry_after
         └── MailUnavailable        the mail server or API cannot be used at all
 
@@ -117,6 +118,18 @@ class SupabaseError(_BoundaryError):
         super().__init__(message, retriable=retriable, retry_after=retry_after, permanent=permanent)
 
 
+class KeyRefused(SupabaseError):
+    """Supabase answered 401/403 to the configured service-role key: a configuration error
+    (exit 2), not an outage."""
+
+    exit_code = ExitCode.USAGE
+
+    @property
+    def problem(self) -> str:
+        """The configuration error, naming the variable (never the key)."""
+        return f"SUPABASE_SERVICE_ROLE_KEY: Supabase refused it ({self.status}: {self})"
+
+
 class MailError(_BoundaryError):
     """The mail server or API did not accept a message."""
 
@@ -133,6 +146,8 @@ def is_retriable(exc: BaseException) -> bool:
 def is_outage(exc: BaseException) -> bool:
     """A failure that says "the service is down" rather than anything about the customer: no
     connection, a timeout, 429, or a 5xx after retries."""
+    if isinstance(exc, KeyRefused):
+        return True  # every later call would be refused the same way
     if not isinstance(exc, SupabaseError) or not exc.retriable:
         return False
     return exc.status in (None, 0, 429) or (exc.status or 0) >= 500

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 from sync_worker.customers import Outcome
 from sync_worker.cycle import run_cycle
-from sync_worker.errors import DependencyUnavailable, SupabaseError, SyncError
+from sync_worker.errors import DependencyUnavailable, KeyRefused, SupabaseError, SyncError
 from sync_worker.lease import SyncLease
 from sync_worker.report import CycleReport
 from sync_worker.runs import RunHistory
@@ -51,5 +51,7 @@ def run_guarded_cycle(
                 raise
             history.finish(history_id, datetime.now(UTC), report.outcome, report, report.aborted)
             return report
+    except KeyRefused:
+        raise
     except SupabaseError as exc:
         raise DependencyUnavailable("Supabase", str(exc)) from exc

@@ -22,7 +22,7 @@ from pydantic import BaseModel
 from supabase import Client, ClientOptions, create_client
 from supabase_auth.errors import AuthApiError, AuthError, AuthRetryableError
 
-from sync_worker.errors import SupabaseError
+from sync_worker.errors import KeyRefused, SupabaseError
 from sync_worker.retrying import RetryPolicy, retry_after_seconds
 
 T = TypeVar("T")
@@ -364,6 +364,8 @@ class SupabaseApi:
             message = f"{type(exc).__name__}: {exc}"
         if response is None and status is None:
             status = 0
+        if status in (401, 403):
+            return KeyRefused(f"{operation}: {message}", status=status, code=code)
         return SupabaseError(
             f"{operation}: {message}",
             status=status,

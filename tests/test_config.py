@@ -257,3 +257,18 @@ def test_the_example_env_names_every_variable_and_loads(monkeypatch: pytest.Monk
             monkeypatch.setenv(name, value)
     settings = config.load(config.Settings)
     assert settings.crm_eligibility_column == "digital_resume_sale_value"
+
+
+@pytest.mark.parametrize(
+    "cron", ["99 99 99 99 99", "*/0 * * * *", "0 0 * * 8", "0 0 31 2-1 *", "a b c d e"]
+)
+def test_an_impossible_cron_is_a_configuration_error_for_every_run(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], cron: str
+) -> None:
+    """Issue 8, item 4: the daemon died with a traceback (exit 1) and --once ignored it."""
+    assert problems(monkeypatch, SYNC_CRON=cron)[0].startswith("SYNC_CRON: ")
+    for args in (["run", "--once"], ["run"]):
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert "configuration error: SYNC_CRON: " in err
+        assert "Traceback" not in err

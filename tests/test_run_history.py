@@ -62,3 +62,39 @@ def test_a_crash_is_recorded_as_failed_and_a_killed_run_as_abandoned(
     assert crashed[:3] == ("crashing:2", "failed", True)
     assert "RuntimeError: unexpected" in crashed[3]
     assert secret not in crashed[3]
+
+
+def test_a_key_supabase_refuses_is_a_configuration_error_not_an_outage(
+    sandbox: Sandbox,
+    crm_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Any,
+) -> None:
+    """Issue 8, item 4: a wrong sb_secret_ key exited 69 "Supabase is unreachable"."""
+    from sync_worker.cli import main
+
+    add_sales(crm_url, ("k@example.com", None, 1))
+    monkeypatch.chdir(tmp_path)
+    environment = {
+        "CRM_DATABASE_URL": crm_url,
+        "CRM_ELIGIBILITY_COLUMN": "digital_resume_sale_value",
+        "SUPABASE_URL": sandbox.url,
+        "SUPABASE_SERVICE_ROLE_KEY": "sb_secret_" + "x" * 32,
+        "EMAIL_BACKEND": "disabled",
+        "HEALTH_PORT": "0",
+        "LOG_FORMAT": "json",
+    }
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    with psycopg.connect(sandbox.db_url) as conn:
+        before = conn.execute("select count(*) from public.crm_sync_runs").fetchone()
+    for args in (["run", "--once"], ["run"]):
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert "configuration error: SUPABASE_SERVICE_ROLE_KEY: Supabase refused it" in err
+        assert "401" in err
+        assert "x" * 32 not in err
+    with psycopg.connect(sandbox.db_url) as conn:
+        assert conn.execute("select count(*) from public.crm_sync_runs").fetchone() == before
+        assert conn.execute("select count(*) from auth.users").fetchone() == (0,)
