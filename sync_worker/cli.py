@@ -57,11 +57,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--dry-run", action="store_true", help="read and plan only: no writes, no emails"
     )
+    parser.add_argument(
+        "--allow-mass-deactivation",
+        action="store_true",
+        help="with --once: let this one cycle deactivate more than the guard allows",
+    )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     run = commands.add_parser("run", help="daemon, or one cycle with --once")
     run.add_argument("--once", action="store_true", default=argparse.SUPPRESS)
     run.add_argument("--dry-run", action="store_true", default=argparse.SUPPRESS)
+    run.add_argument("--allow-mass-deactivation", action="store_true", default=argparse.SUPPRESS)
 
     migrate = commands.add_parser("migrate", help="apply the SQL migrations")
     migrate.add_argument(
@@ -115,7 +121,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     # A cron or CronJob run is stopped like the daemon: finish in-flight calls, record,
     # release the lease; a second signal exits at once.
     stop = StopSignals().install()
-    with LiveServices(settings) as services:
+    with LiveServices(settings, allow_mass_deactivation=args.allow_mass_deactivation) as services:
         report = run_guarded_cycle(
             services,
             worker=worker_id(),

@@ -216,6 +216,10 @@ class Settings(VerifySettings):
     sync_cron: str = ""
     sync_concurrency: int = Field(default=8, ge=1, le=64)
     sync_max_attempts: int = Field(default=8, ge=1)
+    # The mass-deactivation guard: a cycle that would deactivate more than this many customers
+    # AND more than this share of the active ones deactivates nobody (see README).
+    sync_deactivation_limit: int = Field(default=10, ge=0)
+    sync_deactivation_max_percent: float = Field(default=10.0, ge=0, le=100)
     health_port: int = Field(default=8080, ge=0, le=65535)
     # Not in DESIGN.md's table: how long a lease lives without a heartbeat (a crashed holder is
     # taken over after this), and how long the daemon lets calls in flight finish on SIGTERM.

@@ -41,7 +41,7 @@ from sync_worker.errors import (
 )
 from sync_worker.logs import mask_secrets
 from sync_worker.mailers import Mailer
-from sync_worker.plan import Action, CustomerStep, SyncPlan, make_plan
+from sync_worker.plan import Action, CustomerStep, SyncPlan, make_plan, mass_deactivation
 from sync_worker.progress import ProgressReporter
 from sync_worker.provision import (
     ProvisionedAccount,
@@ -70,6 +70,9 @@ class CycleOptions:
     concurrency: int = 8
     max_attempts: int = 8
     outage_threshold: int = OUTAGE_THRESHOLD
+    deactivation_limit: int = 10
+    deactivation_max_percent: float = 10.0
+    allow_mass_deactivation: bool = False
 
 
 @dataclass
@@ -118,6 +121,14 @@ def run_cycle(
         failures = _read_state("failures", services.load_failures)
         plan = make_plan(snapshot.customers, tracked, failures, started)
         report = CycleReport.begin(run_id, started, dry_run, snapshot, plan)
+        guard = mass_deactivation(
+            plan,
+            limit=options.deactivation_limit,
+            max_percent=options.deactivation_max_percent,
+        )
+        if guard and not options.allow_mass_deactivation:
+            log.warning("deactivation_held_back", reason=guard)
+            report.deactivation_blocked = guard
         for row in snapshot.invalid:
             log.warning("crm_row_invalid", email=row.raw_email, reason=row.reason)
         if dry_run:
@@ -129,7 +140,8 @@ def run_cycle(
             provisioned = _provision_phase(options, services, plan, tally)
             _enrol_phase(options, services, plan, provisioned, tally)
             _email_phase(options, services, plan, provisioned, tally)
-            _deactivate_phase(services, plan, tally)
+            if report.deactivation_blocked is None:
+                _deactivate_phase(services, plan, tally)
         finally:
             services.mailer.close()
         settlement = settle(plan, tally, services.clock(), options.max_attempts)

@@ -107,3 +107,32 @@ def next_attempt_delay(attempts: int, base: timedelta = timedelta(minutes=5)) ->
     """How long to wait after the `attempts`-th failure: doubling, capped at six hours."""
     delay: timedelta = base * (2 ** max(attempts - 1, 0))
     return min(delay, timedelta(hours=6))
+
+
+def mass_deactivation(plan: SyncPlan, *, limit: int, max_percent: float) -> str | None:
+    """Why this plan's deactivations look like a mistake rather than churn, or None.
+
+    In the spirit of the accidental-deletion thresholds of identity provisioning services: a
+    wrong column, a half-empty CRM snapshot or an empty one would deactivate customers en
+    masse. Suspicious are more than `limit` deactivations that are also more than
+    `max_percent` of the active customers, and any deactivation when the CRM has no eligible
+    customer at all.
+    """
+    deactivating = len(plan.of(Action.DEACTIVATE))
+    if not deactivating:
+        return None
+    active = sum(1 for s in plan.steps if s.tracked is not None and s.tracked.is_active)
+    eligible = sum(1 for s in plan.steps if s.customer is not None)
+    how = "; nobody was deactivated (run once with --allow-mass-deactivation if it is right)"
+    if eligible == 0:
+        return (
+            f"the CRM has no eligible customer while {active} are active: {deactivating}"
+            f" deactivations held back{how}"
+        )
+    if deactivating > limit and deactivating * 100 > max_percent * active:
+        share = round(100 * deactivating / max(active, 1))
+        return (
+            f"{deactivating} of {active} active customers ({share}%) would be deactivated, more"
+            f" than SYNC_DEACTIVATION_LIMIT={limit} and {max_percent:g}%{how}"
+        )
+    return None

@@ -98,7 +98,8 @@ class CycleReport(BaseModel):
         return outcome_of(
             aborted=self.aborted is not None,
             interrupted=self.interrupted,
-            failed=bool(self.failures),
+            # Deactivations held back are work left undone: exit 1, as for failures.
+            failed=bool(self.failures) or self.deactivation_blocked is not None,
         )
 
     def finish(
@@ -141,6 +142,7 @@ class CycleReport(BaseModel):
             "aborted": self.aborted,
             "interrupted": self.interrupted,
             "outcome": self.outcome.value,
+            "deactivation_blocked": self.deactivation_blocked,
             "duration_seconds": self.duration_seconds,
         }
 
@@ -176,6 +178,8 @@ class CycleReport(BaseModel):
             lines.append(f"  invalid CRM row{lead}: {shown!r}: {invalid.reason}")
         if self.aborted:
             lines.append(f"  ABORTED: {self.aborted}")
+        if self.deactivation_blocked:
+            lines.append(f"  DEACTIVATION HELD BACK: {self.deactivation_blocked}")
         if self.interrupted:
             lines.append("  INTERRUPTED: stopped on a signal; the next run finishes the rest")
         return printable("\n".join(lines), keep="\n")

@@ -49,7 +49,13 @@ def run_guarded_cycle(
                 error = str(exc) if isinstance(exc, SyncError) else f"{type(exc).__name__}: {exc}"
                 history.finish(history_id, datetime.now(UTC), Outcome.FAILED, None, error)
                 raise
-            history.finish(history_id, datetime.now(UTC), report.outcome, report, report.aborted)
+            history.finish(
+                history_id,
+                datetime.now(UTC),
+                report.outcome,
+                report,
+                report.aborted or report.deactivation_blocked,
+            )
             return report
     except KeyRefused:
         raise

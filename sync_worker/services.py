@@ -27,7 +27,7 @@ def crm_columns(settings: CrmSettings) -> CrmColumns:
     )
 
 
-def cycle_options(settings: Settings) -> CycleOptions:
+def cycle_options(settings: Settings, *, allow_mass_deactivation: bool = False) -> CycleOptions:
     """The few settings a cycle reads, as one frozen value."""
     return CycleOptions(
         login_url=settings.app_login_url,
@@ -37,15 +37,24 @@ def cycle_options(settings: Settings) -> CycleOptions:
         send_email=settings.email_backend is not EmailBackend.DISABLED,
         concurrency=settings.sync_concurrency,
         max_attempts=settings.sync_max_attempts,
+        deactivation_limit=settings.sync_deactivation_limit,
+        deactivation_max_percent=settings.sync_deactivation_max_percent,
+        allow_mass_deactivation=allow_mass_deactivation,
     )
 
 
 class LiveServices(AbstractContextManager["LiveServices"]):
     """Owns the Supabase client for as long as the process needs it."""
 
-    def __init__(self, settings: Settings, policy: RetryPolicy | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        policy: RetryPolicy | None = None,
+        *,
+        allow_mass_deactivation: bool = False,
+    ) -> None:
         self.settings = settings
-        self.options = cycle_options(settings)
+        self.options = cycle_options(settings, allow_mass_deactivation=allow_mass_deactivation)
         self.api = SupabaseApi(
             settings.supabase_url,
             settings.supabase_service_role_key.get_secret_value(),

@@ -17,6 +17,7 @@ from sync_worker.customers import (
 )
 from sync_worker.cycle import CycleOptions, run_cycle
 from sync_worker.errors import ExitCode, MailError, MailUnavailable, SupabaseError
+from sync_worker.metrics import SyncMetrics
 from sync_worker.report import CycleReport
 from sync_worker.settle import OUTAGE_THRESHOLD
 from sync_worker.welcome_email import WelcomeEmail
@@ -290,7 +291,7 @@ def test_mail_unavailable_aborts_and_every_email_stays_owed() -> None:
 
 def test_removed_from_the_crm_is_deactivated_and_coming_back_reactivates() -> None:
     project = FakeProject()
-    project.sell("pat@example.com")
+    project.sell("pat@example.com", "stays@example.com")
     run(project)
     del project.crm["pat@example.com"]
     gone = run(project)
@@ -305,7 +306,7 @@ def test_removed_from_the_crm_is_deactivated_and_coming_back_reactivates() -> No
 
 def test_a_failed_deactivation_is_recorded_against_the_customer() -> None:
     project = FakeProject()
-    project.sell("dee@example.com")
+    project.sell("dee@example.com", "stays@example.com")
     run(project)
     del project.crm["dee@example.com"]
     project.store.deactivate_error = refusal("deactivate customers")
@@ -378,7 +379,7 @@ def test_a_stop_during_the_email_phase_leaves_the_rest_owed() -> None:
 
 def test_a_stop_before_deactivation_deactivates_nobody() -> None:
     project = FakeProject()
-    project.sell("d1@example.com")
+    project.sell("d1@example.com", "stays@example.com")
     run(project)
     del project.crm["d1@example.com"]
     project.stop = lambda: True
@@ -523,3 +524,55 @@ def test_a_permanent_refusal_is_parked_at_once_with_its_reason() -> None:
     later = run(project)
     assert later.planned["parked"] == 2
     assert project.auth.accounts["five@example.com"].password == password
+
+
+def _enrolled_project(count: int) -> FakeProject:
+    project = FakeProject()
+    project.sell(*[f"c{i:03}@example.com" for i in range(count)])
+    run(project)
+    project.mailer.sent.clear()
+    return project
+
+
+def test_a_mass_deactivation_is_held_back_and_says_why() -> None:
+    """Issue 8, item 5: a wrong CRM_EMAIL_COLUMN planned to deactivate 47 of 49 customers."""
+    project = _enrolled_project(49)
+    for email in sorted(project.crm)[2:]:
+        del project.crm[email]
+    report = run(project)
+    assert report.planned["deactivate"] == 47
+    assert report.deactivated == 0
+    assert all(row.is_active for row in project.store.tracking.values())
+    assert report.deactivation_blocked is not None
+    assert "47" in report.deactivation_blocked
+    assert "--allow-mass-deactivation" in report.deactivation_blocked
+    assert report.outcome is Outcome.PARTIAL
+    assert report.exit_code is ExitCode.CUSTOMERS_FAILED
+    assert "DEACTIVATION HELD BACK" in report.render()
+    assert report.log_fields()["deactivation_blocked"] == report.deactivation_blocked
+    metrics = SyncMetrics()
+    metrics.observe_cycle(report)
+    assert b"crm_sync_deactivation_guard_tripped 1.0" in metrics.exposition()
+    # A dry run says the same before anything happens.
+    assert run(project, dry_run=True).deactivation_blocked == report.deactivation_blocked
+    # An operator lets one run through.
+    allowed = run(project, dataclasses.replace(OPTIONS, allow_mass_deactivation=True))
+    assert (allowed.deactivated, allowed.deactivation_blocked) == (47, None)
+
+
+def test_an_empty_crm_while_customers_are_active_is_suspicious_too() -> None:
+    project = _enrolled_project(3)
+    project.crm.clear()
+    report = run(project)
+    assert report.deactivated == 0
+    assert report.deactivation_blocked is not None
+    assert "no eligible customer" in report.deactivation_blocked
+
+
+def test_ordinary_churn_is_deactivated() -> None:
+    project = _enrolled_project(49)
+    for email in sorted(project.crm)[:4]:
+        del project.crm[email]
+    report = run(project)
+    assert (report.deactivated, report.deactivation_blocked) == (4, None)
+    assert report.outcome is Outcome.SUCCEEDED
