@@ -14,6 +14,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 
 import structlog
 
@@ -54,8 +55,15 @@ class SyncLease:
 
     def release(self) -> None:
         try:
+            # Not released, the lease blocks every other run for its whole time-to-live (the
+            # next cron run exits 75): worth a few more tries, within a shutdown's grace.
+            policy = self._api.policy
+            patient = replace(policy, attempts=max(policy.attempts, 8), deadline=5.0)
             self._api.rpc(
-                "release_sync_lease", {"p_holder": self.holder}, operation="release lease"
+                "release_sync_lease",
+                {"p_holder": self.holder},
+                operation="release lease",
+                policy=patient,
             )
         except SupabaseError as exc:
             # It runs out by itself after its time-to-live.

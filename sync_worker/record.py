@@ -4,6 +4,7 @@ delivery, and per-customer failures."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any, Protocol
 
 from sync_worker.customers import (
@@ -16,6 +17,8 @@ from sync_worker.customers import (
 from sync_worker.supabase_api import SupabaseApi
 
 ENROL_BATCH_SIZE = 200
+RECORD_ATTEMPTS = 12
+RECORD_DEADLINE_SECONDS = 120.0
 FAILURES_TABLE = "crm_sync_failures"
 
 
@@ -92,11 +95,21 @@ class SupabaseStore:
         return [row if isinstance(row, str) else next(iter(row.values())) for row in data or []]
 
     def record_welcome_email(self, email: str, kind: str) -> bool:
+        """Records an email the server accepted. It is idempotent, and each lost record means
+        a second email (with a new password) next cycle: so it is retried much longer than
+        other calls."""
+        policy = self._api.policy
+        patient = replace(
+            policy,
+            attempts=max(policy.attempts, RECORD_ATTEMPTS),
+            deadline=max(policy.deadline, RECORD_DEADLINE_SECONDS),
+        )
         return bool(
             self._api.rpc(
                 "record_welcome_email",
                 {"p_email": email, "p_kind": kind},
                 operation="record welcome email",
+                policy=patient,
             )
         )
 

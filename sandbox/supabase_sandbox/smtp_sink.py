@@ -3,6 +3,7 @@ a folder. It stands in for the mail provider in tests and the demo."""
 
 from __future__ import annotations
 
+import random
 import socket
 import threading
 from dataclasses import dataclass
@@ -30,6 +31,9 @@ class _Collector:
         self._sink = sink
 
     async def handle_DATA(self, _server: Any, _session: Any, envelope: Any) -> str:
+        if self._sink.refuse_now():
+            # A transient refusal of the whole message (RFC 5321 4.2.1): nothing delivered.
+            return "451 4.3.0 Temporary local problem, try again later"
         raw = envelope.original_content or envelope.content
         data = raw if isinstance(raw, bytes) else str(raw).encode()
         # SMTP carries CRLF line ends; the parsed message uses Python's "\n" like any other.
@@ -72,6 +76,21 @@ class MailSink:
         self.envelopes: list[Envelope] = []
         self._lock = threading.Lock()
         self._controller: _BoundController | None = None
+        self._refusal_rate = 0.0
+        self._random = random.Random(0)  # noqa: S311 (seeded faults, not secrets)
+        self.refused = 0
+
+    def refuse(self, rate: float, seed: int = 0) -> None:
+        """From now on, answer this share of messages with a transient 451 (seeded)."""
+        with self._lock:
+            self._refusal_rate = rate
+            self._random = random.Random(seed)  # noqa: S311 (seeded faults, not secrets)
+
+    def refuse_now(self) -> bool:
+        with self._lock:
+            refused = self._refusal_rate > 0 and self._random.random() < self._refusal_rate
+            self.refused += refused
+            return refused
 
     def start(self) -> MailSink:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
