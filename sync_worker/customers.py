@@ -7,11 +7,13 @@ the adapters, the report, status and metrics; no I/O here.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import unicodedata
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from enum import StrEnum
 from typing import Any, Literal
 
@@ -116,6 +118,74 @@ class CrmSnapshot:
     customers: dict[str, CrmCustomer] = field(default_factory=dict)
     invalid: list[InvalidCrmRow] = field(default_factory=list)
     rows_read: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class CrmRow:
+    """One sale row as the CRM query returns it: eligible, or with a value that cannot be read
+    (`readable` False)."""
+
+    raw_email: str | None
+    value: str
+    name: str | None = None
+    lead_id: str | None = None
+    readable: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class CrmGroup:
+    """The sale rows that share one order key (the CRM's email trimmed and lower-cased), in
+    the order the CRM stream and the tracking stream are both sorted by."""
+
+    key: str | None
+    rows: tuple[CrmRow, ...]
+
+
+PREVIEW_LENGTH = 24
+
+
+def unreadable(row: CrmRow) -> InvalidCrmRow:
+    """The report of a row whose eligibility value is not a plain decimal (a short preview)."""
+    preview = row.value[:PREVIEW_LENGTH] + ("..." if len(row.value) > PREVIEW_LENGTH else "")
+    return InvalidCrmRow(
+        row.raw_email,
+        f"the eligibility value is not a plain decimal number: {preview!r}",
+        _lead_id(row.lead_id),
+    )
+
+
+def invalid_email(row: CrmRow, reason: str) -> InvalidCrmRow:
+    return InvalidCrmRow(row.raw_email, reason, _lead_id(row.lead_id))
+
+
+def _lead_id(raw: str | None) -> str | None:
+    return raw.strip() if raw and raw.strip() else None
+
+
+def customer_from_rows(email: str, rows: Iterable[CrmRow]) -> CrmCustomer:
+    """One customer from every eligible sale row of their email (pure, order-independent)."""
+    names: list[str] = []
+    lead_ids: set[str] = set()
+    count = 0
+    total = Decimal(0)
+    for row in rows:
+        count += 1
+        name = clean_name(row.name)
+        if name:
+            names.append(name)
+        lead = _lead_id(row.lead_id)
+        if lead:
+            lead_ids.add(lead)
+        with contextlib.suppress(InvalidOperation, AttributeError):
+            total += Decimal(row.value.strip())
+    return CrmCustomer(
+        email=email,
+        # Rows come in no particular order: the name must not depend on it.
+        name=min(names, default=None),
+        lead_ids=tuple(sorted(lead_ids)),
+        sale_rows=count,
+        sale_value=total,
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,7 +13,7 @@ import contextvars
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -24,7 +24,8 @@ import structlog
 from sync_worker.customers import (
     AccountOrigin,
     CredentialsMode,
-    CrmSnapshot,
+    CrmCustomer,
+    CrmGroup,
     CustomerFailure,
     Enrolment,
     Step,
@@ -41,7 +42,7 @@ from sync_worker.errors import (
 )
 from sync_worker.logs import mask_secrets
 from sync_worker.mailers import Mailer
-from sync_worker.plan import Action, CustomerStep, SyncPlan, make_plan, mass_deactivation
+from sync_worker.plan import Action, CustomerStep, PlanBuilder, SyncPlan, mass_deactivation
 from sync_worker.progress import ProgressReporter
 from sync_worker.provision import (
     ProvisionedAccount,
@@ -56,6 +57,7 @@ from sync_worker.welcome_email import WelcomeEmail
 
 log = structlog.get_logger("crm_sync.cycle")
 S = TypeVar("S")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,8 +81,9 @@ class CycleOptions:
 class CycleServices:
     """The cycle's collaborators: adapters at the edges, a clock, a stop flag."""
 
-    read_crm: Callable[[], CrmSnapshot]
-    load_tracking: Callable[[], dict[str, TrackedCustomer]]
+    read_crm: Callable[[], Iterable[CrmGroup | CrmCustomer]]  # in email order
+    stream_tracking: Callable[[], Iterable[TrackedCustomer]]  # in email order
+    lookup_tracking: Callable[[Sequence[str]], Mapping[str, TrackedCustomer]]
     load_failures: Callable[[], dict[str, CustomerFailure]]
     provisioner: Provisioner
     store: EnrolmentStore
@@ -116,11 +119,20 @@ def run_cycle(
     began = time.monotonic()
     with structlog.contextvars.bound_contextvars(run_id=run_id):
         log.info("cycle_started", dry_run=dry_run)
-        snapshot = services.read_crm()
-        tracked = _read_state("tracking rows", services.load_tracking)
         failures = _read_state("failures", services.load_failures)
-        plan = make_plan(snapshot.customers, tracked, failures, started)
-        report = CycleReport.begin(run_id, started, dry_run, snapshot, plan)
+        builder = PlanBuilder(
+            _reading("tracking rows", services.stream_tracking()), failures, started
+        )
+        for item in services.read_crm():
+            if isinstance(item, CrmGroup):
+                builder.add_group(item)
+            else:
+                builder.add_customer(item)
+        aside = sorted(builder.set_aside)
+        plan = builder.finish(
+            _read_state("tracking rows", lambda: services.lookup_tracking(aside)) if aside else {}
+        )
+        report = CycleReport.begin(run_id, started, dry_run, builder.tally, plan)
         guard = mass_deactivation(
             plan,
             limit=options.deactivation_limit,
@@ -129,7 +141,7 @@ def run_cycle(
         if guard and not options.allow_mass_deactivation:
             log.warning("deactivation_held_back", reason=guard)
             report.deactivation_blocked = guard
-        for row in snapshot.invalid:
+        for row in builder.tally.invalid:
             log.warning("crm_row_invalid", email=row.raw_email, reason=row.reason)
         if dry_run:
             report.finish(services.clock(), time.monotonic() - began, plan_preview=plan)
@@ -152,7 +164,17 @@ def run_cycle(
         return report
 
 
-def _read_state(what: str, load: Callable[[], dict[str, S]]) -> dict[str, S]:
+def _reading(what: str, rows: Iterable[T]) -> Iterator[T]:
+    """A stream read from Supabase; a failure while reading it means Supabase is down."""
+    try:
+        yield from rows
+    except KeyRefused:
+        raise
+    except SupabaseError as exc:
+        raise DependencyUnavailable("Supabase", f"reading {what}: {exc}") from exc
+
+
+def _read_state(what: str, load: Callable[[], Mapping[str, S]]) -> Mapping[str, S]:
     try:
         return load()
     except KeyRefused:

@@ -1,19 +1,35 @@
 """Decides, per customer, what a sync cycle must do: a pure function of its inputs.
 
 Given the CRM's eligible customers, the tracking rows and failures stored in Supabase and the
-current time, `make_plan` returns frozen actions; it performs no I/O, so every rule of the
-sync is unit-tested here.
+current time, it returns frozen actions; it performs no I/O, so every rule of the sync is
+unit-tested here.
+
+`PlanBuilder` merges two streams sorted by email (the CRM's groups and the tracking rows), so
+memory follows the work to do, not the customer base: a customer who needs nothing is counted
+and forgotten, and an email already tracked is never validated again. `make_plan` is the same
+over two mappings.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
 
-from sync_worker.customers import CrmCustomer, CustomerFailure, TrackedCustomer
+from sync_worker.customers import (
+    CrmCustomer,
+    CrmGroup,
+    CrmRow,
+    CustomerFailure,
+    InvalidCrmRow,
+    TrackedCustomer,
+    customer_from_rows,
+    invalid_email,
+    normalise_email,
+    unreadable,
+)
 
 
 class Action(StrEnum):
@@ -42,18 +58,183 @@ class CustomerStep:
 
 @dataclass(frozen=True, slots=True)
 class SyncPlan:
-    """Every customer's step, in a stable order (by email)."""
+    """The steps that do anything (or carry an earlier failure), in email order, and how many
+    customers got each action."""
 
     steps: tuple[CustomerStep, ...]
     # Failures recorded for emails that are neither in the CRM nor tracked any more.
     stale_failures: tuple[str, ...] = ()
+    counted: Mapping[str, int] = field(default_factory=dict)
+    eligible: int = 0  # customers the CRM holds eligible (valid emails)
+    active: int = 0  # tracking rows that are active
 
     def of(self, *actions: Action) -> list[CustomerStep]:
         return [s for s in self.steps if s.action in actions]
 
     def counts(self) -> dict[str, int]:
-        counted = Counter(s.action.value for s in self.steps)
-        return {a.value: counted.get(a.value, 0) for a in Action}
+        return {a.value: self.counted.get(a.value, 0) for a in Action}
+
+
+@dataclass
+class CrmTally:
+    """What the CRM stream held besides the customers: rows read and rows that cannot be used."""
+
+    rows_read: int = 0
+    invalid: list[InvalidCrmRow] = field(default_factory=list)
+
+
+class PlanBuilder:
+    """Merges the CRM stream and the tracking stream (both sorted by email) into a plan.
+
+    `add_group` / `add_customer` take the CRM's items in order; `tracking` is consumed
+    alongside. A customer whose normalised email is not its order key (an internationalised
+    domain, another Unicode form) cannot be placed in the merge: it is set aside, and `finish`
+    plans it once the shell has looked up its tracking row (`set_aside`).
+    """
+
+    def __init__(
+        self,
+        tracking: Iterable[TrackedCustomer],
+        failures: Mapping[str, CustomerFailure],
+        now: datetime,
+    ) -> None:
+        self._tracking = iter(tracking)
+        self._next: TrackedCustomer | None = next(self._tracking, None)
+        self._failures = failures
+        self._now = now
+        self._steps: list[CustomerStep] = []
+        self._counted: Counter[str] = Counter()
+        self._failures_seen: set[str] = set()
+        self._last_key = ""
+        self._eligible = 0
+        self._active = 0
+        self.tally = CrmTally()
+        self.set_aside: dict[str, CrmCustomer] = {}
+
+    def add_group(self, group: CrmGroup) -> None:
+        """One group of CRM rows sharing an order key; validates only emails not tracked."""
+        self.tally.rows_read += len(group.rows)
+        rows = []
+        for row in group.rows:
+            if row.readable:
+                rows.append(row)
+            else:
+                self.tally.invalid.append(unreadable(row))
+        if not rows:
+            return
+        key = group.key
+        if key is not None and self._in_order(key):
+            self._catch_up(key)
+            if self._next is not None and self._next.email == key:
+                # Tracked: validated when it was enrolled, and the same text now.
+                self._merge(customer_from_rows(key, rows))
+                return
+        by_email: dict[str, list[CrmRow]] = {}
+        for row in rows:
+            email, reason = normalise_email(row.raw_email)
+            if email is None:
+                self.tally.invalid.append(invalid_email(row, reason or "invalid"))
+            else:
+                by_email.setdefault(email, []).append(row)
+        for email, own in by_email.items():
+            customer = customer_from_rows(email, own)
+            if email == key and self._in_order(email):
+                self._merge(customer)
+            else:
+                self._aside(customer)
+
+    def add_customer(self, customer: CrmCustomer) -> None:
+        """One customer already merged and validated (in email order)."""
+        if self._in_order(customer.email):
+            self._catch_up(customer.email)
+            self._merge(customer)
+        else:
+            self._aside(customer)
+
+    def finish(self, set_aside_tracking: Mapping[str, TrackedCustomer]) -> SyncPlan:
+        """The plan, once the tracking rows of the customers set aside are known."""
+        self._catch_up(None)
+        for email, customer in sorted(self.set_aside.items()):
+            tracked = set_aside_tracking.get(email)
+            if tracked is not None:
+                self._forget_unmatched(tracked)
+            self._eligible += 1
+            self._add(email, customer, tracked)
+        stale = sorted(set(self._failures) - self._failures_seen)
+        return SyncPlan(
+            tuple(sorted(self._steps, key=lambda s: s.email)),
+            tuple(stale),
+            dict(self._counted),
+            self._eligible,
+            self._active,
+        )
+
+    # -- the merge ---------------------------------------------------------------------------
+
+    def _in_order(self, key: str) -> bool:
+        return key > self._last_key
+
+    def _catch_up(self, key: str | None) -> None:
+        """Plans every tracking row before `key` (all of them when None): not in the CRM."""
+        while self._next is not None and (key is None or self._next.email < key):
+            self._add(self._next.email, None, self._next)
+            self._advance()
+
+    def _advance(self) -> None:
+        if self._next is not None and self._next.is_active:
+            self._active += 1
+        self._next = next(self._tracking, None)
+
+    def _merge(self, customer: CrmCustomer) -> None:
+        self._last_key = customer.email
+        self._eligible += 1
+        tracked = None
+        if self._next is not None and self._next.email == customer.email:
+            tracked = self._next
+            self._advance()
+        self._add(customer.email, customer, tracked)
+
+    def _aside(self, customer: CrmCustomer) -> None:
+        known = self.set_aside.get(customer.email)
+        self.set_aside[customer.email] = customer if known is None else _merged(known, customer)
+
+    def _forget_unmatched(self, tracked: TrackedCustomer) -> None:
+        """Undoes the step a tracking row got when no CRM customer seemed to match it."""
+        for index, step in enumerate(self._steps):
+            if step.email == tracked.email and step.customer is None:
+                del self._steps[index]
+                self._counted[step.action.value] -= 1
+                return
+        self._counted[Action.NOTHING.value] -= 1
+        if tracked.email in self._failures:
+            self._failures_seen.discard(tracked.email)
+
+    def _add(
+        self, email: str, customer: CrmCustomer | None, tracked: TrackedCustomer | None
+    ) -> None:
+        failure = self._failures.get(email)
+        if failure is not None:
+            self._failures_seen.add(email)
+        action = _decide(customer, tracked)
+        if action is not Action.NOTHING and action is not Action.DEACTIVATE and failure:
+            if failure.parked:
+                action = Action.PARKED
+            elif failure.next_attempt_at is not None and failure.next_attempt_at > self._now:
+                action = Action.WAIT
+        self._counted[action.value] += 1
+        if action is not Action.NOTHING or failure is not None:
+            self._steps.append(CustomerStep(action, email, customer, tracked, failure))
+
+
+def _merged(first: CrmCustomer, second: CrmCustomer) -> CrmCustomer:
+    names = [n for n in (first.name, second.name) if n]
+    return CrmCustomer(
+        email=first.email,
+        name=min(names, default=None),
+        lead_ids=tuple(sorted(set(first.lead_ids) | set(second.lead_ids))),
+        sale_rows=first.sale_rows + second.sale_rows,
+        sale_value=first.sale_value + second.sale_value,
+    )
 
 
 def make_plan(
@@ -62,7 +243,7 @@ def make_plan(
     failures: Mapping[str, CustomerFailure],
     now: datetime,
 ) -> SyncPlan:
-    """Decides every customer's step for this cycle.
+    """Decides every customer's step for this cycle (the merge, over two mappings).
 
     Args:
         customers: eligible CRM customers by normalised email (the whole CRM: an email
@@ -71,20 +252,10 @@ def make_plan(
         failures: recorded failures by email.
         now: the cycle's clock (timezone-aware).
     """
-    steps: list[CustomerStep] = []
-    for email in sorted(set(customers) | set(tracked)):
-        customer = customers.get(email)
-        row = tracked.get(email)
-        failure = failures.get(email)
-        action = _decide(customer, row)
-        if action is not Action.NOTHING and action is not Action.DEACTIVATE and failure:
-            if failure.parked:
-                action = Action.PARKED
-            elif failure.next_attempt_at is not None and failure.next_attempt_at > now:
-                action = Action.WAIT
-        steps.append(CustomerStep(action, email, customer, row, failure))
-    stale = sorted(set(failures) - set(customers) - set(tracked))
-    return SyncPlan(tuple(steps), tuple(stale))
+    builder = PlanBuilder((tracked[e] for e in sorted(tracked)), failures, now)
+    for email in sorted(customers):
+        builder.add_customer(customers[email])
+    return builder.finish({})
 
 
 def _decide(customer: CrmCustomer | None, row: TrackedCustomer | None) -> Action:
@@ -121,8 +292,7 @@ def mass_deactivation(plan: SyncPlan, *, limit: int, max_percent: float) -> str 
     deactivating = len(plan.of(Action.DEACTIVATE))
     if not deactivating:
         return None
-    active = sum(1 for s in plan.steps if s.tracked is not None and s.tracked.is_active)
-    eligible = sum(1 for s in plan.steps if s.customer is not None)
+    active, eligible = plan.active, plan.eligible
     how = "; nobody was deactivated (run once with --allow-mass-deactivation if it is right)"
     if eligible == 0:
         return (

@@ -9,10 +9,10 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from sync_worker.customers import CrmSnapshot, CustomerFailure, EnrolOutcome, Outcome
+from sync_worker.customers import CustomerFailure, EnrolOutcome, Outcome
 from sync_worker.display import printable
 from sync_worker.errors import ExitCode
-from sync_worker.plan import SyncPlan
+from sync_worker.plan import CrmTally, SyncPlan
 from sync_worker.settle import CycleTally, Settlement, outcome_of
 
 PREVIEW_SIZE = 5
@@ -61,17 +61,17 @@ class CycleReport(BaseModel):
 
     @classmethod
     def begin(
-        cls, run_id: str, started: datetime, dry_run: bool, snapshot: CrmSnapshot, plan: SyncPlan
+        cls, run_id: str, started: datetime, dry_run: bool, crm: CrmTally, plan: SyncPlan
     ) -> CycleReport:
         return cls(
             run_id=run_id,
             started_at=started,
             dry_run=dry_run,
-            crm_rows=snapshot.rows_read,
-            eligible_customers=len(snapshot.customers),
+            crm_rows=crm.rows_read,
+            eligible_customers=plan.eligible,
             invalid=[
                 InvalidLine(email=i.raw_email, reason=i.reason, lead_id=i.lead_id)
-                for i in snapshot.invalid
+                for i in crm.invalid
             ],
             planned=plan.counts(),
         )

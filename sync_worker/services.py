@@ -12,8 +12,8 @@ from sync_worker.mailers import build_mailer
 from sync_worker.provision import SupabaseProvisioner
 from sync_worker.record import SupabaseStore
 from sync_worker.retrying import RetryPolicy
-from sync_worker.source import CrmColumns, read_snapshot
-from sync_worker.state import load_failures, load_tracking
+from sync_worker.source import CrmColumns, stream_groups
+from sync_worker.state import load_failures, lookup_tracking, stream_tracking
 from sync_worker.supabase_api import SupabaseApi
 
 
@@ -68,8 +68,9 @@ class LiveServices(AbstractContextManager["LiveServices"]):
         database_url = settings.crm_database_url.get_secret_value()
         columns = crm_columns(settings)
         return CycleServices(
-            read_crm=lambda: read_snapshot(database_url, columns),
-            load_tracking=lambda: load_tracking(self.api),
+            read_crm=lambda: stream_groups(database_url, columns),
+            stream_tracking=lambda: stream_tracking(self.api),
+            lookup_tracking=lambda emails: lookup_tracking(self.api, emails),
             load_failures=lambda: load_failures(self.api),
             provisioner=SupabaseProvisioner(self.api),
             store=SupabaseStore(self.api),

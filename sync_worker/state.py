@@ -1,18 +1,23 @@
 """Reads the sync state stored in Supabase (tracking rows, failures), page by page.
 
-Pages are ordered by primary key and sized explicitly (`SupabaseApi.select`), so no server
-default (PostgREST's or a proxy's 1000-row cap) can silently cut the state short.
+Tracking rows stream in email order (byte order, as the CRM stream), one keyset page at a time
+with the next page fetched while the current one is merged; pages are sized explicitly, so no
+server default (PostgREST's or a proxy's 1000-row cap) can silently cut the state short.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import contextvars
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any
 
 from sync_worker.customers import AccountOrigin, CustomerFailure, Step, TrackedCustomer
 from sync_worker.supabase_api import SupabaseApi
 
+TRACKING_PAGE_SIZE = 5_000
+LOOKUP_BATCH = 100
 TRACKING_COLUMNS = (
     "email,user_id,is_active,welcome_email_status,account_origin,full_name,crm_lead_id,"
     "credits_remaining"
@@ -22,21 +27,68 @@ FAILURE_COLUMNS = (
 )
 
 
-def load_tracking(api: SupabaseApi) -> dict[str, TrackedCustomer]:
-    """Every tracking row, by email."""
-    return {
-        row["email"]: TrackedCustomer(
-            email=row["email"],
-            user_id=str(row["user_id"]),
-            is_active=bool(row["is_active"]),
-            welcome_email_status=str(row["welcome_email_status"]),
-            account_origin=AccountOrigin(row["account_origin"]),
-            full_name=row.get("full_name"),
-            crm_lead_id=row.get("crm_lead_id"),
-            credits_remaining=int(row.get("credits_remaining") or 0),
+def tracked_from(row: dict[str, Any]) -> TrackedCustomer:
+    """A tracking row as the domain's value."""
+    return TrackedCustomer(
+        email=row["email"],
+        user_id=str(row["user_id"]),
+        is_active=bool(row["is_active"]),
+        welcome_email_status=str(row["welcome_email_status"]),
+        account_origin=AccountOrigin(row["account_origin"]),
+        full_name=row.get("full_name"),
+        crm_lead_id=row.get("crm_lead_id"),
+        credits_remaining=int(row.get("credits_remaining") or 0),
+    )
+
+
+def stream_tracking(api: SupabaseApi, page_size: int | None = None) -> Iterator[TrackedCustomer]:
+    """Every tracking row in email (byte) order: keyset pages, the next one read while the
+    caller works through the current one."""
+    size = page_size or TRACKING_PAGE_SIZE
+
+    def page(after: str) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = (
+            api.rpc(
+                "crm_sync_tracking_page",
+                {"p_after": after, "p_limit": size},
+                operation="read tracking rows",
+                read_only=True,
+            )
+            or []
         )
-        for row in api.select("digital_resume_by_crm", TRACKING_COLUMNS, order=("email",))
-    }
+        return rows
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="crm-sync-pages") as pages:
+        pending = pages.submit(contextvars.copy_context().run, page, "")
+        while True:
+            rows = pending.result()
+            if len(rows) == size:
+                pending = pages.submit(contextvars.copy_context().run, page, rows[-1]["email"])
+            for row in rows:
+                yield tracked_from(row)
+            if len(rows) < size:
+                return
+
+
+def lookup_tracking(api: SupabaseApi, emails: Sequence[str]) -> dict[str, TrackedCustomer]:
+    """The tracking rows of a few emails (those the merge could not place), by email."""
+    found: dict[str, TrackedCustomer] = {}
+    for start in range(0, len(emails), LOOKUP_BATCH):
+        chunk = list(emails[start : start + LOOKUP_BATCH])
+        for row in api.select(
+            "digital_resume_by_crm",
+            TRACKING_COLUMNS,
+            order=("email",),
+            where_in=("email", chunk),
+            operation="read tracking rows",
+        ):
+            found[row["email"]] = tracked_from(row)
+    return found
+
+
+def load_tracking(api: SupabaseApi) -> dict[str, TrackedCustomer]:
+    """Every tracking row, by email (for `crm-sync verify`; a cycle streams instead)."""
+    return {tracked.email: tracked for tracked in stream_tracking(api)}
 
 
 def read_failures(api: SupabaseApi) -> Iterator[CustomerFailure]:

@@ -107,12 +107,14 @@ class SupabaseApi:
         *,
         operation: str | None = None,
         policy: RetryPolicy | None = None,
+        read_only: bool = False,
     ) -> Any:
-        """Calls a SQL function (POST /rpc/<function>) and returns its JSON result."""
+        """Calls a SQL function and returns its JSON result: POST /rpc/<function>, or GET with
+        the arguments in the query when `read_only` (a stable function: a read, not a write)."""
         payload = dict(args or {})
         response = self.call(
             operation or function,
-            lambda: self._client.rpc(function, payload).execute(),
+            lambda: self._client.rpc(function, payload, get=read_only).execute(),
             policy,
         )
         return response.data
@@ -139,6 +141,7 @@ class SupabaseApi:
         *,
         order: Sequence[str],
         where: Mapping[str, Any] | None = None,
+        where_in: tuple[str, Sequence[Any]] | None = None,
         limit: int | None = None,
         page_size: int | None = None,
         operation: str | None = None,
@@ -150,6 +153,7 @@ class SupabaseApi:
             columns: PostgREST's select list.
             order: a total order, as columns (`"email"`) or `"column.desc"`.
             where: equality filters.
+            where_in: (column, values): the column is one of the values.
             limit: stop after this many rows.
             page_size: rows per request (`PAGE_SIZE` when None).
             operation: names the read in errors and retries (`read <table>` when None).
@@ -160,6 +164,8 @@ class SupabaseApi:
             builder = self._client.table(table).select(columns)
             for column, value in filters.items():
                 builder = builder.eq(column, value)
+            if where_in is not None:
+                builder = builder.in_(where_in[0], list(where_in[1]))
             return _ordered(builder, order)
 
         return self._pages(operation or f"read {table}", query, limit=limit, page_size=page_size)

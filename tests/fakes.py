@@ -16,7 +16,6 @@ from datetime import UTC, datetime
 from sync_worker.customers import (
     AuthAccount,
     CrmCustomer,
-    CrmSnapshot,
     CustomerFailure,
     Enrolment,
     EnrolmentResult,
@@ -263,8 +262,11 @@ class FakeProject:
 
     def services(self) -> CycleServices:
         return CycleServices(
-            read_crm=lambda: CrmSnapshot(dict(self.crm), [], len(self.crm)),
-            load_tracking=lambda: dict(self.store.tracking),
+            read_crm=lambda: [self.crm[email] for email in sorted(self.crm)],
+            stream_tracking=lambda: [self.store.tracking[e] for e in sorted(self.store.tracking)],
+            lookup_tracking=lambda emails: {
+                e: self.store.tracking[e] for e in emails if e in self.store.tracking
+            },
             load_failures=lambda: dict(self.store.failures),
             provisioner=self.auth,
             store=self.store,

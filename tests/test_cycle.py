@@ -361,7 +361,7 @@ def test_dry_run_writes_nothing(sandbox: Sandbox, crm_url: str) -> None:
     assert report.planned["provision"] == 1
     assert report.preview["provision"] == ["dry@example.com"]
     assert "DRY RUN" in report.render()
-    assert sandbox.requests.writes() == 0
+    assert sandbox.requests.writes() == 0, sandbox.requests.snapshot()
     assert sandbox.mail == []
 
 

@@ -9,11 +9,14 @@ import pytest
 from sync_worker.customers import (
     AccountOrigin,
     CrmCustomer,
+    CrmGroup,
+    CrmRow,
     CustomerFailure,
     Step,
     TrackedCustomer,
+    normalise_email,
 )
-from sync_worker.plan import Action, make_plan, next_attempt_delay
+from sync_worker.plan import Action, PlanBuilder, make_plan, next_attempt_delay
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 
@@ -81,7 +84,9 @@ def test_one_decision_per_situation(
 ) -> None:
     email = customer.email if customer else row.email  # type: ignore[union-attr]
     plan = make_plan({email: customer} if customer else {}, {email: row} if row else {}, {}, NOW)
-    assert [s.action for s in plan.steps] == [expected]
+    assert plan.counts() == {a.value: int(a is expected) for a in Action}
+    # A customer who needs nothing is counted, not kept: memory follows the work to do.
+    assert [s.action for s in plan.steps] == ([] if expected is Action.NOTHING else [expected])
 
 
 def test_failures_wait_until_due_and_park_after_max() -> None:
@@ -123,3 +128,58 @@ def test_backoff_doubles_and_is_capped() -> None:
     assert next_attempt_delay(2) == timedelta(minutes=10)
     assert next_attempt_delay(4) == timedelta(minutes=40)
     assert next_attempt_delay(30) == timedelta(hours=6)
+
+
+def group(key: str, *raws: str) -> CrmGroup:
+    return CrmGroup(key, tuple(CrmRow(raw, "49.99") for raw in raws))
+
+
+def test_the_merge_validates_only_emails_not_yet_tracked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 9: email validation costs nothing for customers already synced and unchanged."""
+    from sync_worker import plan as plan_module
+
+    validated: list[str | None] = []
+
+    def counting(raw: str | None) -> tuple[str | None, str | None]:
+        validated.append(raw)
+        return normalise_email(raw)
+
+    monkeypatch.setattr(plan_module, "normalise_email", counting)
+    builder = PlanBuilder([tracked("a@x.co"), tracked("c@x.co")], {}, NOW)
+    for item in (group("a@x.co", " A@X.co"), group("b@x.co", "B@x.co"), group("c@x.co", "c@x.co")):
+        builder.add_group(item)
+    plan = builder.finish({})
+    assert validated == ["B@x.co"]
+    assert plan.counts()["nothing"] == 2
+    assert plan.counts()["provision"] == 1
+    assert [s.email for s in plan.steps] == ["b@x.co"]
+    assert (plan.eligible, plan.active) == (3, 2)
+
+
+def test_a_customer_the_merge_cannot_place_is_planned_from_its_looked_up_row() -> None:
+    """An internationalised domain sorts by its Unicode form in the CRM and by its ASCII form
+    in the tracking table: set aside, looked up, and never deactivated by mistake."""
+    idna = "ann@xn--bcher-kva.example"
+    builder = PlanBuilder(
+        [tracked("a@x.co"), tracked(idna), tracked("z@x.co", active=False)], {}, NOW
+    )
+    builder.add_group(group("a@x.co", "a@x.co"))
+    builder.add_group(group("ann@b\u00fccher.example", "Ann@B\u00fccher.example"))
+    builder.add_group(group("z@x.co", "z@x.co"))
+    assert list(builder.set_aside) == [idna]
+    plan = builder.finish({idna: tracked(idna)})
+    assert plan.counts() == {
+        a.value: {"nothing": 2, "reactivate": 1}.get(a.value, 0) for a in Action
+    }
+    assert [(s.email, s.action) for s in plan.steps] == [("z@x.co", Action.REACTIVATE)]
+    assert plan.eligible == 3
+
+
+def test_a_no_op_plan_keeps_nothing_in_memory() -> None:
+    emails = [f"c{i:05}@x.co" for i in range(20_000)]
+    builder = PlanBuilder((tracked(e) for e in emails), {}, NOW)
+    for email in emails:
+        builder.add_group(group(email, email))
+    plan = builder.finish({})
+    assert plan.steps == ()
+    assert plan.counts()["nothing"] == 20_000

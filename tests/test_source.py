@@ -10,6 +10,7 @@ import psycopg
 import pytest
 
 from supabase_sandbox import database
+from sync_worker.customers import CrmRow
 from sync_worker.errors import CrmSourceError, DependencyUnavailable
 from sync_worker.source import CrmColumns, merge_rows, read_snapshot
 
@@ -153,9 +154,9 @@ def test_thousands_of_rows_past_every_page(admin_url: str) -> None:
 def test_merge_rows_is_pure() -> None:
     snapshot = merge_rows(
         [
-            ("b@x.co", "1", None, "L2"),
-            (" B@X.CO", "2", "Bea", "L1"),
-            ("b@x.co", "3", "Other", "L2"),
+            CrmRow("b@x.co", "1", None, "L2"),
+            CrmRow(" B@X.CO", "2", "Bea", "L1"),
+            CrmRow("b@x.co", "3", "Other", "L2"),
         ]
     )
     [customer] = snapshot.customers.values()
@@ -241,8 +242,8 @@ def test_emails_auth_would_refuse_are_invalid_up_front(raw: str) -> None:
 def test_one_customer_in_two_normal_forms_is_one_customer() -> None:
     snapshot = merge_rows(
         [
-            ("ann@b\u00fccher.example", "1", None, "L1"),
-            ("ann@bu\u0308cher.example", "2", None, "L2"),
+            CrmRow("ann@b\u00fccher.example", "1", None, "L1"),
+            CrmRow("ann@bu\u0308cher.example", "2", None, "L2"),
         ]
     )
     assert list(snapshot.customers) == ["ann@xn--bcher-kva.example"]

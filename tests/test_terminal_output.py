@@ -8,10 +8,10 @@ from datetime import UTC, datetime
 
 import structlog
 
-from sync_worker.customers import CrmCustomer, CrmSnapshot, CustomerFailure, InvalidCrmRow, Step
+from sync_worker.customers import CrmCustomer, CustomerFailure, InvalidCrmRow, Step
 from sync_worker.display import printable
 from sync_worker.logs import configure_logging
-from sync_worker.plan import make_plan
+from sync_worker.plan import CrmTally, make_plan
 from sync_worker.report import CycleReport
 from sync_worker.status import PendingCustomer, RunLine, StatusReport, render_status
 from sync_worker.verify import Mismatch, VerifyReport, render_verify
@@ -37,14 +37,9 @@ def test_printable_escapes_controls_and_keeps_what_it_is_told_to() -> None:
 
 
 def test_the_cycle_summary_escapes_lead_ids_emails_and_reasons() -> None:
-    snapshot = CrmSnapshot(
-        {"a@x.co": CrmCustomer("a@x.co")},
-        [InvalidCrmRow(f"bad{HOSTILE}@", "invalid", HOSTILE)],
-        2,
-    )
-    report = CycleReport.begin(
-        "r", NOW, False, snapshot, make_plan(snapshot.customers, {}, {}, NOW)
-    )
+    tally = CrmTally(2, [InvalidCrmRow(f"bad{HOSTILE}@", "invalid", HOSTILE)])
+    plan = make_plan({"a@x.co": CrmCustomer("a@x.co")}, {}, {}, NOW)
+    report = CycleReport.begin("r", NOW, False, tally, plan)
     report.failures = [CustomerFailure("a@x.co", Step.ACCOUNT, f"refused: {HOSTILE}")]
     assert_inert(report.render())
 

@@ -1,0 +1,166 @@
+"""Benchmark: `crm-sync --once` as a whole process over N customers already synced.
+
+    python bench/scale.py [--customers 20000 100000] [--new 0] [--latency-ms 25] [--runs 3]
+
+For each N: a local stack (Auth + REST + SMTP sink, the given latency on every request) whose
+database is seeded by SQL with N synced customers (auth users, profiles, tracking rows: no API
+calls), a CRM of the same N eligible customers plus `--new` more, then `crm-sync --once` run as
+a separate process. Prints, per run: wall time (process start to exit), HTTP requests to the
+stack, writes among them, the child's peak RSS, and the exit code; then the medians.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+import psycopg
+
+from supabase_sandbox import FaultPlan, Sandbox
+from supabase_sandbox.database import DEFAULT_ADMIN_URL, create_database, drop_database, unique_name
+
+# Triggers off (session_replication_role = replica): the rows are written as the worker's
+# enrolment would leave them, without going through it N times.
+SEED_STATEMENTS = (
+    """insert into auth.users (id, aud, role, email, email_confirmed_at, raw_app_meta_data,
+                               raw_user_meta_data, created_at, updated_at)
+         select md5('bench' || g)::uuid, 'authenticated', 'authenticated',
+                'c' || g || '@example.com', now(),
+                '{"provider": "email", "providers": ["email"], "created_by": "crm-sync"}',
+                '{"source": "crm"}', now(), now()
+           from generate_series(1, %(n)s) g""",
+    """insert into public.profiles (id, email, credits_remaining)
+         select md5('bench' || g)::uuid, 'c' || g || '@example.com', 4
+           from generate_series(1, %(n)s) g""",
+    """insert into public.digital_resume_by_crm (email, user_id, credits_remaining,
+                                                welcome_email_status, welcome_email_kind)
+         select 'c' || g || '@example.com', md5('bench' || g)::uuid, 4, 'sent', 'new_account'
+           from generate_series(1, %(n)s) g""",
+)
+
+
+# The guarded cycle's own bookkeeping (lease, run history): written by every run, no-op or not.
+BOOKKEEPING = ("sync_lease", "crm_sync_runs")
+
+
+@dataclass
+class Run:
+    wall: float
+    requests: int
+    writes: int
+    data_writes: int
+    peak_rss_mb: float
+    code: int
+
+
+def run_once(env: dict[str, str], sandbox: Sandbox) -> Run:
+    sandbox.requests.reset()
+    began = time.perf_counter()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "sync_worker", "--once"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    _, status, usage = os.wait4(process.pid, 0)
+    wall = time.perf_counter() - began
+    process.returncode = os.waitstatus_to_exitcode(status)
+    if process.stderr is not None:
+        process.stderr.close()
+    return Run(
+        wall=wall,
+        requests=sum(sandbox.request_counts().values()),
+        writes=sandbox.requests.writes(),
+        data_writes=sum(
+            n
+            for key, n in sandbox.requests.snapshot().items()
+            if key.method not in ("GET", "HEAD", "OPTIONS")
+            and not any(part in key.route for part in BOOKKEEPING)
+        ),
+        peak_rss_mb=usage.ru_maxrss / 1024,
+        code=process.returncode,
+    )
+
+
+def bench(customers: int, new: int, latency_ms: int, runs: int) -> None:
+    crm_name = unique_name("crm_sync_scale_crm")
+    crm_url = create_database(DEFAULT_ADMIN_URL, crm_name)
+    try:
+        with psycopg.connect(crm_url, autocommit=True) as conn:
+            conn.execute(
+                "create table sales_closure (lead_id text, lead_name text, email text,"
+                " digital_resume_sale_value numeric)"
+            )
+            conn.execute(
+                "insert into sales_closure (email, digital_resume_sale_value)"
+                " select 'C' || g || '@Example.com', 49.99 from generate_series(1, %s) g",
+                (customers + new,),
+            )
+        with Sandbox.start(DEFAULT_ADMIN_URL, bcrypt_cost=4) as sandbox:
+            seeded = time.perf_counter()
+            with psycopg.connect(sandbox.db_url, autocommit=True) as conn:
+                with conn.transaction():
+                    conn.execute("set local session_replication_role = replica")
+                    for statement in SEED_STATEMENTS:
+                        conn.execute(statement, {"n": customers})  # type: ignore[arg-type]
+                conn.execute("analyze")
+            seeding = time.perf_counter() - seeded
+            sandbox.faults = FaultPlan(latency_ms=latency_ms)
+            env = {
+                **os.environ,
+                "CRM_DATABASE_URL": crm_url,
+                "CRM_ELIGIBILITY_COLUMN": "digital_resume_sale_value",
+                "SUPABASE_URL": sandbox.url,
+                "SUPABASE_SERVICE_ROLE_KEY": sandbox.service_role_key,
+                "APP_LOGIN_URL": "https://careercast.example.com/login",
+                "EMAIL_BACKEND": "smtp",
+                "EMAIL_FROM": "no-reply@applywizz.example",
+                "SMTP_HOST": sandbox.smtp_host,
+                "SMTP_PORT": str(sandbox.smtp_port),
+                "SMTP_SECURITY": "none",
+                "SYNC_CONCURRENCY": "16",
+                "HEALTH_PORT": "0",
+                "LOG_LEVEL": "WARNING",
+                "LOG_FORMAT": "json",
+            }
+            print(
+                f"customers={customers} new={new} latency_ms={latency_ms}"
+                f" (seeded by SQL in {seeding:.1f} s)"
+            )
+            results = []
+            for number in range(1, runs + 1):
+                result = run_once(env, sandbox)
+                results.append(result)
+                print(
+                    f"  run {number}: wall {result.wall:6.2f} s  requests {result.requests:5d}"
+                    f"  writes {result.writes:3d} (customer data {result.data_writes})  peak RSS {result.peak_rss_mb:6.1f} MB"
+                    f"  exit {result.code}"
+                )
+            if runs > 1:
+                print(
+                    f"  median: wall {statistics.median(r.wall for r in results):6.2f} s"
+                    f"  requests {statistics.median(r.requests for r in results):5.0f}"
+                    f"  peak RSS {statistics.median(r.peak_rss_mb for r in results):6.1f} MB"
+                )
+    finally:
+        drop_database(DEFAULT_ADMIN_URL, crm_name)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--customers", type=int, nargs="+", default=[20_000, 100_000])
+    parser.add_argument("--new", type=int, default=0, help="new customers among them")
+    parser.add_argument("--latency-ms", type=int, default=25)
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args()
+    for customers in args.customers:
+        bench(customers, args.new, args.latency_ms, args.runs)
+
+
+if __name__ == "__main__":
+    main()
