@@ -138,7 +138,8 @@ def bench(customers: int, new: int, latency_ms: int, runs: int) -> None:
                 results.append(result)
                 print(
                     f"  run {number}: wall {result.wall:6.2f} s  requests {result.requests:5d}"
-                    f"  writes {result.writes:3d} (customer data {result.data_writes})  peak RSS {result.peak_rss_mb:6.1f} MB"
+                    f"  writes {result.writes:3d} (customer data {result.data_writes})"
+                    f"  peak RSS {result.peak_rss_mb:6.1f} MB"
                     f"  exit {result.code}"
                 )
             if runs > 1:
