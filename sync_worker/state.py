@@ -47,16 +47,11 @@ def stream_tracking(api: SupabaseApi, page_size: int | None = None) -> Iterator[
     size = page_size or TRACKING_PAGE_SIZE
 
     def page(after: str) -> list[dict[str, Any]]:
-        rows: list[dict[str, Any]] = (
-            api.rpc(
-                "crm_sync_tracking_page",
-                {"p_after": after, "p_limit": size},
-                operation="read tracking rows",
-                read_only=True,
-            )
-            or []
+        return api.read_rows(
+            "crm_sync_tracking_page",
+            {"p_after": after, "p_limit": size},
+            operation="read tracking rows",
         )
-        return rows
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="crm-sync-pages") as pages:
         pending = pages.submit(contextvars.copy_context().run, page, "")

@@ -10,8 +10,10 @@ carrying the HTTP status, error code and Retry-After.
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar
 
@@ -118,6 +120,31 @@ class SupabaseApi:
             policy,
         )
         return response.data
+
+    def read_rows(
+        self, function: str, args: Mapping[str, Any], *, operation: str | None = None
+    ) -> list[Row]:
+        """GET /rest/v1/rpc/<function>: the rows of a stable function, for large pages.
+
+        The body is parsed straight from its bytes (no response model per page) and the
+        response closed at once.
+        """
+        params = {key: str(value) for key, value in args.items()}
+
+        def request() -> list[Row]:
+            response = self._http.get(
+                f"{self.url}/rest/v1/rpc/{function}",
+                params=params,
+                headers={"apikey": self._key, "Authorization": f"Bearer {self._key}"},
+            )
+            try:
+                response.raise_for_status()
+                rows: list[Row] = json.loads(response.content)
+            finally:
+                response.close()
+            return rows
+
+        return self.call(operation or function, request)
 
     def rpc_rows(
         self,
@@ -333,12 +360,14 @@ class SupabaseApi:
             start = end + 1
 
     def _remember(self, response: httpx.Response) -> None:
-        self._local.response = response
+        # Only what `translate` needs: holding the response itself kept its whole body alive.
+        self._local.response = _Answer(response.status_code, response.headers.get("retry-after"))
 
     def translate(self, exc: BaseException, operation: str) -> SupabaseError:
         """Turns a library exception into a `SupabaseError` (never with a secret in it)."""
-        response: httpx.Response | None = getattr(self._local, "response", None)
-        status: int | None = response.status_code if response is not None else None
+        answer: _Answer | None = getattr(self._local, "response", None)
+        status: int | None = answer.status if answer is not None else None
+        retry_after = answer.retry_after if answer is not None else None
         code: str | None = None
         message = str(exc) or type(exc).__name__
         if isinstance(exc, AuthApiError):
@@ -355,7 +384,8 @@ class SupabaseApi:
             message = exc.message or message
         elif isinstance(exc, httpx.HTTPStatusError):
             status = exc.response.status_code
-            response = exc.response
+            retry_after = exc.response.headers.get("retry-after")
+            answer = _Answer(status, retry_after)
             message = f"HTTP {status}"
             try:
                 body = exc.response.json()
@@ -368,7 +398,7 @@ class SupabaseApi:
         elif isinstance(exc, httpx.HTTPError):
             status = 0
             message = f"{type(exc).__name__}: {exc}"
-        if response is None and status is None:
+        if answer is None and status is None:
             status = 0
         if status in (401, 403):
             return KeyRefused(f"{operation}: {message}", status=status, code=code)
@@ -378,15 +408,19 @@ class SupabaseApi:
             code=code,
             retriable=is_retriable_status(status, message, code),
             permanent=status in _PERMANENT_STATUS and code != "email_exists",
-            retry_after=(
-                retry_after_seconds(response.headers.get("retry-after"))
-                if response is not None
-                else None
-            ),
+            retry_after=retry_after_seconds(retry_after),
         )
 
     def close(self) -> None:
         self._http.close()
+
+
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    """The status and Retry-After of the last response a thread received."""
+
+    status: int
+    retry_after: str | None
 
 
 def _page(query: Callable[[], Any], first: int, last: int) -> Any:
