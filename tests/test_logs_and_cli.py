@@ -127,3 +127,22 @@ def test_python_dash_m_is_the_same_program() -> None:
     )
     assert done.returncode == 0
     assert done.stdout.startswith("crm-sync ")
+
+
+def test_help_loads_no_command_and_none_of_their_libraries() -> None:
+    """Issue 9: `crm-sync --help` took 0.8 s, most of it imports of what it never used."""
+    probe = (
+        "import sys\n"
+        "from sync_worker.cli import main\n"
+        "try:\n"
+        "    main(['--help'])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "heavy = ('supabase', 'psycopg', 'httpx', 'pydantic', 'structlog', 'apscheduler',"
+        " 'sync_worker.commands')\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in heavy or m in heavy))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], check=True, capture_output=True, text=True
+    ).stdout
+    assert out.strip().splitlines()[-1] == "[]"

@@ -127,12 +127,12 @@ def test_every_libpq_url_form_is_masked_by_crm_sync_config(
 def test_an_unexpected_crash_prints_and_logs_no_secret(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from sync_worker import cli
+    from sync_worker import commands
 
     def crash(*_args: object, **_kwargs: object) -> None:
         raise RuntimeError(f"boom: {SERVICE_KEY} and crm-pass-123")
 
-    monkeypatch.setattr(cli, "run_guarded_cycle", crash)
+    monkeypatch.setattr(commands, "run_guarded_cycle", crash)
     load(monkeypatch, LOG_FORMAT="json")
     code = main(["run", "--once"])
     captured = capsys.readouterr()

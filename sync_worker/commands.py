@@ -1,0 +1,131 @@
+"""The `crm-sync` commands behind the command line: load each command's settings, configure
+logging, run it, and turn every outcome into an exit code (DESIGN.md). Imported only once the
+arguments are parsed, so `crm-sync --help` loads none of this."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+
+import structlog
+
+from sync_worker import config
+from sync_worker.daemon import Daemon
+from sync_worker.display import printable
+from sync_worker.errors import ConfigError, ExitCode, KeyRefused, SyncError
+from sync_worker.lease import worker_id
+from sync_worker.logs import configure_logging, mask_secrets
+from sync_worker.migrate import migrate
+from sync_worker.runner import run_guarded_cycle
+from sync_worker.services import LiveServices
+from sync_worker.signals import StopSignals
+from sync_worker.status import status_command
+from sync_worker.verify import verify_command
+
+log = structlog.get_logger("crm_sync.cli")
+
+
+def _cmd_config(_args: argparse.Namespace) -> int:
+    settings = config.load(config.Settings)
+    width = max(len(name) for name, _ in config.describe(settings))
+    for name, shown in config.describe(settings):
+        print(f"{name:<{width}}  {shown}")
+    return ExitCode.OK
+
+
+def _cmd_migrate(args: argparse.Namespace) -> int:
+    settings = config.load(config.MigrateSettings)
+    _configure(settings, *settings.secret_values())
+    result = migrate(settings.supabase_db_url.get_secret_value(), dry_run=args.dry_run)
+    if args.dry_run:
+        for name in result.pending:
+            print(f"pending  {name}")
+        print(f"{len(result.pending)} pending, {len(result.already_applied)} already applied")
+    else:
+        for name in result.applied:
+            print(f"applied  {name}")
+        print(f"{len(result.applied)} applied, {len(result.already_applied)} already applied")
+    log.info(
+        "migrate_finished",
+        dry_run=args.dry_run,
+        applied=list(result.applied),
+        pending=list(result.pending),
+    )
+    return ExitCode.OK
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    settings = config.load(config.Settings)
+    _configure(settings, *settings.secret_values())
+    if not args.once and not args.dry_run:
+        return Daemon(settings).run()
+    # A cron or CronJob run is stopped like the daemon: finish in-flight calls, record,
+    # release the lease; a second signal exits at once.
+    stop = StopSignals().install()
+    with LiveServices(settings, allow_mass_deactivation=args.allow_mass_deactivation) as services:
+        report = run_guarded_cycle(
+            services,
+            worker=worker_id(),
+            run_id=args.run_id,
+            dry_run=args.dry_run,
+            should_stop=stop.requested.is_set,
+            lease_ttl_seconds=settings.sync_lease_ttl_seconds,
+        )
+    print(report.render())
+    return report.exit_code
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    settings = config.load(config.SupabaseSettings)
+    _configure(settings, *settings.secret_values())
+    return status_command(settings, as_json=args.json)
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    settings = config.load(config.VerifySettings)
+    _configure(settings, *settings.secret_values())
+    return verify_command(settings, repair=args.repair)
+
+
+def _configure(settings: config.LoggingSettings, *secrets: str) -> None:
+    configure_logging(settings.log_format, settings.log_level, secrets=secrets)
+
+
+_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "config": _cmd_config,
+    "migrate": _cmd_migrate,
+    "run": _cmd_run,
+    "status": _cmd_status,
+    "verify": _cmd_verify,
+}
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Runs the parsed command; returns the process exit code."""
+    structlog.contextvars.bind_contextvars(run_id=args.run_id)
+    # Logging before settings are known: defaults, so even config errors are structured.
+    configure_logging()
+    try:
+        return _COMMANDS[args.command](args)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"configuration error: {printable(problem)}", file=sys.stderr)
+        return ExitCode.USAGE
+    except KeyRefused as exc:
+        log.error("command_failed", command=args.command, error=exc.problem)
+        print(f"configuration error: {printable(exc.problem)}", file=sys.stderr)
+        return ExitCode.USAGE
+    except SyncError as exc:
+        log.error("command_failed", command=args.command, error=str(exc))
+        print(f"crm-sync {args.command}: {printable(str(exc))}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        # A bug, not an outcome: logged with its traceback and printed in one line, both
+        # through the masker, so a crash never shows a secret (EX_SOFTWARE).
+        log.error("command_crashed", command=args.command, exc_info=exc)
+        shown = mask_secrets.mask_text(f"{type(exc).__name__}: {exc}")
+        print(f"crm-sync {args.command}: internal error: {printable(shown)}", file=sys.stderr)
+        return ExitCode.SOFTWARE
