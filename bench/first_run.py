@@ -1,0 +1,121 @@
+"""Benchmark: a first run against its bound, side by side in one process.
+
+    python bench/first_run.py [--customers 2000] [--concurrency 16] [--latency-ms 25]
+
+On one local stack (bcrypt cost 10 as Supabase Auth uses, the given latency on every request),
+measures (1) the bare bound: `--customers` create-user calls through the same client,
+`--concurrency` at a time, nothing else; then, on a clean database, (2) `crm-sync --once` as
+a process provisioning as many new customers (accounts, enrolment, welcome emails). Prints
+both and their ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import psycopg
+
+from supabase_sandbox import FaultPlan, Sandbox
+from supabase_sandbox.database import DEFAULT_ADMIN_URL, create_database, drop_database, unique_name
+from sync_worker.supabase_api import SupabaseApi
+
+
+def bare_creates(sandbox: Sandbox, customers: int, concurrency: int) -> float:
+    api = SupabaseApi(sandbox.url, sandbox.service_role_key, max_connections=concurrency * 2)
+    try:
+        began = time.perf_counter()
+        with ThreadPoolExecutor(max_workers=concurrency) as pool:
+            list(
+                pool.map(
+                    lambda n: api.create_user(
+                        {
+                            "email": f"bare{n}@example.com",
+                            "password": "Bench-Pass-123",
+                            "email_confirm": True,
+                        }
+                    ),
+                    range(customers),
+                )
+            )
+        return time.perf_counter() - began
+    finally:
+        api.close()
+
+
+def first_run(sandbox: Sandbox, crm_url: str, concurrency: int) -> tuple[float, int]:
+    env = {
+        **os.environ,
+        "CRM_DATABASE_URL": crm_url,
+        "CRM_ELIGIBILITY_COLUMN": "digital_resume_sale_value",
+        "SUPABASE_URL": sandbox.url,
+        "SUPABASE_SERVICE_ROLE_KEY": sandbox.service_role_key,
+        "APP_LOGIN_URL": "https://careercast.example.com/login",
+        "EMAIL_BACKEND": "smtp",
+        "EMAIL_FROM": "no-reply@applywizz.example",
+        "SMTP_HOST": sandbox.smtp_host,
+        "SMTP_PORT": str(sandbox.smtp_port),
+        "SMTP_SECURITY": "none",
+        "SYNC_CONCURRENCY": str(concurrency),
+        "HEALTH_PORT": "0",
+        "LOG_LEVEL": "WARNING",
+        "LOG_FORMAT": "json",
+    }
+    began = time.perf_counter()
+    code = subprocess.run(
+        [sys.executable, "-m", "sync_worker", "--once"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        check=False,
+    ).returncode
+    return time.perf_counter() - began, code
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--customers", type=int, default=2000)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--latency-ms", type=int, default=25)
+    parser.add_argument("--bcrypt-cost", type=int, default=10)
+    args = parser.parse_args()
+    crm_name = unique_name("crm_sync_first_run_crm")
+    crm_url = create_database(DEFAULT_ADMIN_URL, crm_name)
+    try:
+        with psycopg.connect(crm_url, autocommit=True) as conn:
+            conn.execute(
+                "create table sales_closure (email text, digital_resume_sale_value numeric)"
+            )
+            conn.execute(
+                "insert into sales_closure select 'new' || g || '@example.com', 49.99"
+                " from generate_series(1, %s) g",
+                (args.customers,),
+            )
+        with Sandbox.start(DEFAULT_ADMIN_URL, bcrypt_cost=args.bcrypt_cost) as sandbox:
+            sandbox.faults = FaultPlan(latency_ms=args.latency_ms)
+            bound = bare_creates(sandbox, args.customers, args.concurrency)
+            with psycopg.connect(sandbox.db_url, autocommit=True) as conn:
+                conn.execute("delete from auth.users")
+            sandbox.requests.reset()
+            wall, code = first_run(sandbox, crm_url, args.concurrency)
+            print(
+                f"customers={args.customers} concurrency={args.concurrency}"
+                f" latency_ms={args.latency_ms} bcrypt_cost={args.bcrypt_cost}"
+            )
+            print(f"  bare create-user calls: {bound:7.2f} s")
+            print(
+                f"  crm-sync --once:        {wall:7.2f} s  (exit {code},"
+                f" {sum(sandbox.request_counts().values())} requests,"
+                f" {len(sandbox.mail)} emails)"
+            )
+            print(f"  ratio: {wall / bound:.2f}")
+    finally:
+        drop_database(DEFAULT_ADMIN_URL, crm_name)
+
+
+if __name__ == "__main__":
+    main()
