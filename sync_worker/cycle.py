@@ -10,7 +10,6 @@ dependency that is down aborts the cycle (exit 69) without counting against cust
 from __future__ import annotations
 
 import contextvars
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -28,6 +27,7 @@ from sync_worker.customers import (
     CrmGroup,
     CustomerFailure,
     Enrolment,
+    EnrolmentResult,
     Step,
     TrackedCustomer,
 )
@@ -56,6 +56,9 @@ from sync_worker.settle import OUTAGE_THRESHOLD, CycleTally, Settlement, settle
 from sync_worker.welcome_email import WelcomeEmail
 
 log = structlog.get_logger("crm_sync.cycle")
+# New customers go through in chunks of this many per concurrent call (at least MIN_CHUNK).
+CHUNK_PER_WORKER = 8
+MIN_CHUNK = 64
 S = TypeVar("S")
 T = TypeVar("T")
 
@@ -149,9 +152,8 @@ def run_cycle(
             return report
         tally = CycleTally(outage_threshold=options.outage_threshold)
         try:
-            provisioned = _provision_phase(options, services, plan, tally)
-            _enrol_phase(options, services, plan, provisioned, tally)
-            _email_phase(options, services, plan, provisioned, tally)
+            _new_customers_phase(options, services, plan, tally)
+            _existing_customers_phase(options, services, plan, tally)
             if report.deactivation_blocked is None:
                 _deactivate_phase(services, plan, tally)
         finally:
@@ -199,27 +201,60 @@ def _failure(email: str, step: Step, error: SyncError | str) -> CustomerFailure:
 
 def _stopping(services: CycleServices, tally: CycleTally) -> bool:
     """Whether to skip the work in hand: a dependency is down, or a stop was asked for."""
-    if not tally.interrupted and services.should_stop():
-        tally.interrupted = True
-    return tally.halted
+    with tally.lock:
+        if not tally.interrupted and services.should_stop():
+            tally.interrupted = True
+        return tally.halted
 
 
-def _provision_phase(
+def _new_customers_phase(
     options: CycleOptions, services: CycleServices, plan: SyncPlan, tally: CycleTally
-) -> dict[str, ProvisionedAccount]:
-    """Creates (or finds and links) the account of each new customer, `concurrency` at a
-    time."""
+) -> None:
+    """Creates (or finds and links) the accounts of new customers, `concurrency` at a time,
+    chunk by chunk; a second thread enrols and emails each chunk while the next one's
+    accounts are being created, so the emails cost no time of their own."""
     steps = plan.of(Action.PROVISION)
-    done: dict[str, ProvisionedAccount] = {}
     if not steps:
-        return done
+        return
+    size = max(options.concurrency * CHUNK_PER_WORKER, MIN_CHUNK)
+    progress = ProgressReporter(len(steps), "provisioning new customers")
+    with (
+        progress,
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="crm-sync-deliver") as delivery,
+    ):
+        deliveries: list[Future[None]] = []
+        for start in range(0, len(steps), size):
+            if tally.aborted is not None:
+                break
+            chunk = steps[start : start + size]
+            provisioned = _provision_accounts(options, services, chunk, tally, progress)
+            deliveries.append(
+                delivery.submit(
+                    contextvars.copy_context().run,
+                    _deliver,
+                    options,
+                    services,
+                    provisioned,
+                    tally,
+                )
+            )
+        for delivered in deliveries:
+            delivered.result()
 
-    lock = threading.Lock()
+
+def _provision_accounts(
+    options: CycleOptions,
+    services: CycleServices,
+    steps: list[CustomerStep],
+    tally: CycleTally,
+    progress: ProgressReporter,
+) -> dict[str, ProvisionedAccount]:
+    """One chunk of new customers' accounts, `concurrency` at a time."""
+    done: dict[str, ProvisionedAccount] = {}
 
     def one(step: CustomerStep) -> None:
-        with lock:
-            if _stopping(services, tally):
-                return
+        if _stopping(services, tally):
+            return
         assert step.customer is not None
         try:
             result = provision_account(
@@ -227,11 +262,11 @@ def _provision_phase(
             )
         except SyncError as exc:
             log.warning("account_failed", email=step.email, error=str(exc))
-            with lock:
+            with tally.lock:
                 # Noted as it happens, so that a run of outages stops the tasks still queued.
                 tally.fail(_failure(step.email, Step.ACCOUNT, exc))
             return
-        with lock:
+        with tally.lock:
             tally.succeed()
             done[step.email] = result
             {
@@ -244,80 +279,45 @@ def _provision_phase(
     # Each task runs in a copy of this thread's context, so its log lines (retries) carry the
     # run id too.
     tasks = [(contextvars.copy_context(), step) for step in steps]
-    progress = ProgressReporter(len(steps), "provisioning accounts")
-    with progress, ThreadPoolExecutor(max_workers=options.concurrency) as pool:
+    with ThreadPoolExecutor(max_workers=options.concurrency) as pool:
         for _ in pool.map(lambda task: task[0].run(one, task[1]), tasks):
             progress.advance()
     return done
 
 
-def _enrol_phase(
+def _deliver(
     options: CycleOptions,
     services: CycleServices,
-    plan: SyncPlan,
     provisioned: dict[str, ProvisionedAccount],
     tally: CycleTally,
 ) -> None:
-    """Enrols the accounts provisioned now, and the customers to reactivate or refresh.
+    """Enrols one chunk of new accounts and sends their welcome emails.
 
-    It runs even when a stop was asked for: the accounts created so far are enrolled in one
-    short call rather than left for the next run to find again.
+    Enrolment runs even when a stop was asked for: the accounts created so far are enrolled
+    in one short call rather than left for the next run to find again.
     """
-    if tally.aborted is not None:
-        return
-    # In the plan's order (by email), whatever order the accounts were ready in.
     enrolments = [
         Enrolment(p.customer, p.account.id, p.origin) for _, p in sorted(provisioned.items())
     ]
+    results = _enrol(options, services, enrolments, tally)
+    names = {email: p.customer.name for email, p in provisioned.items()}
+    _send(options, services, _owed_from(results, names), provisioned, tally, progress=None)
+
+
+def _existing_customers_phase(
+    options: CycleOptions, services: CycleServices, plan: SyncPlan, tally: CycleTally
+) -> None:
+    """Reactivates and refreshes enrolled customers, and sends the welcome emails still owed
+    from earlier cycles."""
+    enrolments = []
     for step in plan.of(Action.REACTIVATE, Action.REFRESH):
         assert step.customer is not None
         assert step.tracked is not None
         enrolments.append(
             Enrolment(step.customer, step.tracked.user_id, step.tracked.account_origin)
         )
-    if not enrolments:
-        return
-    try:
-        results = services.store.enrol(enrolments, options.initial_credits)
-    except SupabaseError as exc:
-        if exc.retriable:
-            tally.abort("Supabase", f"enrolment: {exc}")
-        for enrolment in enrolments:
-            tally.failed[enrolment.customer.email] = _failure(
-                enrolment.customer.email, Step.ENROL, exc
-            )
-        return
-    for result in results:
-        if result.ok:
-            tally.enrolled[result.email] = result
-            log.info(
-                "customer_enrolled",
-                email=result.email,
-                outcome=result.outcome.value,
-                credits_granted=result.credits_granted,
-            )
-        else:
-            log.warning("enrolment_refused", email=result.email, error=result.error)
-            tally.failed[result.email] = _failure(
-                result.email, Step.ENROL, f"{result.outcome.value}: {result.error}"
-            )
-
-
-def _owed_emails(plan: SyncPlan, tally: CycleTally) -> list[_OwedEmail]:
-    """The welcome emails still owed: to those enrolled now, and those whose email failed."""
-    owed: list[_OwedEmail] = []
     names = {s.email: s.customer.name for s in plan.steps if s.customer is not None}
-    for email, result in tally.enrolled.items():
-        if not result.welcome_email_sent and result.user_id:
-            owed.append(
-                _OwedEmail(
-                    email,
-                    result.user_id,
-                    result.account_origin or AccountOrigin.CREATED,
-                    names.get(email),
-                    result.credits_remaining or 0,
-                )
-            )
+    owed = _owed_from(_enrol(options, services, enrolments, tally), names)
     for step in plan.of(Action.RESUME_EMAIL):
         assert step.tracked is not None
         owed.append(
@@ -329,31 +329,89 @@ def _owed_emails(plan: SyncPlan, tally: CycleTally) -> list[_OwedEmail]:
                 step.tracked.credits_remaining,
             )
         )
-    return owed
+    if owed:
+        progress = ProgressReporter(len(owed), "sending welcome emails")
+        with progress:
+            _send(options, services, owed, {}, tally, progress=progress)
 
 
-def _email_phase(
+def _enrol(
     options: CycleOptions,
     services: CycleServices,
-    plan: SyncPlan,
-    provisioned: dict[str, ProvisionedAccount],
+    enrolments: list[Enrolment],
     tally: CycleTally,
+) -> list[EnrolmentResult]:
+    """Enrols customers through the RPC; returns the enrolments that succeeded."""
+    if not enrolments or tally.aborted is not None:
+        return []
+    try:
+        results = services.store.enrol(enrolments, options.initial_credits)
+    except SupabaseError as exc:
+        with tally.lock:
+            if exc.retriable:
+                tally.abort("Supabase", f"enrolment: {exc}")
+            for enrolment in enrolments:
+                tally.failed[enrolment.customer.email] = _failure(
+                    enrolment.customer.email, Step.ENROL, exc
+                )
+        return []
+    enrolled: list[EnrolmentResult] = []
+    for result in results:
+        if result.ok:
+            enrolled.append(result)
+            with tally.lock:
+                tally.enrolled[result.email] = result
+            log.info(
+                "customer_enrolled",
+                email=result.email,
+                outcome=result.outcome.value,
+                credits_granted=result.credits_granted,
+            )
+        else:
+            log.warning("enrolment_refused", email=result.email, error=result.error)
+            with tally.lock:
+                tally.failed[result.email] = _failure(
+                    result.email, Step.ENROL, f"{result.outcome.value}: {result.error}"
+                )
+    return enrolled
+
+
+def _owed_from(results: list[EnrolmentResult], names: Mapping[str, str | None]) -> list[_OwedEmail]:
+    """The welcome emails these enrolments still owe."""
+    return [
+        _OwedEmail(
+            result.email,
+            result.user_id,
+            result.account_origin or AccountOrigin.CREATED,
+            names.get(result.email),
+            result.credits_remaining or 0,
+        )
+        for result in results
+        if not result.welcome_email_sent and result.user_id
+    ]
+
+
+def _send(
+    options: CycleOptions,
+    services: CycleServices,
+    owed: list[_OwedEmail],
+    provisioned: Mapping[str, ProvisionedAccount],
+    tally: CycleTally,
+    *,
+    progress: ProgressReporter | None,
 ) -> None:
-    """Sends each welcome email that is still owed, once; records it only after acceptance."""
-    if tally.aborted is not None:
+    """Sends each welcome email owed, once; records it only after the server accepted it."""
+    if not owed or not options.send_email or tally.aborted is not None:
         return
-    owed = _owed_emails(plan, tally)
-    if not owed or not options.send_email:
-        return
-    progress = ProgressReporter(len(owed), "sending welcome emails")
     # Each accepted email is recorded at once, by a small pool, while the next one is sent:
     # the record's round trip to Supabase would otherwise set the pace of the whole phase.
     recording: list[tuple[str, str, Future[bool]]] = []
-    with progress, ThreadPoolExecutor(max_workers=options.concurrency) as recorder:
+    with ThreadPoolExecutor(max_workers=options.concurrency) as recorder:
         for item in owed:
             if _stopping(services, tally):
                 break
-            progress.advance()
+            if progress is not None:
+                progress.advance()
             fresh = provisioned.get(item.email)
             try:
                 credentials = issue_credentials(
@@ -383,12 +441,14 @@ def _email_phase(
                 services.mailer.send(message)
             except MailUnavailable as exc:
                 # Every later message would fail too; they stay owed for the next cycle.
-                tally.abort("mail", str(exc))
+                with tally.lock:
+                    tally.abort("mail", str(exc))
                 log.error("mail_unavailable", error=str(exc))
                 break
             except (MailError, SupabaseError) as exc:
                 log.warning("welcome_email_failed", email=item.email, error=str(exc))
-                tally.fail(_failure(item.email, Step.EMAIL, exc))
+                with tally.lock:
+                    tally.fail(_failure(item.email, Step.EMAIL, exc))
                 continue
             future = recorder.submit(
                 contextvars.copy_context().run,
@@ -403,10 +463,12 @@ def _email_phase(
         except SupabaseError as exc:
             # Sent but not recorded: the next cycle sends again (better twice than never).
             log.error("welcome_email_not_recorded", email=email, error=str(exc))
-            tally.fail(_failure(email, Step.RECORD_EMAIL, exc))
+            with tally.lock:
+                tally.fail(_failure(email, Step.RECORD_EMAIL, exc))
             continue
-        tally.succeed()
-        tally.emailed.append(email)
+        with tally.lock:
+            tally.succeed()
+            tally.emailed.append(email)
         log.info("welcome_email_sent", email=email, kind=kind)
 
 

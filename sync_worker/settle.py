@@ -9,6 +9,7 @@ customers who are done, and leaves outage failures uncounted.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
@@ -47,6 +48,8 @@ class CycleTally:
     aborted: Abort | None = None
     interrupted: bool = False
     _outages_in_a_row: int = 0
+    # The phases run on several threads: every change goes under this lock.
+    lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
 
     @property
     def halted(self) -> bool:
