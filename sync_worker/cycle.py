@@ -56,9 +56,10 @@ from sync_worker.settle import OUTAGE_THRESHOLD, CycleTally, Settlement, settle
 from sync_worker.welcome_email import WelcomeEmail
 
 log = structlog.get_logger("crm_sync.cycle")
-# New customers go through in chunks of this many per concurrent call (at least MIN_CHUNK).
-CHUNK_PER_WORKER = 8
-MIN_CHUNK = 64
+# New customers go through in chunks of this many per concurrent call (at least MIN_CHUNK):
+# small chunks keep the tail short (the last chunk is delivered after the last account).
+CHUNK_PER_WORKER = 4
+MIN_CHUNK = 32
 S = TypeVar("S")
 T = TypeVar("T")
 
