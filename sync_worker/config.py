@@ -19,6 +19,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 from email_validator import EmailNotValidError, validate_email
 from pydantic import (
+    AliasChoices,
     BeforeValidator,
     Field,
     SecretStr,
@@ -225,6 +226,24 @@ class Settings(VerifySettings):
     # taken over after this), and how long the daemon lets calls in flight finish on SIGTERM.
     sync_lease_ttl_seconds: int = Field(default=60, ge=3, le=3600)
     sync_shutdown_grace_seconds: float = Field(default=8.0, ge=0, le=300)
+    # Several workers share the customers by a stable hash of the email: this one takes shard
+    # SYNC_SHARD_INDEX of SYNC_SHARD_COUNT (in a Kubernetes Indexed Job the index defaults to
+    # JOB_COMPLETION_INDEX). Each shard has its own lease; an unsharded run excludes them all.
+    sync_shard_count: int = Field(default=1, ge=1, le=1024)
+    sync_shard_index: int = Field(
+        default=0, ge=0, validation_alias=AliasChoices("sync_shard_index", "job_completion_index")
+    )
+
+    @model_validator(mode="after")
+    def _shard(self) -> Settings:
+        if self.sync_shard_index >= self.sync_shard_count:
+            raise ConfigError(
+                [
+                    f"SYNC_SHARD_INDEX: must be from 0 to SYNC_SHARD_COUNT - 1"
+                    f" ({self.sync_shard_count - 1}), not {self.sync_shard_index}"
+                ]
+            )
+        return self
 
     @field_validator("supabase_db_url")
     @classmethod

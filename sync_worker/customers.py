@@ -8,6 +8,7 @@ the adapters, the report, status and metrics; no I/O here.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import re
 import unicodedata
 from collections.abc import Iterable
@@ -294,6 +295,15 @@ class Credentials:
     kind: Literal["new_account", "credits_added"]
     temporary_password: str | None = field(default=None, repr=False)
     setup_link: str | None = field(default=None, repr=False)
+
+
+def shard_of(email: str, shard_count: int) -> int:
+    """The shard of a normalised email: the first 32 bits of its MD5 modulo the count (the
+    database's `crm_sync_shard` computes the same)."""
+    if shard_count <= 1:
+        return 0
+    digest = hashlib.md5(email.encode(), usedforsecurity=False).hexdigest()
+    return int(digest[:8], 16) % shard_count
 
 
 def clean_name(raw: str | None) -> str | None:

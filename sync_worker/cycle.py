@@ -30,6 +30,7 @@ from sync_worker.customers import (
     EnrolmentResult,
     Step,
     TrackedCustomer,
+    shard_of,
 )
 from sync_worker.errors import (
     DependencyUnavailable,
@@ -79,6 +80,7 @@ class CycleOptions:
     deactivation_limit: int = 10
     deactivation_max_percent: float = 10.0
     allow_mass_deactivation: bool = False
+    shard: tuple[int, int] = (0, 1)  # (index, count): this worker's share of the customers
 
 
 @dataclass
@@ -124,8 +126,12 @@ def run_cycle(
     with structlog.contextvars.bound_contextvars(run_id=run_id):
         log.info("cycle_started", dry_run=dry_run)
         failures = _read_state("failures", services.load_failures)
+        index, count = options.shard
         builder = PlanBuilder(
-            _reading("tracking rows", services.stream_tracking()), failures, started
+            _reading("tracking rows", services.stream_tracking()),
+            failures,
+            started,
+            owns=lambda email: shard_of(email, count) == index,
         )
         for item in services.read_crm():
             if isinstance(item, CrmGroup):

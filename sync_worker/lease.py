@@ -1,7 +1,8 @@
 """The sync lease: one active cycle across every process, replica and cron run.
 
 Taken and renewed through the `acquire_sync_lease` RPC (a time-to-live plus a heartbeat), so
-a crashed holder's lease runs out and another run takes over.
+a crashed holder's lease runs out and another run takes over. Each shard has a lease of its
+own; an unsharded run's lease excludes every shard's.
 """
 
 from __future__ import annotations
@@ -35,10 +36,17 @@ def worker_id() -> str:
 class SyncLease:
     """Takes, renews and releases the lease for one holder."""
 
-    def __init__(self, api: SupabaseApi, holder: str, ttl_seconds: int = DEFAULT_TTL_SECONDS):
+    def __init__(
+        self,
+        api: SupabaseApi,
+        holder: str,
+        ttl_seconds: int = DEFAULT_TTL_SECONDS,
+        shard: tuple[int, int] = (0, 1),
+    ):
         self._api = api
         self.holder = holder
         self.ttl_seconds = ttl_seconds
+        self.shard = shard
         self.lost = threading.Event()
         # When the last successful take or renewal was *sent*: the database counts the
         # time-to-live from its arrival, so this errs on the safe side.
@@ -51,7 +59,12 @@ class SyncLease:
 
     def acquire(self) -> bool:
         """Takes (or renews) the lease; False when someone else holds it."""
-        return self._extend("acquire_sync_lease", "acquire lease")
+        index, count = self.shard
+        return self._extend(
+            "acquire_sync_lease",
+            "acquire lease",
+            extra={"p_shard_index": index, "p_shard_count": count},
+        )
 
     def release(self) -> None:
         try:
@@ -99,10 +112,16 @@ class SyncLease:
         quick = RetryPolicy(attempts=2, initial_wait=0.2, deadline=self.ttl_seconds / 3)
         return self._extend("renew_sync_lease", "renew lease", quick)
 
-    def _extend(self, function: str, operation: str, policy: RetryPolicy | None = None) -> bool:
+    def _extend(
+        self,
+        function: str,
+        operation: str,
+        policy: RetryPolicy | None = None,
+        extra: dict[str, int] | None = None,
+    ) -> bool:
         """Calls a lease RPC that sets a new expiry; on success, remembers when it was sent."""
         sent = time.monotonic()
-        arguments = {"p_holder": self.holder, "p_ttl_seconds": self.ttl_seconds}
+        arguments = {"p_holder": self.holder, "p_ttl_seconds": self.ttl_seconds, **(extra or {})}
         taken = bool(self._api.rpc(function, arguments, operation=operation, policy=policy))
         if taken:
             self._renewed_at = sent

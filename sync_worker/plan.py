@@ -13,7 +13,7 @@ over two mappings.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -97,7 +97,9 @@ class PlanBuilder:
         tracking: Iterable[TrackedCustomer],
         failures: Mapping[str, CustomerFailure],
         now: datetime,
+        owns: Callable[[str], bool] = lambda email: True,
     ) -> None:
+        self._owns = owns
         self._tracking = iter(tracking)
         self._next: TrackedCustomer | None = next(self._tracking, None)
         self._failures = failures
@@ -129,6 +131,17 @@ class PlanBuilder:
                 # Tracked: validated when it was enrolled, and the same text now.
                 self._merge(customer_from_rows(key, rows))
                 return
+        for email, own in self._validated(rows).items():
+            if not self._owns(email):
+                continue  # another shard's customer (its order key is not its email)
+            customer = customer_from_rows(email, own)
+            if email == key and self._in_order(email):
+                self._merge(customer)
+            else:
+                self._aside(customer)
+
+    def _validated(self, rows: list[CrmRow]) -> dict[str, list[CrmRow]]:
+        """The rows by normalised email; the invalid ones are reported."""
         by_email: dict[str, list[CrmRow]] = {}
         for row in rows:
             email, reason = normalise_email(row.raw_email)
@@ -136,12 +149,7 @@ class PlanBuilder:
                 self.tally.invalid.append(invalid_email(row, reason or "invalid"))
             else:
                 by_email.setdefault(email, []).append(row)
-        for email, own in by_email.items():
-            customer = customer_from_rows(email, own)
-            if email == key and self._in_order(email):
-                self._merge(customer)
-            else:
-                self._aside(customer)
+        return by_email
 
     def add_customer(self, customer: CrmCustomer) -> None:
         """One customer already merged and validated (in email order)."""

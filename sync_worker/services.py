@@ -40,6 +40,7 @@ def cycle_options(settings: Settings, *, allow_mass_deactivation: bool = False) 
         deactivation_limit=settings.sync_deactivation_limit,
         deactivation_max_percent=settings.sync_deactivation_max_percent,
         allow_mass_deactivation=allow_mass_deactivation,
+        shard=(settings.sync_shard_index, settings.sync_shard_count),
     )
 
 
@@ -68,8 +69,8 @@ class LiveServices(AbstractContextManager["LiveServices"]):
         database_url = settings.crm_database_url.get_secret_value()
         columns = crm_columns(settings)
         return CycleServices(
-            read_crm=lambda: stream_groups(database_url, columns),
-            stream_tracking=lambda: stream_tracking(self.api),
+            read_crm=lambda: stream_groups(database_url, columns, self.options.shard),
+            stream_tracking=lambda: stream_tracking(self.api, shard=self.options.shard),
             lookup_tracking=lambda emails: lookup_tracking(self.api, emails),
             load_failures=lambda: load_failures(self.api),
             provisioner=SupabaseProvisioner(self.api),

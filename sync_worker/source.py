@@ -40,6 +40,10 @@ _PREVIEW = 96
 _BLANKS = " \t\r\n"
 
 
+# (index, count): this worker's share of the customers; (0, 1) is everyone.
+Shard = tuple[int, int]
+
+
 @dataclass(frozen=True, slots=True)
 class CrmColumns:
     """Where the CRM keeps what we read (DESIGN.md, CRM_* variables)."""
@@ -51,25 +55,39 @@ class CrmColumns:
     lead_id: str = ""
 
 
-def eligible_rows_query(columns: CrmColumns) -> sql.Composed:
+def eligible_rows_query(columns: CrmColumns, shard: Shard = (0, 1)) -> sql.Composed:
     """The SELECT of eligible rows and of rows whose value cannot be read, sorted by order key:
     every name quoted, nothing formatted into SQL text. The last column says whether the value
-    is a plain decimal (eligible, > 0) or unreadable (reported as invalid)."""
+    is a plain decimal (eligible, > 0) or unreadable (reported as invalid).
+
+    With a shard (index, count), only the rows whose order key hashes to it, and those whose
+    key is not plain ASCII (their email is known only once normalised; the worker keeps its
+    own).
+    """
     table = sql.SQL(".").join(sql.Identifier(part) for part in columns.table.split("."))
     value = sql.SQL("{}::text").format(sql.Identifier(columns.eligibility))
 
     def optional(name: str) -> sql.Composable:
         return sql.SQL("{}::text").format(sql.Identifier(name)) if name else sql.SQL("null::text")
 
+    index, count = shard
+    sharding: sql.Composable = sql.SQL("")
+    if count > 1:
+        sharding = sql.SQL(
+            " where mod(('x' || substr(md5(order_key), 1, 8))::bit(32)::bigint, {count}) = {index}"
+            " or order_key !~ '^[ -~]*$'"
+        ).format(count=sql.Literal(count), index=sql.Literal(index))
     # CASE, not AND: PostgreSQL may evaluate AND operands in any order, so the cast must only
     # run once the pattern matched. COLLATE "C": byte order, as Python compares the keys.
     return sql.SQL(
+        "select * from ("
         'select lower(btrim({email}::text, {blanks})) collate "C" as order_key,'
         " {email}::text, left({value}, {preview}), {name}, {lead_id}, {value} ~ {pattern}"
         " from {table}"
         " where case when {value} ~ {pattern} then ({value})::numeric > 0"
         " else btrim({value}, {blanks}) <> '' and lower(btrim({value})) <> all({not_amounts})"
         " end"
+        ") as rows{sharding}"
         " order by order_key"
     ).format(
         email=sql.Identifier(columns.email),
@@ -81,6 +99,7 @@ def eligible_rows_query(columns: CrmColumns) -> sql.Composed:
         preview=sql.Literal(_PREVIEW),
         blanks=sql.Literal(_BLANKS),
         not_amounts=sql.Literal(list(_NOT_AMOUNTS)),
+        sharding=sharding,
     )
 
 
@@ -119,7 +138,9 @@ def merge_rows(rows: Iterable[CrmRow]) -> CrmSnapshot:
     return snapshot
 
 
-def stream_groups(database_url: str, columns: CrmColumns) -> Iterator[CrmGroup]:
+def stream_groups(
+    database_url: str, columns: CrmColumns, shard: Shard = (0, 1)
+) -> Iterator[CrmGroup]:
     """Every eligible (or unreadable) CRM row, grouped per order key, in order, in one
     read-only transaction that stays open while the caller consumes the stream.
 
@@ -143,7 +164,7 @@ def stream_groups(database_url: str, columns: CrmColumns) -> Iterator[CrmGroup]:
                 )
                 with conn.cursor(name="crm_sync_eligible_rows") as cursor:
                     cursor.itersize = FETCH_SIZE
-                    cursor.execute(eligible_rows_query(columns))
+                    cursor.execute(eligible_rows_query(columns, shard))
                     yield from group_rows(cursor)
     except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn) as exc:
         raise CrmSourceError(

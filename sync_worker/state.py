@@ -41,15 +41,20 @@ def tracked_from(row: dict[str, Any]) -> TrackedCustomer:
     )
 
 
-def stream_tracking(api: SupabaseApi, page_size: int | None = None) -> Iterator[TrackedCustomer]:
-    """Every tracking row in email (byte) order: keyset pages, the next one read while the
-    caller works through the current one."""
+def stream_tracking(
+    api: SupabaseApi, page_size: int | None = None, shard: tuple[int, int] = (0, 1)
+) -> Iterator[TrackedCustomer]:
+    """Every tracking row (of one shard) in email (byte) order: keyset pages, the next one
+    read while the caller works through the current one."""
     size = page_size or TRACKING_PAGE_SIZE
+    arguments: dict[str, Any] = {"p_limit": size}
+    if shard[1] > 1:
+        arguments |= {"p_shard_index": shard[0], "p_shard_count": shard[1]}
 
     def page(after: str) -> list[dict[str, Any]]:
         return api.read_rows(
             "crm_sync_tracking_page",
-            {"p_after": after, "p_limit": size},
+            {"p_after": after, **arguments},
             operation="read tracking rows",
         )
 

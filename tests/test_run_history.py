@@ -98,3 +98,64 @@ def test_a_key_supabase_refuses_is_a_configuration_error_not_an_outage(
     with psycopg.connect(sandbox.db_url) as conn:
         assert conn.execute("select count(*) from public.crm_sync_runs").fetchone() == before
         assert conn.execute("select count(*) from auth.users").fetchone() == (0,)
+
+
+def test_shard_workers_split_the_customers_and_an_unsharded_run_excludes_them(
+    sandbox: Sandbox, crm_url: str
+) -> None:
+    """Issue 9: shards are disjoint and cover everyone; two shard workers and one unsharded
+    worker never both act on one customer."""
+    from sync_worker.customers import shard_of
+    from sync_worker.errors import LeaseHeld
+    from sync_worker.lease import SyncLease
+
+    emails = [f"s{i:03}@example.com" for i in range(40)] + ["ann@b\u00fccher.example"]
+    add_sales(crm_url, *[(e, None, 1) for e in emails])
+    created: dict[int, set[str]] = {}
+    for index in (0, 1):
+        settings = settings_for(sandbox, crm_url, sync_shard_index=index, sync_shard_count=2)
+        with LiveServices(settings, policy=FAST) as live:
+            before = {row[0] for row in _users(sandbox)}
+            report = run_guarded_cycle(live, worker=f"shard-{index}", run_id=uuid.uuid4().hex)
+            assert report.failures == []
+            created[index] = {row[0] for row in _users(sandbox)} - before
+    assert created[0].isdisjoint(created[1])
+    normalised = {e if e.isascii() else "ann@xn--bcher-kva.example" for e in emails}
+    assert created[0] | created[1] == normalised
+    for index, own in created.items():
+        assert all(shard_of(email, 2) == index for email in own)
+    # With shard 0's lease held, shard 1 may run, an unsharded run may not, nor a 4-way shard.
+    with LiveServices(settings_for(sandbox, crm_url), policy=FAST) as live:
+        held = SyncLease(live.api, "holder-of-shard-0", 30, shard=(0, 2))
+        assert held.acquire()
+        try:
+            assert SyncLease(live.api, "shard-1", 30, shard=(1, 2)).acquire()
+            assert not SyncLease(live.api, "unsharded", 30).acquire()
+            assert not SyncLease(live.api, "four-way", 30, shard=(3, 4)).acquire()
+            with pytest.raises(LeaseHeld):
+                run_guarded_cycle(live, worker="unsharded-once", run_id=uuid.uuid4().hex)
+        finally:
+            held.release()
+            SyncLease(live.api, "shard-1", 30, shard=(1, 2)).release()
+        unsharded = SyncLease(live.api, "unsharded", 30)
+        assert unsharded.acquire()
+        assert not SyncLease(live.api, "shard-0", 30, shard=(0, 2)).acquire()
+        unsharded.release()
+
+
+def _users(sandbox: Sandbox) -> list[tuple[Any, ...]]:
+    with psycopg.connect(sandbox.db_url) as conn:
+        return conn.execute("select lower(email) from auth.users").fetchall()
+
+
+def test_the_database_and_the_worker_agree_on_every_shard(sandbox: Sandbox) -> None:
+    from sync_worker.customers import shard_of
+
+    emails = [f"user{i}@example.com" for i in range(200)]
+    with psycopg.connect(sandbox.db_url) as conn:
+        for count in (2, 3, 16):
+            rows = conn.execute(
+                "select e, public.crm_sync_shard(e, %s) from unnest(%s::text[]) as e",
+                (count, emails),
+            ).fetchall()
+            assert rows == [(e, shard_of(e, count)) for e in emails]

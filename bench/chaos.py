@@ -1,0 +1,148 @@
+"""Benchmark: duplicate welcome emails under faults and killed runs.
+
+    python bench/chaos.py [--customers 150] [--kill-share 0.44] [--seed 7]
+
+A local stack where 20% of Auth and REST requests fail (503, 429, connections dropped before
+and after the commit) and 10% of SMTP deliveries are refused (451); `crm-sync --once` is run
+as a process again and again, and a seeded share of the runs is killed (SIGKILL) at a random
+moment, until every customer has been served. Prints the runs, the kills, the emails and the
+duplicate rate, and checks that no customer is lost and no account or grant doubled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+
+import psycopg
+
+from supabase_sandbox import FaultKind, FaultPlan, Sandbox
+from supabase_sandbox.database import DEFAULT_ADMIN_URL, create_database, drop_database, unique_name
+
+LEASE_TTL_SECONDS = 3
+
+
+def query(url: str, statement: str) -> list[tuple[object, ...]]:
+    with psycopg.connect(url) as conn:
+        return conn.execute(statement).fetchall()  # type: ignore[arg-type]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--customers", type=int, default=150)
+    parser.add_argument("--kill-share", type=float, default=0.44)
+    parser.add_argument("--max-runs", type=int, default=80)
+    parser.add_argument("--seed", type=int, default=7)
+    args = parser.parse_args()
+    rng = random.Random(args.seed)  # noqa: S311 (seeded chaos, not secrets)
+    crm_name = unique_name("crm_sync_chaos_crm")
+    crm_url = create_database(DEFAULT_ADMIN_URL, crm_name)
+    try:
+        with psycopg.connect(crm_url, autocommit=True) as conn:
+            conn.execute("create table sales_closure (email text, digital_sale_resume numeric)")
+            conn.execute(
+                "insert into sales_closure select 'chaos' || g || '@example.com', 49.99"
+                " from generate_series(1, %s) g",
+                (args.customers,),
+            )
+        with Sandbox.start(DEFAULT_ADMIN_URL, bcrypt_cost=4) as sandbox:
+            faults = FaultPlan(
+                fault_rate=0.2,
+                mix={
+                    FaultKind.UNAVAILABLE: 1,
+                    FaultKind.RATE_LIMITED: 1,
+                    FaultKind.DROP: 1,
+                    FaultKind.DROP_AFTER: 1,
+                },
+                seed=args.seed,
+                retry_after_s=0,
+            )
+            sandbox.faults = faults
+            sandbox.mail_sink.refuse(0.1, seed=args.seed)
+            env = {
+                **os.environ,
+                "CRM_DATABASE_URL": crm_url,
+                "SUPABASE_URL": sandbox.url,
+                "SUPABASE_SERVICE_ROLE_KEY": sandbox.service_role_key,
+                "APP_LOGIN_URL": "https://careercast.example.com/login",
+                "EMAIL_BACKEND": "smtp",
+                "EMAIL_FROM": "no-reply@applywizz.example",
+                "SMTP_HOST": sandbox.smtp_host,
+                "SMTP_PORT": str(sandbox.smtp_port),
+                "SMTP_SECURITY": "none",
+                "SYNC_CONCURRENCY": "4",
+                "SYNC_LEASE_TTL_SECONDS": str(LEASE_TTL_SECONDS),
+                "HEALTH_PORT": "0",
+                "LOG_LEVEL": "ERROR",
+                "LOG_FORMAT": "json",
+            }
+            runs = kills = held = 0
+            began = time.perf_counter()
+            while runs < args.max_runs:
+                with psycopg.connect(sandbox.db_url, autocommit=True) as conn:
+                    conn.execute("update public.crm_sync_failures set next_attempt_at = now()")
+                runs += 1
+                process = subprocess.Popen(
+                    [sys.executable, "-m", "sync_worker", "--once"],
+                    env=env,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+                if rng.random() < args.kill_share:
+                    try:
+                        process.wait(timeout=rng.uniform(0.3, 4.0))
+                    except subprocess.TimeoutExpired:
+                        process.send_signal(signal.SIGKILL)
+                        process.wait()
+                        kills += 1
+                        time.sleep(LEASE_TTL_SECONDS)  # its lease runs out
+                        continue
+                code = process.wait()
+                if code == 75:
+                    held += 1
+                    time.sleep(1)
+                    continue
+                sent = query(
+                    sandbox.db_url,
+                    "select count(*) from public.digital_resume_by_crm"
+                    " where welcome_email_status = 'sent'",
+                )
+                if code == 0 and sent == [(args.customers,)]:
+                    break
+            took = time.perf_counter() - began
+            received = Counter(str(m["To"].addresses[0].addr_spec) for m in sandbox.mail)
+            duplicates = sum(n - 1 for n in received.values())
+            accounts = query(
+                sandbox.db_url, "select count(*), count(distinct lower(email)) from auth.users"
+            )
+            grants = query(
+                sandbox.db_url,
+                "select count(*), count(distinct user_id) from public.credit_ledger"
+                " where reason = 'crm_enrolment'",
+            )
+            print(
+                f"customers={args.customers} runs={runs} killed={kills} lease_held={held}"
+                f" seconds={took:.0f}"
+            )
+            print(
+                f"  faults injected: {sum(sandbox.faults.injected.values())},"
+                f" SMTP refusals: {sandbox.mail_sink.refused}"
+            )
+            print(f"  customers emailed: {len(received)} of {args.customers}")
+            print(f"  accounts (rows, distinct emails): {accounts[0]}; grants: {grants[0]}")
+            print(
+                f"  emails: {sum(received.values())}, duplicates: {duplicates}"
+                f" ({100 * duplicates / args.customers:.1f}% of customers)"
+            )
+    finally:
+        drop_database(DEFAULT_ADMIN_URL, crm_name)
+
+
+if __name__ == "__main__":
+    main()
