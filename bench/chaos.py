@@ -33,6 +33,45 @@ def query(url: str, statement: str) -> list[tuple[object, ...]]:
         return conn.execute(statement).fetchall()  # type: ignore[arg-type]
 
 
+def run_until_served(
+    args: argparse.Namespace, rng: random.Random, env: dict[str, str], sandbox: Sandbox
+) -> tuple[int, int, int]:
+    """Runs `crm-sync --once` (killing a seeded share of the runs) until everyone is served;
+    returns the runs, the kills and the runs that found the lease held."""
+    runs = kills = held = 0
+    while runs < args.max_runs:
+        with psycopg.connect(sandbox.db_url, autocommit=True) as conn:
+            conn.execute("update public.crm_sync_failures set next_attempt_at = now()")
+        runs += 1
+        process = subprocess.Popen(
+            [sys.executable, "-m", "sync_worker", "--once"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        if rng.random() < args.kill_share:
+            try:
+                process.wait(timeout=rng.uniform(0.3, 4.0))
+            except subprocess.TimeoutExpired:
+                process.send_signal(signal.SIGKILL)
+                process.wait()
+                kills += 1
+                time.sleep(LEASE_TTL_SECONDS)  # its lease runs out
+                continue
+        code = process.wait()
+        if code == 75:
+            held += 1
+            time.sleep(1)
+            continue
+        sent = query(
+            sandbox.db_url,
+            "select count(*) from public.digital_resume_by_crm where welcome_email_status = 'sent'",
+        )
+        if code == 0 and sent == [(args.customers,)]:
+            break
+    return runs, kills, held
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--customers", type=int, default=150)
@@ -40,7 +79,7 @@ def main() -> None:
     parser.add_argument("--max-runs", type=int, default=80)
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args()
-    rng = random.Random(args.seed)  # noqa: S311 (seeded chaos, not secrets)
+    rng = random.Random(args.seed)
     crm_name = unique_name("crm_sync_chaos_crm")
     crm_url = create_database(DEFAULT_ADMIN_URL, crm_name)
     try:
@@ -82,39 +121,8 @@ def main() -> None:
                 "LOG_LEVEL": "ERROR",
                 "LOG_FORMAT": "json",
             }
-            runs = kills = held = 0
             began = time.perf_counter()
-            while runs < args.max_runs:
-                with psycopg.connect(sandbox.db_url, autocommit=True) as conn:
-                    conn.execute("update public.crm_sync_failures set next_attempt_at = now()")
-                runs += 1
-                process = subprocess.Popen(
-                    [sys.executable, "-m", "sync_worker", "--once"],
-                    env=env,
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                )
-                if rng.random() < args.kill_share:
-                    try:
-                        process.wait(timeout=rng.uniform(0.3, 4.0))
-                    except subprocess.TimeoutExpired:
-                        process.send_signal(signal.SIGKILL)
-                        process.wait()
-                        kills += 1
-                        time.sleep(LEASE_TTL_SECONDS)  # its lease runs out
-                        continue
-                code = process.wait()
-                if code == 75:
-                    held += 1
-                    time.sleep(1)
-                    continue
-                sent = query(
-                    sandbox.db_url,
-                    "select count(*) from public.digital_resume_by_crm"
-                    " where welcome_email_status = 'sent'",
-                )
-                if code == 0 and sent == [(args.customers,)]:
-                    break
+            runs, kills, held = run_until_served(args, rng, env, sandbox)
             took = time.perf_counter() - began
             received = Counter(str(m["To"].addresses[0].addr_spec) for m in sandbox.mail)
             duplicates = sum(n - 1 for n in received.values())
