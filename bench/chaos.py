@@ -144,6 +144,12 @@ def main() -> None:
             )
             print(f"  customers emailed: {len(received)} of {args.customers}")
             print(f"  accounts (rows, distinct emails): {accounts[0]}; grants: {grants[0]}")
+            for step, reason, parked, count in query(
+                sandbox.db_url,
+                "select step, left(reason, 90), parked_at is not null, count(*)"
+                " from public.crm_sync_failures group by 1, 2, 3 order by 4 desc limit 5",
+            ):
+                print(f"  still failing: {count} x {step} (parked {parked}): {reason}")
             print(
                 f"  emails: {sum(received.values())}, duplicates: {duplicates}"
                 f" ({100 * duplicates / args.customers:.1f}% of customers)"

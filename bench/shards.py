@@ -1,0 +1,102 @@
+"""Benchmark: first-run throughput of 1, 2 and 4 shard workers against a latency-bound server.
+
+    python bench/shards.py [--customers 200] [--latency-ms 200] [--concurrency 2]
+
+For each worker count k: a fresh local stack with the given latency on every request (bcrypt
+cost 4, so the server's CPU is not the bound), a CRM of `--customers` new customers, and k
+`crm-sync --once` processes started together, worker i with SYNC_SHARD_INDEX=i of
+SYNC_SHARD_COUNT=k and `--concurrency` calls in flight each. Prints the wall time until the
+last worker exits, the customers served per second and the speed-up over one worker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+
+import psycopg
+
+from supabase_sandbox import FaultPlan, Sandbox
+from supabase_sandbox.database import DEFAULT_ADMIN_URL, create_database, drop_database, unique_name
+
+
+def run_shards(customers: int, workers: int, latency_ms: int, concurrency: int) -> float:
+    crm_name = unique_name("crm_sync_shards_crm")
+    crm_url = create_database(DEFAULT_ADMIN_URL, crm_name)
+    try:
+        with psycopg.connect(crm_url, autocommit=True) as conn:
+            conn.execute("create table sales_closure (email text, digital_sale_resume numeric)")
+            conn.execute(
+                "insert into sales_closure select 'shard' || g || '@example.com', 49.99"
+                " from generate_series(1, %s) g",
+                (customers,),
+            )
+        with Sandbox.start(DEFAULT_ADMIN_URL, bcrypt_cost=4) as sandbox:
+            sandbox.faults = FaultPlan(latency_ms=latency_ms)
+            env = {
+                **os.environ,
+                "CRM_DATABASE_URL": crm_url,
+                "SUPABASE_URL": sandbox.url,
+                "SUPABASE_SERVICE_ROLE_KEY": sandbox.service_role_key,
+                "APP_LOGIN_URL": "https://careercast.example.com/login",
+                "EMAIL_BACKEND": "smtp",
+                "EMAIL_FROM": "no-reply@applywizz.example",
+                "SMTP_HOST": sandbox.smtp_host,
+                "SMTP_PORT": str(sandbox.smtp_port),
+                "SMTP_SECURITY": "none",
+                "SYNC_CONCURRENCY": str(concurrency),
+                "SYNC_SHARD_COUNT": str(workers),
+                "HEALTH_PORT": "0",
+                "LOG_LEVEL": "ERROR",
+                "LOG_FORMAT": "json",
+            }
+            began = time.perf_counter()
+            processes = [
+                subprocess.Popen(
+                    [sys.executable, "-m", "sync_worker", "--once"],
+                    env={**env, "SYNC_SHARD_INDEX": str(index)},
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+                for index in range(workers)
+            ]
+            codes = [process.wait() for process in processes]
+            took = time.perf_counter() - began
+            with psycopg.connect(sandbox.db_url) as conn:
+                row = conn.execute(
+                    "select count(*) from public.digital_resume_by_crm"
+                    " where welcome_email_status = 'sent'"
+                ).fetchone()
+            served = row[0] if row else 0
+            print(
+                f"  {workers} worker(s): {took:6.2f} s  {served / took:6.1f} customers/s"
+                f"  served {served} of {customers}  exits {codes}"
+            )
+            return took
+    finally:
+        drop_database(DEFAULT_ADMIN_URL, crm_name)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--customers", type=int, default=200)
+    parser.add_argument("--latency-ms", type=int, default=200)
+    parser.add_argument("--concurrency", type=int, default=2)
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
+    args = parser.parse_args()
+    print(
+        f"customers={args.customers} latency_ms={args.latency_ms}"
+        f" concurrency per worker={args.concurrency}"
+    )
+    first = None
+    for workers in args.workers:
+        took = run_shards(args.customers, workers, args.latency_ms, args.concurrency)
+        first = first or took
+        print(f"    speed-up over {args.workers[0]} worker(s): {first / took:.2f}")
+
+
+if __name__ == "__main__":
+    main()
