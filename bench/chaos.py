@@ -12,7 +12,6 @@ duplicate rate, and checks that no customer is lost and no account or grant doub
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import signal
 import subprocess
@@ -21,6 +20,7 @@ import time
 from collections import Counter
 
 import psycopg
+from worker_env import worker_env
 
 from supabase_sandbox import FaultKind, FaultPlan, Sandbox
 from supabase_sandbox.database import DEFAULT_ADMIN_URL, create_database, drop_database, unique_name
@@ -104,23 +104,14 @@ def main() -> None:
             )
             sandbox.faults = faults
             sandbox.mail_sink.refuse(0.1, seed=args.seed)
-            env = {
-                **os.environ,
-                "CRM_DATABASE_URL": crm_url,
-                "SUPABASE_URL": sandbox.url,
-                "SUPABASE_SERVICE_ROLE_KEY": sandbox.service_role_key,
-                "APP_LOGIN_URL": "https://careercast.example.com/login",
-                "EMAIL_BACKEND": "smtp",
-                "EMAIL_FROM": "no-reply@applywizz.example",
-                "SMTP_HOST": sandbox.smtp_host,
-                "SMTP_PORT": str(sandbox.smtp_port),
-                "SMTP_SECURITY": "none",
-                "SYNC_CONCURRENCY": "4",
-                "SYNC_LEASE_TTL_SECONDS": str(LEASE_TTL_SECONDS),
-                "HEALTH_PORT": "0",
-                "LOG_LEVEL": "ERROR",
-                "LOG_FORMAT": "json",
-            }
+            env = worker_env(
+                sandbox,
+                crm_url,
+                CRM_ELIGIBILITY_COLUMN="digital_sale_resume",
+                SYNC_CONCURRENCY="4",
+                SYNC_LEASE_TTL_SECONDS=str(LEASE_TTL_SECONDS),
+                LOG_LEVEL="ERROR",
+            )
             began = time.perf_counter()
             runs, kills, held = run_until_served(args, rng, env, sandbox)
             took = time.perf_counter() - began

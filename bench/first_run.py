@@ -12,13 +12,13 @@ both and their ratio.
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import psycopg
+from worker_env import worker_env
 
 from supabase_sandbox import FaultPlan, Sandbox
 from supabase_sandbox.database import DEFAULT_ADMIN_URL, create_database, drop_database, unique_name
@@ -48,23 +48,12 @@ def bare_creates(sandbox: Sandbox, customers: int, concurrency: int) -> float:
 
 
 def first_run(sandbox: Sandbox, crm_url: str, concurrency: int) -> tuple[float, int]:
-    env = {
-        **os.environ,
-        "CRM_DATABASE_URL": crm_url,
-        "CRM_ELIGIBILITY_COLUMN": "digital_resume_sale_value",
-        "SUPABASE_URL": sandbox.url,
-        "SUPABASE_SERVICE_ROLE_KEY": sandbox.service_role_key,
-        "APP_LOGIN_URL": "https://careercast.example.com/login",
-        "EMAIL_BACKEND": "smtp",
-        "EMAIL_FROM": "no-reply@applywizz.example",
-        "SMTP_HOST": sandbox.smtp_host,
-        "SMTP_PORT": str(sandbox.smtp_port),
-        "SMTP_SECURITY": "none",
-        "SYNC_CONCURRENCY": str(concurrency),
-        "HEALTH_PORT": "0",
-        "LOG_LEVEL": "WARNING",
-        "LOG_FORMAT": "json",
-    }
+    env = worker_env(
+        sandbox,
+        crm_url,
+        CRM_ELIGIBILITY_COLUMN="digital_resume_sale_value",
+        SYNC_CONCURRENCY=str(concurrency),
+    )
     began = time.perf_counter()
     code = subprocess.run(
         [sys.executable, "-m", "sync_worker", "--once"],

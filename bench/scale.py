@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass
 
 import psycopg
+from worker_env import worker_env
 
 from supabase_sandbox import FaultPlan, Sandbox
 from supabase_sandbox.database import DEFAULT_ADMIN_URL, create_database, drop_database, unique_name
@@ -111,23 +112,12 @@ def bench(customers: int, new: int, latency_ms: int, runs: int) -> None:
                 conn.execute("analyze")
             seeding = time.perf_counter() - seeded
             sandbox.faults = FaultPlan(latency_ms=latency_ms)
-            env = {
-                **os.environ,
-                "CRM_DATABASE_URL": crm_url,
-                "CRM_ELIGIBILITY_COLUMN": "digital_resume_sale_value",
-                "SUPABASE_URL": sandbox.url,
-                "SUPABASE_SERVICE_ROLE_KEY": sandbox.service_role_key,
-                "APP_LOGIN_URL": "https://careercast.example.com/login",
-                "EMAIL_BACKEND": "smtp",
-                "EMAIL_FROM": "no-reply@applywizz.example",
-                "SMTP_HOST": sandbox.smtp_host,
-                "SMTP_PORT": str(sandbox.smtp_port),
-                "SMTP_SECURITY": "none",
-                "SYNC_CONCURRENCY": "16",
-                "HEALTH_PORT": "0",
-                "LOG_LEVEL": "WARNING",
-                "LOG_FORMAT": "json",
-            }
+            env = worker_env(
+                sandbox,
+                crm_url,
+                CRM_ELIGIBILITY_COLUMN="digital_resume_sale_value",
+                SYNC_CONCURRENCY="16",
+            )
             print(
                 f"customers={customers} new={new} latency_ms={latency_ms}"
                 f" (seeded by SQL in {seeding:.1f} s)"

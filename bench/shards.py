@@ -12,12 +12,12 @@ last worker exits, the customers served per second and the speed-up over one wor
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 import time
 
 import psycopg
+from worker_env import worker_env
 
 from supabase_sandbox import FaultPlan, Sandbox
 from supabase_sandbox.database import DEFAULT_ADMIN_URL, create_database, drop_database, unique_name
@@ -36,23 +36,13 @@ def run_shards(customers: int, workers: int, latency_ms: int, concurrency: int) 
             )
         with Sandbox.start(DEFAULT_ADMIN_URL, bcrypt_cost=4) as sandbox:
             sandbox.faults = FaultPlan(latency_ms=latency_ms)
-            env = {
-                **os.environ,
-                "CRM_DATABASE_URL": crm_url,
-                "SUPABASE_URL": sandbox.url,
-                "SUPABASE_SERVICE_ROLE_KEY": sandbox.service_role_key,
-                "APP_LOGIN_URL": "https://careercast.example.com/login",
-                "EMAIL_BACKEND": "smtp",
-                "EMAIL_FROM": "no-reply@applywizz.example",
-                "SMTP_HOST": sandbox.smtp_host,
-                "SMTP_PORT": str(sandbox.smtp_port),
-                "SMTP_SECURITY": "none",
-                "SYNC_CONCURRENCY": str(concurrency),
-                "SYNC_SHARD_COUNT": str(workers),
-                "HEALTH_PORT": "0",
-                "LOG_LEVEL": "ERROR",
-                "LOG_FORMAT": "json",
-            }
+            env = worker_env(
+                sandbox,
+                crm_url,
+                SYNC_CONCURRENCY=str(concurrency),
+                SYNC_SHARD_COUNT=str(workers),
+                LOG_LEVEL="ERROR",
+            )
             began = time.perf_counter()
             processes = [
                 subprocess.Popen(
