@@ -126,8 +126,8 @@ class SupabaseApi:
     ) -> list[Row]:
         """GET /rest/v1/rpc/<function>: the rows of a stable function, for large pages.
 
-        The body is parsed straight from its bytes (no response model per page) and the
-        response closed at once.
+        The body is parsed straight from its bytes (no response model per page), after the
+        response is closed and released.
         """
         params = {key: str(value) for key, value in args.items()}
 
@@ -139,9 +139,13 @@ class SupabaseApi:
             )
             try:
                 response.raise_for_status()
-                rows: list[Row] = json.loads(response.content)
+                body = response.content
             finally:
                 response.close()
+            # The response (and its copy of the body) goes before the rows are built: freed
+            # after them, each page's blocks left holes that the heap kept growing around.
+            del response
+            rows: list[Row] = json.loads(body)
             return rows
 
         return self.call(operation or function, request)
