@@ -1,5 +1,5 @@
-"""A local Supabase-compatible stack (Auth admin API, PostgREST subset, SMTP sink) for tests
-and the demo."""
+"""A local Supabase-compatible stack (Auth: the admin API and what an app calls for its users;
+a PostgREST subset; an SMTP sink) for tests and the demo."""
 
 from supabase_sandbox.faults import FaultKind, FaultPlan, Faults
 from supabase_sandbox.keys import SandboxKeys

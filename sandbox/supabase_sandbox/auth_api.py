@@ -1,29 +1,26 @@
-"""The subset of Supabase Auth (GoTrue) under `/auth/v1` that supabase-py's admin client and
-password sign-in use, answering as the real server does, error for error."""
+"""The subset of Supabase Auth (GoTrue) under `/auth/v1` that supabase-py's clients use, answering
+as the real server does, error for error: the admin API (users, invites, links), the password,
+refresh-token and PKCE grants, and (in auth_user_api.py) what an app calls for its users."""
 
 # Each handler cites the file of supabase/auth (v2.196) whose behaviour it follows.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import re
-import secrets
 import smtplib
-import string
-import threading
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from fnmatch import fnmatch
 from typing import Any
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlencode
 
 import psycopg
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
+from supabase_sandbox.auth_config import AuthSettings
 from supabase_sandbox.auth_errors import (
     AuthError,
     bad_request,
@@ -31,6 +28,19 @@ from supabase_sandbox.auth_errors import (
     unexpected_failure,
 )
 from supabase_sandbox.auth_mail import AuthMailer
+from supabase_sandbox.auth_params import (
+    check_password_strength,
+    decode_params,
+    new_otp,
+    random_password,
+    request_fields,
+    token_hash,
+    typed_fields,
+    validate_email,
+    validate_phone,
+)
+from supabase_sandbox.auth_sessions import SessionStore, TokenIssuer
+from supabase_sandbox.auth_user_api import UserApi, bearer_claims
 from supabase_sandbox.auth_users import (
     BCRYPT_MAX_BYTES,
     Row,
@@ -38,8 +48,17 @@ from supabase_sandbox.auth_users import (
     hash_password,
     password_matches,
 )
-from supabase_sandbox.keys import InvalidToken, SandboxKeys, new_session_id
+from supabase_sandbox.keys import SandboxKeys
 from supabase_sandbox.wire import ApiRequest, ApiResponse
+
+__all__ = [
+    "AuthApi",
+    "AuthSettings",
+    "parse_go_duration",
+    "random_password",
+    "validate_email",
+    "validate_phone",
+]
 
 log = logging.getLogger(__name__)
 
@@ -47,13 +66,6 @@ DUPLICATE_EMAIL_MSG = "A user with this email address has already been registere
 INVALID_LOGIN_MSG = "Invalid login credentials"
 _NIL_UUID = "00000000-0000-0000-0000-000000000000"
 
-# badoux/checkmail ValidateFormat, which Supabase Auth's validateEmail calls (api/mail.go).
-_EMAIL_FORMAT = re.compile(
-    r"^[a-zA-Z0-9.!#$%&'*+/=?^_`{|}~-]+@[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?"
-    r"(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?)*$"
-)
-# api/phone.go: "+" and spaces removed, then E.164 digits.
-_E164 = re.compile(r"^[1-9][0-9]{1,14}$")
 _GO_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
 _GO_DURATION_UNITS = {
     "ns": 1e-9,
@@ -65,83 +77,6 @@ _GO_DURATION_UNITS = {
     "h": 3600.0,
 }
 _USER_PATH = re.compile(r"^/admin/users/(?P<user_id>[^/]+)$")
-
-
-@dataclass(frozen=True, slots=True)
-class AuthSettings:
-    """The Supabase Auth configuration the sandbox runs with (GoTrue's defaults unless noted).
-
-    Args:
-        external_url: the public base of the Auth API, e.g. `http://127.0.0.1:5400/auth/v1`.
-        site_url: GOTRUE_SITE_URL, the default redirect of emailed links.
-        redirect_allow_list: GOTRUE_URI_ALLOW_LIST globs for `redirect_to`.
-        bcrypt_cost: 10 as Supabase Auth; tests may lower it for speed.
-    """
-
-    external_url: str
-    site_url: str = "http://localhost:3000"
-    redirect_allow_list: tuple[str, ...] = ()
-    jwt_expiry_s: int = 3600
-    bcrypt_cost: int = 10
-    password_min_length: int = 6
-    admin_roles: tuple[str, ...] = ("service_role", "supabase_admin")
-    audience: str = "authenticated"
-    otp_length: int = 6
-
-
-@dataclass(frozen=True, slots=True)
-class _Session:
-    user_id: str
-    session_id: str
-
-
-class _Sessions:
-    """Sessions and refresh tokens issued by the password grant (kept in memory)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._sessions: set[str] = set()
-        self._refresh: dict[str, _Session] = {}
-
-    def open(self, user_id: str) -> tuple[str, str]:
-        session_id = new_session_id()
-        refresh_token = secrets.token_urlsafe(9)
-        with self._lock:
-            self._sessions.add(session_id)
-            self._refresh[refresh_token] = _Session(user_id, session_id)
-        return session_id, refresh_token
-
-    def exists(self, session_id: str) -> bool:
-        with self._lock:
-            return session_id in self._sessions
-
-    def rotate(self, refresh_token: str) -> tuple[_Session, str] | None:
-        new_token = secrets.token_urlsafe(9)
-        with self._lock:
-            session = self._refresh.pop(refresh_token, None)
-            if session is None:
-                return None
-            self._refresh[new_token] = session
-        return session, new_token
-
-
-def validate_email(raw: str) -> str:
-    """api/mail.go validateEmail: required, at most 255 chars, checkmail format, lower-cased."""
-    if raw == "":
-        raise bad_request("validation_failed", "An email address is required")
-    if len(raw) > 255:
-        raise bad_request("validation_failed", "An email address is too long")
-    if not _EMAIL_FORMAT.match(raw):
-        raise bad_request("validation_failed", "Unable to validate email address: invalid format")
-    return raw.lower()
-
-
-def validate_phone(raw: str) -> str:
-    """api/phone.go validatePhone."""
-    phone = raw.removeprefix("+").replace(" ", "")
-    if not _E164.match(phone):
-        raise bad_request("validation_failed", "Invalid phone number format (E.164 required)")
-    return phone
 
 
 def parse_go_duration(text: str) -> timedelta:
@@ -159,61 +94,6 @@ def parse_go_duration(text: str) -> timedelta:
     if position != len(body) or not body:
         raise ValueError(f'time: invalid duration "{text}"')
     return timedelta(seconds=sign * seconds)
-
-
-def random_password() -> str:
-    """password.Generate(64, 10, 0, false, true): 64 letters and digits, used when none given."""
-    alphabet = string.ascii_letters + string.digits
-    digits = [secrets.choice(string.digits) for _ in range(10)]
-    rest = [secrets.choice(alphabet) for _ in range(54)]
-    chars = digits + rest
-    secrets.SystemRandom().shuffle(chars)
-    return "".join(chars)
-
-
-def _field(params: Mapping[str, Any], name: str, kind: type | tuple[type, ...]) -> Any:
-    """A typed JSON field as Go's json.Unmarshal into a struct: null is the zero value, a value
-    of the wrong type fails the whole decode."""
-    value = params.get(name)
-    if value is None:
-        return None
-    if isinstance(value, bool) and kind in (int, float):
-        raise TypeError(name)
-    if not isinstance(value, kind):
-        raise TypeError(name)
-    return value
-
-
-def _decode_params(request: ApiRequest) -> dict[str, Any]:
-    """api/helpers.go retrieveRequestParams: the body must be a JSON object."""
-    try:
-        params = request.json()
-    except ValueError as exc:
-        message = "unexpected end of JSON input" if not request.body else str(exc)
-        raise bad_request("bad_json", f"Could not parse request body as JSON: {message}") from exc
-    if not isinstance(params, dict):
-        raise bad_request(
-            "bad_json",
-            "Could not parse request body as JSON: json: cannot unmarshal "
-            f"{type(params).__name__} into Go value of type object",
-        )
-    return params
-
-
-def _typed(
-    params: Mapping[str, Any], spec: Mapping[str, type | tuple[type, ...]]
-) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for name, kind in spec.items():
-        try:
-            out[name] = _field(params, name, kind)
-        except TypeError as exc:
-            raise bad_request(
-                "bad_json",
-                f"Could not parse request body as JSON: json: cannot unmarshal "
-                f"{type(params[name]).__name__} into Go struct field .{name}",
-            ) from exc
-    return out
 
 
 _BCRYPT_HASH = re.compile(r"^\$2[abxy]?\$\d\d\$[./A-Za-z0-9]{53}$")
@@ -238,8 +118,8 @@ class _AdminUserParams:
 
     @classmethod
     def parse(cls, request: ApiRequest) -> _AdminUserParams:
-        fields = _typed(
-            _decode_params(request),
+        fields = typed_fields(
+            decode_params(request),
             {
                 "id": str,
                 "aud": str,
@@ -273,8 +153,8 @@ class _LinkParams:
 
     @classmethod
     def parse(cls, request: ApiRequest) -> _LinkParams:
-        fields = _typed(
-            _decode_params(request),
+        fields = typed_fields(
+            decode_params(request),
             {
                 "type": str,
                 "email": str,
@@ -333,7 +213,8 @@ class AuthApi:
         self._keys = keys
         self._settings = settings
         self._mailer = mailer
-        self._sessions = _Sessions()
+        self._tokens = TokenIssuer(keys, settings)
+        self._users = UserApi(pool, keys, settings, self._tokens, mailer)
 
     # -- routing (api/api.go) -------------------------------------------------------------------
 
@@ -358,6 +239,10 @@ class AuthApi:
         routes: dict[str, dict[str, Callable[[ApiRequest], ApiResponse]]] = {
             "/health": {"GET": self._health},
             "/token": {"POST": self._token},
+            "/user": {"GET": self._users.get_user, "PUT": self._users.update_user},
+            "/logout": {"POST": self._users.logout},
+            "/verify": {"GET": self._users.verify, "POST": self._users.verify},
+            "/recover": {"POST": self._users.recover},
             "/invite": {"POST": self._admin(self._invite)},
             "/admin/users": {
                 "GET": self._admin(self._list_users),
@@ -398,45 +283,14 @@ class AuthApi:
     # -- authentication (api/auth.go, api/middleware.go requireAdminCredentials) ---------------
 
     def _require_admin(self, request: ApiRequest) -> dict[str, Any]:
-        authorization = request.header("authorization") or ""
-        match = re.match(r"(?i)^bearer (\S+)$", authorization)
-        if match is None:
-            raise AuthError(401, "no_authorization", "This endpoint requires a valid Bearer token")
-        try:
-            claims = self._keys.verify(match.group(1))
-        except InvalidToken as exc:
-            if exc.expired:
-                detail = "token has invalid claims: token is expired"
-            elif exc.malformed:
-                detail = f"token is malformed: {exc.reason}"
-            else:
-                detail = "token signature is invalid: signature is invalid"
-            raise AuthError(
-                403, "bad_jwt", f"invalid JWT: unable to parse or verify signature, {detail}"
-            ) from exc
+        claims = bearer_claims(request, self._keys)
         session_id = claims.get("session_id") or ""
         if session_id and session_id != _NIL_UUID:
-            self._check_session(claims, str(session_id))
+            # maybeLoadUserOrSession, for tokens that name a session.
+            self._users.load_user_and_session(claims)
         if claims.get("role") not in self._settings.admin_roles:
             raise AuthError(403, "not_admin", "User not allowed")
         return claims
-
-    def _check_session(self, claims: Mapping[str, Any], session_id: str) -> None:
-        """api/auth.go maybeLoadUserOrSession, for tokens that name a session."""
-        subject = claims.get("sub") or ""
-        if not subject:
-            raise AuthError(403, "bad_jwt", "invalid claim: missing sub claim")
-        try:
-            uuid.UUID(str(subject))
-        except ValueError as exc:
-            raise AuthError(400, "bad_jwt", "invalid claim: sub claim must be a UUID") from exc
-        with self._pool.connection() as conn:
-            if UserStore(conn).find_by_id(str(subject)) is None:
-                raise AuthError(403, "user_not_found", "User from sub claim in JWT does not exist")
-        if not self._sessions.exists(session_id):
-            raise AuthError(
-                403, "session_not_found", "Session from session_id claim in JWT does not exist"
-            )
 
     # -- handlers --------------------------------------------------------------------------------
 
@@ -592,7 +446,7 @@ class AuthApi:
         ban = self._ban_until(params.ban_duration)
         encrypted: str | None = None
         if params.password is not None:
-            self._check_password_strength(params.password)
+            check_password_strength(params.password, self._settings.password_min_length)
             encrypted = hash_password(params.password, self._settings.bcrypt_cost)
         try:
             with self._pool.connection() as conn, conn.transaction():
@@ -625,7 +479,9 @@ class AuthApi:
         if params.phone_confirm:
             store.update(user_id, phone_confirmed_at=datetime.now(UTC))
         if encrypted is not None:
-            store.update(user_id, encrypted_password=encrypted)
+            # User.UpdatePassword without a session: pending links voided, every session ended.
+            store.set_password(user_id, encrypted)
+            SessionStore(store.connection).logout_user(user_id)
 
     def _change_contact(
         self, store: UserStore, row: Row, provider: str, value: str, confirmed: bool
@@ -657,7 +513,7 @@ class AuthApi:
             self._load_user(UserStore(conn), user_id)
         soft = False
         if request.body:
-            params = _typed(_decode_params(request), {"should_soft_delete": bool})
+            params = request_fields(request, {"should_soft_delete": bool})
             soft = bool(params["should_soft_delete"])
         with self._pool.connection() as conn, conn.transaction():
             store = UserStore(conn)
@@ -667,6 +523,7 @@ class AuthApi:
                     store.delete(user_id)
                 elif row["deleted_at"] is None:
                     store.soft_delete(user_id)
+                    SessionStore(conn).logout_user(user_id)
             except psycopg.Error as exc:
                 message = "Error soft deleting user" if soft else "Database error deleting user"
                 raise unexpected_failure(message, exc) from exc
@@ -674,7 +531,7 @@ class AuthApi:
 
     def _invite(self, request: ApiRequest) -> ApiResponse:
         """api/invite.go Invite: creates the user if needed and emails the invite link."""
-        params = _typed(_decode_params(request), {"email": str, "data": dict})
+        params = request_fields(request, {"email": str, "data": dict})
         email = validate_email(params["email"] or "")
         aud = self._settings.audience
         with self._pool.connection() as conn, conn.transaction():
@@ -686,9 +543,9 @@ class AuthApi:
                 user_id = self._signup_new_user(store, email, "", params["data"] or {})
             else:
                 user_id = str(row["id"])
-            otp = _otp(self._settings.otp_length)
-            token_hash = _token_hash(email, otp)
-            link = self._action_link(token_hash, "invite", self._settings.site_url)
+            hashed = token_hash(email, new_otp(self._settings.otp_length))
+            referrer = self._settings.request_referrer(request)
+            link = self._settings.action_link(hashed, "invite", referrer)
             if self._mailer is not None:
                 try:
                     self._mailer.send_invite(email, link)
@@ -697,7 +554,7 @@ class AuthApi:
                     raise unexpected_failure("Error sending invite email") from exc
             now = datetime.now(UTC)
             store.update(
-                user_id, confirmation_token=token_hash, confirmation_sent_at=now, invited_at=now
+                user_id, confirmation_token=hashed, confirmation_sent_at=now, invited_at=now
             )
             body = self._user_body(store, user_id)
         return ApiResponse.json(200, body)
@@ -706,8 +563,8 @@ class AuthApi:
         """api/mail.go adminGenerateLink: returns the link and its tokens, sends nothing."""
         params = _LinkParams.parse(request)
         email = validate_email(params.email)
-        referrer = self._referrer(request.query_value("redirect_to"))
-        if params.redirect_to and self._redirect_allowed(params.redirect_to):
+        referrer = self._settings.request_referrer(request)
+        if params.redirect_to and self._settings.redirect_allowed(params.redirect_to):
             referrer = params.redirect_to
         aud = self._settings.audience
         with self._pool.connection() as conn:
@@ -719,7 +576,7 @@ class AuthApi:
             elif link_type in ("recovery", "email_change_current", "email_change_new"):
                 raise AuthError(404, "user_not_found", "User with this email not found")
             if link_type == "signup":
-                self._check_password_strength(password, required=True)
+                check_password_strength(password, self._settings.password_min_length, required=True)
         writers = {
             "magiclink": self._link_recovery,
             "recovery": self._link_recovery,
@@ -729,8 +586,8 @@ class AuthApi:
             "email_change_new": self._link_email_change,
         }
         writer = writers.get(link_type)
-        otp = _otp(self._settings.otp_length)
-        link = _Link(link_type, email, otp, _token_hash(email, otp), password, params)
+        otp = new_otp(self._settings.otp_length)
+        link = _Link(link_type, email, otp, token_hash(email, otp), password, params)
         with self._pool.connection() as conn, conn.transaction():
             store = UserStore(conn)
             if writer is None:
@@ -743,7 +600,7 @@ class AuthApi:
         url_type = "email_change" if link_type.startswith("email_change") else link_type
         body.update(
             {
-                "action_link": self._action_link(link.token_hash, url_type, referrer),
+                "action_link": self._settings.action_link(link.token_hash, url_type, referrer),
                 "email_otp": otp,
                 "hashed_token": link.token_hash,
                 "verification_type": link_type,
@@ -796,7 +653,7 @@ class AuthApi:
         if link.type == "email_change_current":
             tokens = {"email_change_token_current": link.token_hash}
         else:
-            tokens = {"email_change_token_new": _token_hash(new_email, link.otp)}
+            tokens = {"email_change_token_new": token_hash(new_email, link.otp)}
         store.update(
             user_id,
             email_change=new_email,
@@ -807,17 +664,19 @@ class AuthApi:
         return user_id
 
     def _token(self, request: ApiRequest) -> ApiResponse:
-        """api/token.go Token: the password grant (and refresh_token, for supabase-py's timer)."""
+        """api/token.go Token: the password, refresh_token and pkce grants."""
         grant_type = request.query_value("grant_type") or ""
         if grant_type == "password":
             return self._password_grant(request)
         if grant_type == "refresh_token":
             return self._refresh_grant(request)
+        if grant_type == "pkce":
+            return self._users.pkce_grant(request)
         raise bad_request("invalid_credentials", "unsupported_grant_type")
 
     def _password_grant(self, request: ApiRequest) -> ApiResponse:
         """api/token.go ResourceOwnerPasswordGrant."""
-        params = _typed(_decode_params(request), {"email": str, "phone": str, "password": str})
+        params = request_fields(request, {"email": str, "phone": str, "password": str})
         email, phone = params["email"] or "", params["phone"] or ""
         password = params["password"] or ""
         if email and phone:
@@ -852,47 +711,26 @@ class AuthApi:
                 f"{self._settings.password_min_length} characters.",
                 "reasons": ["length"],
             }
-        session_id, refresh_token = self._sessions.open(str(row["id"]))
-        return self._issue(str(row["id"]), session_id, refresh_token, weak)
+        with self._pool.connection() as conn, conn.transaction():
+            body = self._tokens.issue(
+                conn,
+                str(row["id"]),
+                "password",
+                user_agent=request.header("user-agent"),
+                weak_password=weak,
+            )
+        return ApiResponse.json(200, body)
 
     def _refresh_grant(self, request: ApiRequest) -> ApiResponse:
-        """api/token_refresh.go, reduced to rotating the refresh token of a known session."""
-        params = _typed(_decode_params(request), {"refresh_token": str})
-        rotated = self._sessions.rotate(params["refresh_token"] or "")
-        if rotated is None:
-            raise bad_request(
-                "refresh_token_not_found", "Invalid Refresh Token: Refresh Token Not Found"
+        """tokens/service.go RefreshTokenGrant (see TokenIssuer.refresh)."""
+        params = request_fields(request, {"refresh_token": str})
+        refresh_token = params["refresh_token"] or ""
+        if not refresh_token:
+            # An OAuthError (apierrors.NewOAuthError), rendered as OAuth 2 does: always 400.
+            return ApiResponse.json(
+                400, {"error": "invalid_request", "error_description": "refresh_token required"}
             )
-        session, refresh_token = rotated
-        return self._issue(session.user_id, session.session_id, refresh_token, None)
-
-    def _issue(
-        self, user_id: str, session_id: str, refresh_token: str, weak: dict[str, Any] | None
-    ) -> ApiResponse:
-        """tokens/service.go IssueRefreshToken: updates last_sign_in_at, returns the session."""
-        with self._pool.connection() as conn, conn.transaction():
-            store = UserStore(conn)
-            store.update(user_id, last_sign_in_at=datetime.now(UTC))
-            row = store.find_by_id(user_id)
-            if row is None:
-                raise bad_request("invalid_credentials", INVALID_LOGIN_MSG)
-            user = store.as_json(row)
-        access_token, expires_at = self._keys.access_token(
-            user=user,
-            session_id=session_id,
-            issuer=self._settings.external_url,
-            lifetime_s=self._settings.jwt_expiry_s,
-        )
-        body: dict[str, Any] = {
-            "access_token": access_token,
-            "token_type": "bearer",
-            "expires_in": self._settings.jwt_expiry_s,
-            "expires_at": expires_at,
-            "refresh_token": refresh_token,
-            "user": user,
-        }
-        if weak is not None:
-            body["weak_password"] = weak
+        body = self._tokens.refresh(self._pool, refresh_token, request.header("user-agent"))
         return ApiResponse.json(200, body)
 
     # -- helpers ---------------------------------------------------------------------------------
@@ -920,24 +758,6 @@ class AuthApi:
         store.update(user_id, confirmation_token="", email_confirmed_at=datetime.now(UTC))
         store.merge_metadata(user_id, "raw_user_meta_data", {"email_verified": True})
 
-    def _check_password_strength(self, password: str, *, required: bool = False) -> None:
-        """api/password.go checkPasswordStrength (no character classes, no HIBP)."""
-        if required and password == "":
-            raise AuthError(422, "validation_failed", "Signup requires a valid password")
-        if len(password.encode()) > BCRYPT_MAX_BYTES:
-            raise bad_request(
-                "validation_failed",
-                f"Password cannot be longer than {BCRYPT_MAX_BYTES} characters",
-            )
-        minimum = self._settings.password_min_length
-        if len(password) < minimum:
-            raise AuthError(
-                422,
-                "weak_password",
-                f"Password should be at least {minimum} characters.",
-                weak_password_reasons=["length"],
-            )
-
     def _ban_until(self, ban_duration: str | None) -> tuple[datetime | None] | None:
         """None when no ban is asked; a 1-tuple with the end of the ban (None lifts it)."""
         if not ban_duration:
@@ -960,27 +780,6 @@ class AuthApi:
                 (_NIL_UUID, phone, aud),
             )
             return cur.fetchone()
-
-    def _redirect_allowed(self, url: str) -> bool:
-        """utilities.IsRedirectURLValid: the site URL's host, or a URI allow-list glob."""
-        if not url:
-            return False
-        site = urlsplit(self._settings.site_url)
-        target = urlsplit(url)
-        if target.scheme in ("http", "https") and target.netloc == site.netloc:
-            return True
-        return any(fnmatch(url, pattern) for pattern in self._settings.redirect_allow_list)
-
-    def _referrer(self, redirect_to: str | None) -> str:
-        """utilities.GetReferrer: `redirect_to` when allowed, else the site URL."""
-        if redirect_to and self._redirect_allowed(redirect_to):
-            return redirect_to
-        return self._settings.site_url
-
-    def _action_link(self, token_hash: str, link_type: str, redirect_to: str) -> str:
-        """templatemailer.go GetEmailActionLink: `<external>/verify?token&type&redirect_to`."""
-        query = urlencode({"token": token_hash, "type": link_type, "redirect_to": redirect_to})
-        return f"{self._settings.external_url}/verify?{query}"
 
 
 def _identity_claims(
@@ -1013,16 +812,6 @@ def _parse_uint(raw: str | None, default: int) -> int:
             f'Bad Pagination Parameters: strconv.ParseUint: parsing "{raw}": invalid syntax',
         )
     return int(raw)
-
-
-def _otp(digits: int) -> str:
-    """crypto.GenerateOtp: a zero-padded random number."""
-    return f"{secrets.randbelow(10**digits):0{digits}d}"
-
-
-def _token_hash(email: str, otp: str) -> str:
-    """crypto.GenerateTokenHash: hex SHA-224 of email + otp."""
-    return hashlib.sha224((email + otp).encode()).hexdigest()
 
 
 def _pagination_headers(

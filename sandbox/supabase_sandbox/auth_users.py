@@ -126,6 +126,10 @@ class UserStore:
     def __init__(self, conn: Connection[Any]) -> None:
         self._conn = conn
 
+    @property
+    def connection(self) -> Connection[Any]:
+        return self._conn
+
     def _one(self, query: Query, params: Sequence[Any]) -> Row | None:
         with self._conn.cursor(row_factory=dict_row) as cur:
             cur.execute(query, params)
@@ -152,6 +156,15 @@ class UserStore:
             " and aud = %s and is_sso_user = false limit 1"
         )
         return self._one(query, (NIL_INSTANCE_ID, email.lower(), aud))
+
+    def find_by_token(self, columns: Sequence[str], token_hash: str) -> Row | None:
+        """models.FindUserBy...Token: the user holding `token_hash` in one of `columns`
+        (confirmation_token, recovery_token, ...)."""
+        where = sql.SQL(" or ").join(
+            sql.SQL("{} = %s").format(sql.Identifier(column)) for column in columns
+        )
+        query = sql.SQL("select * from auth.users where instance_id = %s and ({}) limit 1")
+        return self._one(query.format(where), (NIL_INSTANCE_ID, *([token_hash] * len(columns))))
 
     def is_duplicated_email(self, email: str, aud: str, exclude: str | None = None) -> bool:
         """models.IsDuplicatedEmail: any identity with that (lower-case) email, else any user."""
@@ -274,6 +287,26 @@ class UserStore:
                 sql.SQL(", ").join(assignments)
             ),
             [*values, user_id],
+        )
+
+    def set_password(self, user_id: str, encrypted_password: str) -> None:
+        """User.UpdatePassword's write: the new hash, and every emailed token still pending
+        (confirmation, recovery, email and phone change, reauthentication) cleared with it.
+        The caller logs sessions out as the password change requires."""
+        self.update(
+            user_id,
+            encrypted_password=encrypted_password,
+            confirmation_token="",
+            confirmation_sent_at=None,
+            recovery_token="",
+            recovery_sent_at=None,
+            email_change_token_current="",
+            email_change_token_new="",
+            email_change_sent_at=None,
+            phone_change_token="",
+            phone_change_sent_at=None,
+            reauthentication_token="",
+            reauthentication_sent_at=None,
         )
 
     def merge_metadata(self, user_id: str, column: str, updates: Mapping[str, Any]) -> None:

@@ -1,7 +1,8 @@
 -- Prepares a plain PostgreSQL database the way a Supabase project is prepared before any
--- application migration runs: the API roles, the `auth` schema with `auth.users` and
--- `auth.identities` as Supabase Auth creates them, the JWT helper functions, and the default
--- privileges that make every new object in `public` reachable by `anon` and `authenticated`.
+-- application migration runs: the API roles, the `auth` schema with `auth.users`,
+-- `auth.identities`, sessions and refresh tokens as Supabase Auth creates them, the JWT helper
+-- functions, and the default privileges that make every new object in `public` reachable by
+-- `anon` and `authenticated`.
 --
 -- Sources matched (read, not copied):
 --   supabase/auth migrations/tenant/20211202183645_update_auth_uid.up.sql and
@@ -40,7 +41,13 @@ grant anon, authenticated, service_role to authenticator;
 -- Supabase keeps extensions out of `public` (in `extensions`); gen_random_uuid() is core.
 create schema if not exists extensions;
 grant usage on schema extensions to anon, authenticated, service_role;
-create extension if not exists pgcrypto with schema extensions;
+-- Supabase has pgcrypto; a server built without OpenSSL (the embedded PostgreSQL wheel) has
+-- not, and nothing crm-sync ships uses it.
+do $$ begin
+  if exists (select from pg_available_extensions where name = 'pgcrypto') then
+    create extension if not exists pgcrypto with schema extensions;
+  end if;
+end $$;
 
 create schema if not exists auth;
 grant usage on schema auth to anon, authenticated, service_role;
@@ -100,6 +107,81 @@ create table if not exists auth.identities (
   constraint identities_provider_id_provider_unique unique (provider_id, provider)
 );
 create index if not exists identities_user_id_idx on auth.identities (user_id);
+
+-- Sessions, their refresh tokens (the 12-character ones, rotated with a parent chain) and the
+-- methods each session was signed in with (the access token's `amr`); PKCE flow states for
+-- password recovery. As supabase/auth migrations create them (20220811173540 and later,
+-- 20221003041349_add_mfa_schema, 20230322519590_add_flow_state_table): deleting a user deletes
+-- their sessions, deleting a session deletes its tokens and claims.
+do $types$
+begin
+  if not exists (select 1 from pg_type t join pg_namespace n on n.oid = t.typnamespace
+                 where n.nspname = 'auth' and t.typname = 'aal_level') then
+    create type auth.aal_level as enum ('aal1', 'aal2', 'aal3');
+  end if;
+  if not exists (select 1 from pg_type t join pg_namespace n on n.oid = t.typnamespace
+                 where n.nspname = 'auth' and t.typname = 'code_challenge_method') then
+    create type auth.code_challenge_method as enum ('s256', 'plain');
+  end if;
+end
+$types$;
+
+create table if not exists auth.sessions (
+  id uuid primary key,
+  user_id uuid not null references auth.users (id) on delete cascade,
+  created_at timestamptz,
+  updated_at timestamptz,
+  factor_id uuid,
+  aal auth.aal_level,
+  not_after timestamptz,
+  refreshed_at timestamp without time zone,
+  user_agent text,
+  ip inet,
+  tag text
+);
+create index if not exists sessions_user_id_idx on auth.sessions (user_id);
+
+create table if not exists auth.refresh_tokens (
+  instance_id uuid,
+  id bigserial primary key,
+  token varchar(255) constraint refresh_tokens_token_unique unique,
+  user_id varchar(255),
+  revoked boolean,
+  created_at timestamptz,
+  updated_at timestamptz,
+  parent varchar(255),
+  session_id uuid references auth.sessions (id) on delete cascade
+);
+create index if not exists refresh_tokens_parent_idx on auth.refresh_tokens (parent);
+create index if not exists refresh_tokens_session_id_revoked_idx
+  on auth.refresh_tokens (session_id, revoked);
+
+create table if not exists auth.mfa_amr_claims (
+  session_id uuid not null references auth.sessions (id) on delete cascade,
+  created_at timestamptz not null,
+  updated_at timestamptz not null,
+  authentication_method text not null,
+  id uuid primary key,
+  constraint mfa_amr_claims_session_id_authentication_method_pkey
+    unique (session_id, authentication_method)
+);
+
+create table if not exists auth.flow_state (
+  id uuid primary key,
+  user_id uuid,
+  auth_code text not null,
+  code_challenge_method auth.code_challenge_method not null,
+  code_challenge text not null,
+  provider_type text not null,
+  provider_access_token text,
+  provider_refresh_token text,
+  created_at timestamptz,
+  updated_at timestamptz,
+  authentication_method text not null,
+  auth_code_issued_at timestamptz
+);
+create index if not exists idx_auth_code on auth.flow_state (auth_code);
+create index if not exists idx_user_id_auth_method on auth.flow_state (user_id, authentication_method);
 
 create or replace function auth.uid() returns uuid
 language sql stable

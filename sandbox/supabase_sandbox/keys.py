@@ -71,12 +71,14 @@ class SandboxKeys:
         issuer: str,
         lifetime_s: int,
         now: int | None = None,
+        amr: list[dict[str, Any]] | None = None,
     ) -> tuple[str, int]:
         """A user's access token and its expiry (unix seconds).
 
         Claims follow supabase/auth internal/tokens/service.go (AccessTokenClaims): sub, aud as a
         plain string, exp, iat, iss, email, phone, app_metadata, user_metadata, role, aal, amr,
-        session_id, is_anonymous.
+        session_id, is_anonymous. `amr` is the session's methods (a password sign-in now when
+        not given).
         """
         issued = int(time.time()) if now is None else now
         expires = issued + lifetime_s
@@ -92,7 +94,7 @@ class SandboxKeys:
             "user_metadata": user.get("user_metadata") or {},
             "role": user["role"],
             "aal": "aal1",
-            "amr": [{"method": "password", "timestamp": issued}],
+            "amr": amr if amr is not None else [{"method": "password", "timestamp": issued}],
             "session_id": session_id,
             "is_anonymous": bool(user.get("is_anonymous")),
         }

@@ -21,7 +21,12 @@ from psycopg_pool import ConnectionPool
 
 from supabase_sandbox.keys import InvalidToken, SandboxKeys
 from supabase_sandbox.rest_catalog import SCHEMA, Catalog, Routine, Table, closest
-from supabase_sandbox.rest_errors import database_error, error_response, jwt_error
+from supabase_sandbox.rest_errors import (
+    database_error,
+    error_response,
+    jwt_error,
+    sqlstate_status,
+)
 from supabase_sandbox.rest_query import (
     COMPARISONS,
     IS_VALUES,
@@ -416,6 +421,7 @@ class RestApi:
         if not columns:
             mutation: sql.Composable = sql.SQL("SELECT NULL WHERE false")
         else:
+            _require_where("UPDATE", params)
             body_source = _json_body_source(
                 table, columns, payload, is_object=True, prefs=prefs, values=values
             )
@@ -452,6 +458,7 @@ class RestApi:
         prefs: Preferences,
     ) -> ApiResponse:
         """QueryBuilder.hs mutatePlanToQuery (Delete)."""
+        _require_where("DELETE", params)
         values = _Values()
         mutation = sql.SQL("DELETE FROM {} {} {}").format(
             sql.Identifier(SCHEMA, table.name),
@@ -665,6 +672,17 @@ def _rpc_body(routine: Routine, *, single: bool) -> sql.Composable:
     if single or not routine.returns_set:
         return sql.SQL(f"coalesce(json_agg({column})->0, 'null')")
     return sql.SQL(f"coalesce(json_agg({column}), '[]')")
+
+
+def _require_where(command: str, params: ReadParams) -> None:
+    """pg-safeupdate, which Supabase loads for PostgREST's connections (`authenticator`'s
+    session_preload_libraries): an UPDATE or DELETE without a WHERE clause fails with 21000,
+    which PostgREST answers 400. Filters are what becomes the WHERE clause. (safeupdate also
+    checks the statements inside functions a request calls; the sandbox does not.)"""
+    if not params.filters:
+        message = f"{command} requires a WHERE clause"
+        status = sqlstate_status("21000", message, authenticated=True)
+        raise _Refusal(error_response(status, "21000", message))
 
 
 def _header_values(request: ApiRequest, name: str) -> list[str]:

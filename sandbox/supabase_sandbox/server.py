@@ -1,5 +1,6 @@
-"""The sandbox's HTTP server: one localhost port, `/auth/v1` and `/rest/v1` behind the gateway's
-key check, with per-group latency and faults, and a count of the requests each route received."""
+"""The sandbox's HTTP server: one localhost port, `/auth/v1` and `/rest/v1` behind the gateway
+(CORS and the key check), with per-group latency and faults, and a count of the requests each
+route received."""
 
 from __future__ import annotations
 
@@ -108,12 +109,16 @@ class SandboxApp:
     def _respond_in(self, group: str, request: ApiRequest, path: str) -> ApiResponse:
         route = _UUID_SEGMENT.sub("/{id}", path.rstrip("/") or "/")
         self.requests.record(RouteKey(group, request.method, route))
+        # The gateway answers a CORS preflight itself: no latency, fault or key check applies.
+        answered = gateway.preflight(request)
+        if answered is not None:
+            return answered
         decision = self.faults.next(group)
         plan, fault = decision.plan, decision.fault
         if plan.latency_ms:
             self._sleep(plan.latency_ms / 1000)
         if fault in (FaultKind.SERVER_ERROR, FaultKind.UNAVAILABLE, FaultKind.RATE_LIMITED):
-            return fault_response(group, fault, plan, request)
+            return gateway.with_cors(fault_response(group, fault, plan, request), request, None)
         if fault is FaultKind.DROP:
             return ApiResponse(0, drop=True)
         if fault is FaultKind.SLOW:
@@ -121,7 +126,7 @@ class SandboxApp:
 
         admitted = gateway.admit(request, self.keys)
         if isinstance(admitted, ApiResponse):
-            return admitted
+            return gateway.with_cors(admitted, request, None)
         try:
             response = self._handlers[group](admitted, path)
         except Exception:
@@ -131,7 +136,7 @@ class SandboxApp:
             return ApiResponse(0, drop=True)
         if fault is FaultKind.SLOW:
             response.headers.append(("X-Sandbox-Fault", fault.value))
-        return response
+        return gateway.with_cors(response, request, group)
 
 
 def _internal_error(group: str, request: ApiRequest) -> ApiResponse:

@@ -418,3 +418,34 @@ def test_migrated_schema_is_served(
     assert anon_profiles.value.code == "42501"
     assert anon_rpc.value.code == "42501"
     assert enrolled.data == []
+
+
+def test_update_and_delete_without_a_filter_are_refused_as_safeupdate_does(
+    sandbox: Sandbox, notes: Client
+) -> None:
+    """Supabase loads pg-safeupdate for PostgREST: 21000, which PostgREST answers 400."""
+    seed(notes, OWNER)
+
+    with pytest.raises(APIError) as deleting:
+        notes.table("notes").delete().execute()
+    with pytest.raises(APIError) as updating:
+        notes.table("notes").update({"tag": "all"}).execute()
+    raw = httpx.delete(f"{sandbox.url}/rest/v1/notes", headers=rest_headers(sandbox))
+    filtered = notes.table("notes").delete().gte("id", 0).execute()
+
+    assert (deleting.value.code, deleting.value.message) == (
+        "21000",
+        "DELETE requires a WHERE clause",
+    )
+    assert (updating.value.code, updating.value.message) == (
+        "21000",
+        "UPDATE requires a WHERE clause",
+    )
+    assert raw.status_code == 400
+    assert raw.json() == {
+        "code": "21000",
+        "details": None,
+        "hint": None,
+        "message": "DELETE requires a WHERE clause",
+    }
+    assert len(filtered.data) == 5  # any filter is a WHERE clause
