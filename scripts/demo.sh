@@ -7,6 +7,12 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # shellcheck source=scripts/venv.sh
 source "$root/scripts/venv.sh"
 
+# PostgreSQL: the server CRM_SYNC_TEST_ADMIN_URL names (a URL, or `embedded`), else the local one
+# on 127.0.0.1:5432 if it answers, else an embedded one that the sandbox starts and deletes.
+# The line this prints says which.
+CRM_SYNC_TEST_ADMIN_URL="$(python -m supabase_sandbox choose-postgres)"
+export CRM_SYNC_TEST_ADMIN_URL
+
 work="$(mktemp -d)"
 sandbox_pid=""
 cleanup() {
@@ -58,8 +64,6 @@ step "Emails captured by the SMTP sink"
 ls "$work/mail" | wc -l | xargs echo "messages:"
 python - "$work/mail" <<'PY'
 import email, email.policy, pathlib, re, sys
-from supabase import create_client
-import os
 
 messages = sorted(pathlib.Path(sys.argv[1]).glob("*.eml"))
 parsed = [email.message_from_bytes(p.read_bytes(), policy=email.policy.default) for p in messages]
@@ -72,14 +76,108 @@ password = re.search(r"Temporary password:\s*(\S+)", text).group(1)
 print(f"\n--- one of them, in full (its password masked here) ---")
 print(f"From: {first['From']}\nTo: {first['To']}\nSubject: {first['Subject']}\n")
 print(text.replace(password, "*" * len(password)))
-client = create_client(os.environ["SUPABASE_URL"], os.environ["SUPABASE_ANON_KEY"])
+PY
+
+step "That customer signs in with the emailed password, then chooses their own (as the app does)"
+python - "$work/mail" <<'PY'
+import email, email.policy, os, pathlib, re, sys
+from supabase import create_client
+from supabase_auth.errors import AuthApiError
+
+messages = sorted(pathlib.Path(sys.argv[1]).glob("*.eml"))
+parsed = [email.message_from_bytes(p.read_bytes(), policy=email.policy.default) for p in messages]
+first = [m for m in parsed if "ready" in m["Subject"]][0]
+text = first.get_body(preferencelist=("plain",)).get_content()
+temporary = re.search(r"Temporary password:\s*(\S+)", text).group(1)
 address = first["To"].addresses[0].addr_spec
-session = client.auth.sign_in_with_password({"email": address, "password": password})
-print(f"--- the emailed password signs in: user {session.user.id} ({session.user.email}) ---")
+chosen = "a passphrase of their own"
+url, anon_key = os.environ["SUPABASE_URL"], os.environ["SUPABASE_ANON_KEY"]
+
+app = create_client(url, anon_key)
+session = app.auth.sign_in_with_password({"email": address, "password": temporary})
+mark = session.user.user_metadata.get("must_change_password")
+print(f"signed in with the emailed password: user {session.user.id} ({address})")
+print(f"user_metadata.must_change_password = {mark}: the app shows its change-password form")
+assert mark is True, "the temporary password is not marked as due for a change"
+
+updated = app.auth.update_user({"password": chosen, "data": {"must_change_password": False}})
+print("one updateUser({password, data: {must_change_password: false}}) call (PUT /auth/v1/user):")
+print(f"  new password set, must_change_password = {updated.user.user_metadata['must_change_password']}")
+app.auth.sign_out()
+print("signed out (POST /auth/v1/logout: the session and its refresh token are revoked)")
+
+try:
+    create_client(url, anon_key).auth.sign_in_with_password({"email": address, "password": temporary})
+except AuthApiError as error:
+    print(f"the temporary password no longer works: {error.status} {error.code} ({error.message})")
+else:
+    sys.exit("the temporary password still signs in")
+again = create_client(url, anon_key).auth.sign_in_with_password({"email": address, "password": chosen})
+print(
+    f"their own password signs in: user {again.user.id}, "
+    f"must_change_password = {again.user.user_metadata['must_change_password']}"
+)
 PY
 
 step "crm-sync --once again: everyone is done, so nothing happens"
 crm-sync --once
+
+step "A new Digital Resume sale in the CRM; this time crm-sync emails a setup link"
+python - <<'PY'
+import os, psycopg
+with psycopg.connect(os.environ["CRM_DATABASE_URL"]) as conn:
+    conn.execute(
+        "insert into sales_closure (lead_id, lead_name, email, digital_sale_resume,"
+        " digital_resume_sale_value, sale_value, plan_name, sales_rep, closed_at)"
+        " values ('AWL-1046', 'Zoya Qureshi', 'zoya.qureshi@example.com', 49, 49, 399,"
+        " 'Standard', 'Anita', now())"
+    )
+print("sales_closure: AWL-1046 Zoya Qureshi <zoya.qureshi@example.com>, digital resume 49.00")
+PY
+# Auth redirects an emailed link only to its Site URL's host or its allow list, else to the
+# Site URL. The local stack's Site URL is http://localhost:3000 (where the app runs while it is
+# developed); a hosted project lists APP_LOGIN_URL in Authentication > URL Configuration.
+echo "(emailed links land only on Auth's Site URL host or its allow list: locally http://localhost:3000)"
+echo "CREDENTIALS_MODE=setup_link APP_LOGIN_URL=http://localhost:3000/login crm-sync --once"
+CREDENTIALS_MODE=setup_link APP_LOGIN_URL=http://localhost:3000/login crm-sync --once
+
+step "She follows the emailed link, sets her password and signs in"
+python - "$work/mail" <<'PY'
+import email, email.policy, os, pathlib, re, sys
+from urllib.parse import parse_qs, urlsplit
+import httpx
+from supabase import create_client
+
+address = "zoya.qureshi@example.com"
+messages = sorted(pathlib.Path(sys.argv[1]).glob("*.eml"))
+parsed = [email.message_from_bytes(p.read_bytes(), policy=email.policy.default) for p in messages]
+[message] = [m for m in parsed if m["To"].addresses[0].addr_spec == address]
+text = message.get_body(preferencelist=("plain",)).get_content()
+link = re.search(r"Set your password here:\s*(\S+)", text).group(1)
+print(f"Subject: {message['Subject']}")
+print("Set your password here: " + re.sub(r"token=[^&]+", "token=<hidden>", link))
+
+landed = httpx.get(link, follow_redirects=False)  # a browser, no API key
+location = landed.headers["location"]
+print(f"GET the link -> {landed.status_code}, Location: {location.split('#')[0]}#access_token=<hidden>&...")
+fragment = {key: values[0] for key, values in parse_qs(urlsplit(location).fragment).items()}
+print(f"  the fragment carries a session: type={fragment['type']}, expires_in={fragment['expires_in']}")
+
+url, anon_key = os.environ["SUPABASE_URL"], os.environ["SUPABASE_ANON_KEY"]
+app = create_client(url, anon_key)
+app.auth.set_session(fragment["access_token"], fragment["refresh_token"])
+app.auth.update_user({"password": "zoya's own passphrase", "data": {"must_change_password": False}})
+print("the app's set-password form: updateUser({password, data: {must_change_password: false}})")
+app.auth.sign_out()
+session = create_client(url, anon_key).auth.sign_in_with_password(
+    {"email": address, "password": "zoya's own passphrase"}
+)
+print(f"her password signs in: user {session.user.id} ({session.user.email})")
+
+reused = httpx.get(link, follow_redirects=False)
+error = parse_qs(urlsplit(reused.headers["location"]).fragment)
+print(f"the link works once: again -> {reused.status_code}, error_code={error['error_code'][0]}")
+PY
 
 step "What the database says (the seed's monitoring queries)"
 python - <<'PY'

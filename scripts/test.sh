@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Runs the whole test suite against the local PostgreSQL (127.0.0.1:5432, user postgres).
+# Runs the whole test suite. PostgreSQL: CRM_SYNC_TEST_ADMIN_URL (a URL, or `embedded`), else the
+# local server (127.0.0.1:5432, user postgres) if it answers, else an embedded one started for
+# the run and deleted at its end (tests/conftest.py); the run's first line says which.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # shellcheck source=scripts/venv.sh

@@ -2,26 +2,82 @@
 
 A template database (bootstrap + migrations) is built once per test run; every test module
 gets its own copy of it, and everything is dropped at the end.
+
+The server: CRM_SYNC_TEST_ADMIN_URL if set, else the local one on 127.0.0.1:5432 if it answers,
+else an embedded PostgreSQL (`supabase_sandbox.postgres`), started once by the controlling
+process and stopped when the run ends. The choice is exported in CRM_SYNC_TEST_ADMIN_URL, which
+the pytest-xdist workers and every process a test starts inherit, and announced on the run's
+first lines.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Iterator
+from types import FrameType
 from typing import Any
 
 import psycopg
 import pytest
 import structlog
 
-from supabase_sandbox import database
+from supabase_sandbox import database, postgres
 
-ADMIN_URL = os.environ.get("CRM_SYNC_TEST_ADMIN_URL", database.DEFAULT_ADMIN_URL)
+_ANNOUNCEMENT = pytest.StashKey[str]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if hasattr(config, "workerinput"):
+        return  # an xdist worker: the controller chose the server and exported its URL
+    if config.option.help:
+        return
+    choice = postgres.choose_server(os.environ.get(postgres.ADMIN_URL_VARIABLE))
+    if choice.url is not None:
+        url = choice.url
+        config.stash[_ANNOUNCEMENT] = postgres.describe(choice, postgres.server_version(url))
+    else:
+        try:
+            server = postgres.EmbeddedPostgres.start()
+        except postgres.EmbeddedPostgresError as exc:
+            raise pytest.UsageError(str(exc)) from None
+        config.add_cleanup(server.stop)  # at the end of the run, whatever happened
+        _interrupt_on_sigterm(config)
+        url = server.url
+        config.stash[_ANNOUNCEMENT] = postgres.describe(choice, server.version, url)
+    os.environ[postgres.ADMIN_URL_VARIABLE] = url
+
+
+def _interrupt_on_sigterm(config: pytest.Config) -> None:
+    """SIGTERM ends the run as Ctrl-C does, so the embedded server is stopped on the way out."""
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        return
+
+    def interrupt(_signum: int, _frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+    config.add_cleanup(lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL))
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    announcement = config.stash.get(_ANNOUNCEMENT, None)
+    return [announcement] if announcement else []
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """`-q` hides the header: the server is announced all the same."""
+    config = session.config
+    announcement = config.stash.get(_ANNOUNCEMENT, None)
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if announcement and reporter is not None and config.get_verbosity() < 0:
+        reporter.write_line(announcement)
 
 
 @pytest.fixture(scope="session")
 def admin_url() -> str:
-    return ADMIN_URL
+    return os.environ.get(postgres.ADMIN_URL_VARIABLE, database.DEFAULT_ADMIN_URL)
 
 
 @pytest.fixture(scope="session")

@@ -175,6 +175,36 @@ def test_cli_migrate(
     assert capsys.readouterr().out.startswith("0 applied")
 
 
+def unix_socket_url(url: str) -> str:
+    """The database at `url` reached through its server's Unix socket (skips without one)."""
+    with psycopg.connect(url) as conn:
+        directories, port, dbname, user = conn.execute(
+            "select current_setting('unix_socket_directories'), current_setting('port'),"
+            " current_database(), current_user"
+        ).fetchone() or ("", "", "", "")
+    directory = next((d.strip() for d in directories.split(",") if d.strip()[:1] == "/"), None)
+    if directory is None:
+        pytest.skip("this server listens on no Unix socket")
+    socket_url = f"postgresql://{user}@/{dbname}?host={directory}&port={port}"
+    try:
+        psycopg.connect(socket_url, connect_timeout=5).close()
+    except psycopg.OperationalError as exc:
+        pytest.skip(f"this server refuses {user} on its Unix socket: {exc}")
+    return socket_url
+
+
+def test_cli_migrate_through_a_unix_socket(
+    bootstrapped: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """SUPABASE_DB_URL may name a Unix socket (`?host=/dir`), as a server on the same machine
+    is often reached; the embedded PostgreSQL of the tests listens on nothing else."""
+    monkeypatch.setenv("SUPABASE_DB_URL", unix_socket_url(bootstrapped))
+    assert main(["migrate"]) == 0
+    assert "applied  0006_operations.sql" in capsys.readouterr().out
+    assert main(["migrate"]) == 0
+    assert capsys.readouterr().out.startswith("0 applied")
+
+
 def test_cli_migrate_exit_codes(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

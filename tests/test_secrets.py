@@ -89,6 +89,8 @@ def test_the_masker_catches_escaped_forms_of_a_secret() -> None:
         f"postgresql://u:{BAD_PASSWORD}@127.0.0.1:5432/crm?bogus=1",
         f"postgresql://u@127.0.0.1:5432/crm?password={BAD_PASSWORD}&bogus=1",
         f"postgresql://u:{BAD_PASSWORD}@127.0.0.1:notaport/crm",
+        f"postgresql://u:{BAD_PASSWORD}@/crm?host=/run/postgresql&bogus=1",
+        f"postgresql:///crm?host=/run/postgresql&password={BAD_PASSWORD}&port=x",
     ],
 )
 def test_a_malformed_database_url_is_a_configuration_error_without_its_password(
@@ -142,3 +144,57 @@ def test_an_unexpected_crash_prints_and_logs_no_secret(
         assert SERVICE_KEY not in text
         assert "crm-pass-123" not in text
     assert fake_jwt("service_role") not in captured.err
+
+
+# Unix-socket URLs (issue 11): the server's directory as `host=` in the query or percent-encoded
+# in the host part, the password in the userinfo or the query, with fallback hosts.
+SOCKET_URLS = {
+    "postgresql://reader:sock-pw-one@/crm?host=/var/run/postgresql": "sock-pw-one",
+    "postgresql://reader:sock-pw-two@%2Fvar%2Frun%2Fpostgresql:5433/crm": "sock-pw-two",
+    "postgresql:///crm?host=/tmp/pg&user=reader&password=sock-pw-three": "sock-pw-three",
+    "postgresql://reader:sock-pw-four@/crm?host=/tmp/pg,db.internal&port=5432,5433": "sock-pw-four",
+    "postgres://reader:sock%2Fpw%3Ffive@/crm?host=/tmp/pg": "sock/pw?five",
+}
+
+
+@pytest.mark.parametrize(("url", "password"), SOCKET_URLS.items())
+def test_unix_socket_urls_are_accepted_wherever_a_database_url_is_and_masked(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], url: str, password: str
+) -> None:
+    settings = load(monkeypatch, CRM_DATABASE_URL=url, SUPABASE_DB_URL=url)
+    assert settings.crm_database_url.get_secret_value() == url
+    assert settings.supabase_db_url is not None
+    assert settings.supabase_db_url.get_secret_value() == url
+    migrating = config.load(config.MigrateSettings)  # `crm-sync migrate` reads it alone
+    assert migrating.supabase_db_url.get_secret_value() == url
+
+    assert password in config.url_passwords(url)
+    masked = config.mask_url(url)
+    assert MASK in masked
+    assert password not in masked
+    assert any(masked == url.replace(p, MASK) for p in config.url_passwords(url))  # the rest shown
+    assert password in settings.secret_values()
+
+    assert main(["config"]) == 0
+    out = capsys.readouterr().out
+    assert password not in out
+    assert out.count(MASK) >= 2  # both database URLs
+
+    stream = io.StringIO()
+    configure_logging("json", "INFO", secrets=settings.secret_values(), stream=stream)
+    import structlog
+
+    structlog.get_logger("t").info("connecting", url=url, note=f"password {password}")
+    assert password not in stream.getvalue()
+
+
+def test_a_socket_url_without_a_password_is_shown_as_it_is(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = "postgresql://postgres@/crm?host=/tmp/crm-sync-postgres-x/data"
+    settings = load(monkeypatch, CRM_DATABASE_URL=url)
+    assert settings.crm_database_url.get_secret_value() == url
+    assert config.mask_url(url) == url
+    assert config.url_passwords(url) == []
+    assert main(["config"]) == 0
+    assert "host=/tmp/crm-sync-postgres-x/data" in capsys.readouterr().out

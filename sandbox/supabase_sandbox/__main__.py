@@ -1,12 +1,15 @@
 """`python -m supabase_sandbox serve`: runs the local Supabase-compatible stack until stopped."""
 
 # Once ready it prints the contract lines (SUPABASE_URL=..., see Sandbox.contract_lines) on
-# stdout; it stops and drops its databases on SIGTERM or SIGINT.
+# stdout; it stops and drops its databases on SIGTERM or SIGINT. Its PostgreSQL server is the
+# one --db-url or CRM_SYNC_TEST_ADMIN_URL names, else the local one if it answers, else an
+# embedded one it starts, and stops when it stops (supabase_sandbox.postgres).
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
@@ -17,6 +20,7 @@ from types import FrameType
 import psycopg
 from psycopg_pool import PoolTimeout
 
+from supabase_sandbox import postgres
 from supabase_sandbox.database import DEFAULT_ADMIN_URL
 from supabase_sandbox.faults import GROUPS, FaultPlan, Faults
 from supabase_sandbox.stack import Sandbox
@@ -33,10 +37,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="start the stack and run until SIGTERM/SIGINT")
-    serve.add_argument(
+    server = serve.add_mutually_exclusive_group()
+    server.add_argument(
         "--db-url",
-        default=DEFAULT_ADMIN_URL,
-        help="PostgreSQL server to create the sandbox databases on (default: %(default)s)",
+        help="PostgreSQL server to create the sandbox databases on, a libpq URL of a role that"
+        f" may create databases (default: ${postgres.ADMIN_URL_VARIABLE}, else {DEFAULT_ADMIN_URL}"
+        " if it answers, else an embedded PostgreSQL); 'embedded' is --embedded-postgres",
+    )
+    server.add_argument(
+        "--embedded-postgres",
+        action="store_true",
+        help="start an embedded PostgreSQL in a throw-away directory for the sandbox's"
+        " databases, and stop it when the sandbox stops",
     )
     serve.add_argument("--host", default="127.0.0.1", help="interface to listen on")
     serve.add_argument("--port", type=int, default=0, help="HTTP port (0: any free port)")
@@ -66,7 +78,39 @@ def _parser() -> argparse.ArgumentParser:
         help="add to Auth's redirect allow list (URI_ALLOW_LIST), e.g. the app's sign-in page",
     )
     serve.add_argument("--verbose", action="store_true", help="log every request to stderr")
+    commands.add_parser(
+        "choose-postgres",
+        help=f"print the PostgreSQL server serve would use: a URL, or '{postgres.EMBEDDED}'"
+        " (and, on stderr, which and why)",
+        description=f"Prints the URL of the PostgreSQL server serve and the tests would use, or"
+        f" '{postgres.EMBEDDED}' when they would start an embedded one; a line on stderr says"
+        f" which and why. {postgres.ADMIN_URL_VARIABLE} decides as it does for them.",
+    )
     return parser
+
+
+def _requested_server(args: argparse.Namespace) -> tuple[str | None, str]:
+    """What was asked for (a URL, `embedded` or nothing) and where (an option, a variable)."""
+    if getattr(args, "embedded_postgres", False):
+        return postgres.EMBEDDED, "--embedded-postgres"
+    if getattr(args, "db_url", None):
+        return args.db_url, "--db-url"
+    return os.environ.get(postgres.ADMIN_URL_VARIABLE), postgres.ADMIN_URL_VARIABLE
+
+
+def choose(args: argparse.Namespace) -> int:
+    """`choose-postgres`: the URL (or `embedded`) on stdout, the announcement on stderr."""
+    requested, source = _requested_server(args)
+    choice = postgres.choose_server(requested)
+    if choice.url is None:
+        version = postgres.embedded_version()
+        print(postgres.describe(choice, version, source=source), file=sys.stderr)
+        print(postgres.EMBEDDED)
+    else:
+        version = postgres.server_version(choice.url)
+        print(postgres.describe(choice, version, source=source), file=sys.stderr)
+        print(choice.url)
+    return 0
 
 
 def _faults(args: argparse.Namespace) -> Faults:
@@ -96,9 +140,33 @@ def serve(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    requested, source = _requested_server(args)
+    choice = postgres.choose_server(requested)
+    embedded: postgres.EmbeddedPostgres | None = None
+    if choice.url is None:
+        try:
+            embedded = postgres.EmbeddedPostgres.start()
+        except postgres.EmbeddedPostgresError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_UNAVAILABLE
+        admin_url, version = embedded.url, embedded.version
+    else:
+        admin_url, version = choice.url, postgres.server_version(choice.url)
+    log.info("%s", postgres.describe(choice, version, admin_url, source=source))
+    try:
+        return _serve_on(admin_url, args, faults, stop)
+    finally:
+        if embedded is not None:
+            embedded.stop()
+            log.info("embedded PostgreSQL stopped and deleted")
+
+
+def _serve_on(
+    admin_url: str, args: argparse.Namespace, faults: Faults, stop: threading.Event
+) -> int:
     try:
         sandbox = Sandbox.start(
-            args.db_url,
+            admin_url,
             faults=faults,
             host=args.host,
             port=args.port,
@@ -125,14 +193,18 @@ def serve(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     # aiosmtpd logs every SMTP connection at INFO; the sink's messages are the record.
     logging.getLogger("mail.log").setLevel(logging.WARNING)
+    # embedded-postgres logs each initdb/pg_ctl call with its whole output at INFO.
+    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
     if args.command == "serve":
         return serve(args)
+    if args.command == "choose-postgres":
+        return choose(args)
     return 2
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import secrets
 from importlib import resources
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import psycopg
 from psycopg import sql
@@ -24,9 +24,13 @@ def bootstrap_sql() -> str:
 
 
 def database_url(admin_url: str, dbname: str) -> str:
-    """`admin_url` with its database replaced by `dbname`."""
+    """`admin_url` with its database replaced by `dbname`; the rest of its query (a Unix
+    socket's `host=/dir`, `port=`, `sslmode=`...) is kept, a `dbname=` there dropped (libpq
+    would let it win over the path)."""
     parts = urlsplit(admin_url)
-    return urlunsplit((parts.scheme, parts.netloc, f"/{dbname}", parts.query, parts.fragment))
+    query = "&".join(p for p in parts.query.split("&") if p and not p.lower().startswith("dbname="))
+    # Not urlunsplit: it drops the `//` of an empty host (`postgresql:///db?host=/dir`).
+    return f"{parts.scheme}://{parts.netloc}/{dbname}" + (f"?{query}" if query else "")
 
 
 def unique_name(prefix: str) -> str:

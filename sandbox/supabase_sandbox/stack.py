@@ -18,7 +18,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 from psycopg_pool import ConnectionPool
 
-from supabase_sandbox.auth_api import AuthApi, AuthSettings
+from supabase_sandbox.auth_api import AuthApi
+from supabase_sandbox.auth_config import AuthSettings
 from supabase_sandbox.auth_mail import AuthMailer
 from supabase_sandbox.database import (
     DEFAULT_ADMIN_URL,
@@ -72,10 +73,14 @@ class SandboxOptions:
 
 
 def _with_user(url: str, user: str) -> str:
-    """`url` logging in as `user` (no password: the local server trusts localhost)."""
+    """`url` logging in as `user` (no password: the local server trusts localhost); the rest
+    of its query (a Unix socket's `host=/dir`...) is kept, a `user=` or `password=` dropped."""
     parts = urlsplit(url)
     host = parts.netloc.rsplit("@", 1)[-1]
-    return urlunsplit((parts.scheme, f"{user}@{host}", parts.path, parts.query, parts.fragment))
+    query = "&".join(
+        p for p in parts.query.split("&") if p and not p.lower().startswith(("user=", "password="))
+    )
+    return urlunsplit((parts.scheme, f"{user}@{host}", parts.path, query, parts.fragment))
 
 
 class Sandbox:
