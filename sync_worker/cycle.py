@@ -14,6 +14,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TypeVar
@@ -173,23 +174,27 @@ def run_cycle(
         return report
 
 
-def _reading(what: str, rows: Iterable[T]) -> Iterator[T]:
-    """A stream read from Supabase; a failure while reading it means Supabase is down."""
+@contextmanager
+def _reading_supabase(what: str) -> Iterator[None]:
+    """A read the cycle cannot start without: Supabase failing it means Supabase is down (a
+    refused key stays a configuration error)."""
     try:
-        yield from rows
+        yield
     except KeyRefused:
         raise
     except SupabaseError as exc:
         raise DependencyUnavailable("Supabase", f"reading {what}: {exc}") from exc
+
+
+def _reading(what: str, rows: Iterable[T]) -> Iterator[T]:
+    """A stream read from Supabase, read under `_reading_supabase`."""
+    with _reading_supabase(what):
+        yield from rows
 
 
 def _read_state(what: str, load: Callable[[], Mapping[str, S]]) -> Mapping[str, S]:
-    try:
+    with _reading_supabase(what):
         return load()
-    except KeyRefused:
-        raise
-    except SupabaseError as exc:
-        raise DependencyUnavailable("Supabase", f"reading {what}: {exc}") from exc
 
 
 def _failure(email: str, step: Step, error: SyncError | str) -> CustomerFailure:
@@ -208,10 +213,7 @@ def _failure(email: str, step: Step, error: SyncError | str) -> CustomerFailure:
 
 def _stopping(services: CycleServices, tally: CycleTally) -> bool:
     """Whether to skip the work in hand: a dependency is down, or a stop was asked for."""
-    with tally.lock:
-        if not tally.interrupted and services.should_stop():
-            tally.interrupted = True
-        return tally.halted
+    return tally.stopping(services.should_stop)
 
 
 def _new_customers_phase(
@@ -269,18 +271,11 @@ def _provision_accounts(
             )
         except SyncError as exc:
             log.warning("account_failed", email=step.email, error=str(exc))
-            with tally.lock:
-                # Noted as it happens, so that a run of outages stops the tasks still queued.
-                tally.fail(_failure(step.email, Step.ACCOUNT, exc))
+            # Noted as it happens, so that a run of outages stops the tasks still queued.
+            tally.fail(_failure(step.email, Step.ACCOUNT, exc))
             return
-        with tally.lock:
-            tally.succeed()
-            done[step.email] = result
-            {
-                AccountOrigin.CREATED: tally.created,
-                AccountOrigin.LINKED: tally.linked,
-                AccountOrigin.TAKEN_OVER: tally.taken_over,
-            }[result.origin].append(step.email)
+        done[step.email] = result
+        tally.account_ready(step.email, result.origin)
         log.info("account_ready", email=step.email, origin=result.origin.value)
 
     # Each task runs in a copy of this thread's context, so its log lines (retries) carry the
@@ -354,20 +349,16 @@ def _enrol(
     try:
         results = services.store.enrol(enrolments, options.initial_credits)
     except SupabaseError as exc:
-        with tally.lock:
-            if exc.retriable:
-                tally.abort("Supabase", f"enrolment: {exc}")
-            for enrolment in enrolments:
-                tally.failed[enrolment.customer.email] = _failure(
-                    enrolment.customer.email, Step.ENROL, exc
-                )
+        if exc.retriable:
+            tally.abort("Supabase", f"enrolment: {exc}")
+        for enrolment in enrolments:
+            tally.fail(_failure(enrolment.customer.email, Step.ENROL, exc), in_a_row=False)
         return []
     enrolled: list[EnrolmentResult] = []
     for result in results:
         if result.ok:
             enrolled.append(result)
-            with tally.lock:
-                tally.enrolled[result.email] = result
+            tally.enrolment(result)
             log.info(
                 "customer_enrolled",
                 email=result.email,
@@ -376,10 +367,10 @@ def _enrol(
             )
         else:
             log.warning("enrolment_refused", email=result.email, error=result.error)
-            with tally.lock:
-                tally.failed[result.email] = _failure(
-                    result.email, Step.ENROL, f"{result.outcome.value}: {result.error}"
-                )
+            tally.fail(
+                _failure(result.email, Step.ENROL, f"{result.outcome.value}: {result.error}"),
+                in_a_row=False,
+            )
     return enrolled
 
 
@@ -448,14 +439,12 @@ def _send(
                 services.mailer.send(message)
             except MailUnavailable as exc:
                 # Every later message would fail too; they stay owed for the next cycle.
-                with tally.lock:
-                    tally.abort("mail", str(exc))
+                tally.abort("mail", str(exc))
                 log.error("mail_unavailable", error=str(exc))
                 break
             except (MailError, SupabaseError) as exc:
                 log.warning("welcome_email_failed", email=item.email, error=str(exc))
-                with tally.lock:
-                    tally.fail(_failure(item.email, Step.EMAIL, exc))
+                tally.fail(_failure(item.email, Step.EMAIL, exc))
                 continue
             future = recorder.submit(
                 contextvars.copy_context().run,
@@ -470,12 +459,9 @@ def _send(
         except SupabaseError as exc:
             # Sent but not recorded: the next cycle sends again (better twice than never).
             log.error("welcome_email_not_recorded", email=email, error=str(exc))
-            with tally.lock:
-                tally.fail(_failure(email, Step.RECORD_EMAIL, exc))
+            tally.fail(_failure(email, Step.RECORD_EMAIL, exc))
             continue
-        with tally.lock:
-            tally.succeed()
-            tally.emailed.append(email)
+        tally.email_recorded(email)
         log.info("welcome_email_sent", email=email, kind=kind)
 
 
@@ -488,7 +474,7 @@ def _deactivate_phase(services: CycleServices, plan: SyncPlan, tally: CycleTally
         tally.deactivated = services.store.deactivate(emails)
     except SupabaseError as exc:
         for email in emails:
-            tally.failed[email] = _failure(email, Step.DEACTIVATE, exc)
+            tally.fail(_failure(email, Step.DEACTIVATE, exc), in_a_row=False)
     for email in tally.deactivated:
         log.info("customer_deactivated", email=email)
 

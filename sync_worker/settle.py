@@ -10,10 +10,11 @@ customers who are done, and leaves outage failures uncounted.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
-from sync_worker.customers import CustomerFailure, EnrolmentResult, Outcome
+from sync_worker.customers import AccountOrigin, CustomerFailure, EnrolmentResult, Outcome
 from sync_worker.plan import Action, SyncPlan, next_attempt_delay
 
 # After this many customers in a row fail for a reason that says "the service is down", the
@@ -48,29 +49,60 @@ class CycleTally:
     aborted: Abort | None = None
     interrupted: bool = False
     _outages_in_a_row: int = 0
-    # The phases run on several threads: every change goes under this lock.
-    lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
+    # The phases run on several threads: every change goes through a method, under this lock.
+    _lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
 
     @property
     def halted(self) -> bool:
         """Whether later work must be skipped: a dependency is down or a stop was asked for."""
         return self.aborted is not None or self.interrupted
 
-    def fail(self, failure: CustomerFailure, dependency: str = "Supabase") -> None:
-        """Notes one customer's failure; enough outages in a row abort the cycle."""
-        self.failed[failure.email] = failure
-        self._outages_in_a_row = self._outages_in_a_row + 1 if failure.outage else 0
-        if self._outages_in_a_row >= self.outage_threshold:
-            self.abort(dependency, failure.reason)
+    def stopping(self, stop_requested: Callable[[], bool]) -> bool:
+        """Whether to skip the work in hand; notes a stop that was asked for."""
+        with self._lock:
+            if not self.interrupted and stop_requested():
+                self.interrupted = True
+            return self.halted
 
-    def succeed(self) -> None:
-        """Notes a success: the outage run, if any, is over."""
-        self._outages_in_a_row = 0
+    def fail(
+        self, failure: CustomerFailure, dependency: str = "Supabase", *, in_a_row: bool = True
+    ) -> None:
+        """Notes one customer's failure; with `in_a_row`, enough outages one after another
+        abort the cycle (a batch call's failure, noted per customer, does not count so)."""
+        with self._lock:
+            self.failed[failure.email] = failure
+            if not in_a_row:
+                return
+            self._outages_in_a_row = self._outages_in_a_row + 1 if failure.outage else 0
+            if self._outages_in_a_row >= self.outage_threshold:
+                self.abort(dependency, failure.reason)
+
+    def account_ready(self, email: str, origin: AccountOrigin) -> None:
+        """Notes an account created, linked or taken over; the outage run, if any, is over."""
+        with self._lock:
+            self._outages_in_a_row = 0
+            {
+                AccountOrigin.CREATED: self.created,
+                AccountOrigin.LINKED: self.linked,
+                AccountOrigin.TAKEN_OVER: self.taken_over,
+            }[origin].append(email)
+
+    def enrolment(self, result: EnrolmentResult) -> None:
+        """Notes a customer the enrolment RPC enrolled (or reactivated, or refreshed)."""
+        with self._lock:
+            self.enrolled[result.email] = result
+
+    def email_recorded(self, email: str) -> None:
+        """Notes a welcome email accepted and recorded; the outage run, if any, is over."""
+        with self._lock:
+            self._outages_in_a_row = 0
+            self.emailed.append(email)
 
     def abort(self, dependency: str, reason: str) -> None:
         """Cuts the cycle short (the first reason wins)."""
-        if self.aborted is None:
-            self.aborted = Abort(dependency, reason)
+        with self._lock:
+            if self.aborted is None:
+                self.aborted = Abort(dependency, reason)
 
 
 @dataclass(frozen=True, slots=True)
