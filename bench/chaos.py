@@ -15,15 +15,14 @@ import argparse
 import random
 import signal
 import subprocess
-import sys
 import time
 from collections import Counter
 
 import psycopg
-from worker_env import worker_env
+from harness import crm_with_sales, start_worker, worker_env
 
 from supabase_sandbox import FaultKind, FaultPlan, Sandbox
-from supabase_sandbox.database import DEFAULT_ADMIN_URL, create_database, drop_database, unique_name
+from supabase_sandbox.database import DEFAULT_ADMIN_URL
 
 LEASE_TTL_SECONDS = 3
 
@@ -43,12 +42,7 @@ def run_until_served(
         with psycopg.connect(sandbox.db_url, autocommit=True) as conn:
             conn.execute("update public.crm_sync_failures set next_attempt_at = now()")
         runs += 1
-        process = subprocess.Popen(
-            [sys.executable, "-m", "sync_worker", "--once"],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        process = start_worker(env)
         if rng.random() < args.kill_share:
             try:
                 process.wait(timeout=rng.uniform(0.3, 4.0))
@@ -80,73 +74,64 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args()
     rng = random.Random(args.seed)
-    crm_name = unique_name("crm_sync_chaos_crm")
-    crm_url = create_database(DEFAULT_ADMIN_URL, crm_name)
-    try:
-        with psycopg.connect(crm_url, autocommit=True) as conn:
-            conn.execute("create table sales_closure (email text, digital_sale_resume numeric)")
-            conn.execute(
-                "insert into sales_closure select 'chaos' || g || '@example.com', 49.99"
-                " from generate_series(1, %s) g",
-                (args.customers,),
-            )
-        with Sandbox.start(DEFAULT_ADMIN_URL, bcrypt_cost=4) as sandbox:
-            faults = FaultPlan(
-                fault_rate=0.2,
-                mix={
-                    FaultKind.UNAVAILABLE: 1,
-                    FaultKind.RATE_LIMITED: 1,
-                    FaultKind.DROP: 1,
-                    FaultKind.DROP_AFTER: 1,
-                },
-                seed=args.seed,
-                retry_after_s=0,
-            )
-            sandbox.faults = faults
-            sandbox.mail_sink.refuse(0.1, seed=args.seed)
-            env = worker_env(
-                sandbox,
-                crm_url,
-                CRM_ELIGIBILITY_COLUMN="digital_sale_resume",
-                SYNC_CONCURRENCY="4",
-                SYNC_LEASE_TTL_SECONDS=str(LEASE_TTL_SECONDS),
-                LOG_LEVEL="ERROR",
-            )
-            began = time.perf_counter()
-            runs, kills, held = run_until_served(args, rng, env, sandbox)
-            took = time.perf_counter() - began
-            received = Counter(str(m["To"].addresses[0].addr_spec) for m in sandbox.mail)
-            duplicates = sum(n - 1 for n in received.values())
-            accounts = query(
-                sandbox.db_url, "select count(*), count(distinct lower(email)) from auth.users"
-            )
-            grants = query(
-                sandbox.db_url,
-                "select count(*), count(distinct user_id) from public.credit_ledger"
-                " where reason = 'crm_enrolment'",
-            )
-            print(
-                f"customers={args.customers} runs={runs} killed={kills} lease_held={held}"
-                f" seconds={took:.0f}"
-            )
-            print(
-                f"  faults injected: {sum(sandbox.faults.injected.values())},"
-                f" SMTP refusals: {sandbox.mail_sink.refused}"
-            )
-            print(f"  customers emailed: {len(received)} of {args.customers}")
-            print(f"  accounts (rows, distinct emails): {accounts[0]}; grants: {grants[0]}")
-            for step, reason, parked, count in query(
-                sandbox.db_url,
-                "select step, left(reason, 90), parked_at is not null, count(*)"
-                " from public.crm_sync_failures group by 1, 2, 3 order by 4 desc limit 5",
-            ):
-                print(f"  still failing: {count} x {step} (parked {parked}): {reason}")
-            print(
-                f"  emails: {sum(received.values())}, duplicates: {duplicates}"
-                f" ({100 * duplicates / args.customers:.1f}% of customers)"
-            )
-    finally:
-        drop_database(DEFAULT_ADMIN_URL, crm_name)
+    with (
+        crm_with_sales(args.customers, email=("chaos", "@example.com")) as crm_url,
+        Sandbox.start(DEFAULT_ADMIN_URL, bcrypt_cost=4) as sandbox,
+    ):
+        faults = FaultPlan(
+            fault_rate=0.2,
+            mix={
+                FaultKind.UNAVAILABLE: 1,
+                FaultKind.RATE_LIMITED: 1,
+                FaultKind.DROP: 1,
+                FaultKind.DROP_AFTER: 1,
+            },
+            seed=args.seed,
+            retry_after_s=0,
+        )
+        sandbox.faults = faults
+        sandbox.mail_sink.refuse(0.1, seed=args.seed)
+        env = worker_env(
+            sandbox,
+            crm_url,
+            CRM_ELIGIBILITY_COLUMN="digital_sale_resume",
+            SYNC_CONCURRENCY="4",
+            SYNC_LEASE_TTL_SECONDS=str(LEASE_TTL_SECONDS),
+            LOG_LEVEL="ERROR",
+        )
+        began = time.perf_counter()
+        runs, kills, held = run_until_served(args, rng, env, sandbox)
+        took = time.perf_counter() - began
+        received = Counter(str(m["To"].addresses[0].addr_spec) for m in sandbox.mail)
+        duplicates = sum(n - 1 for n in received.values())
+        accounts = query(
+            sandbox.db_url, "select count(*), count(distinct lower(email)) from auth.users"
+        )
+        grants = query(
+            sandbox.db_url,
+            "select count(*), count(distinct user_id) from public.credit_ledger"
+            " where reason = 'crm_enrolment'",
+        )
+        print(
+            f"customers={args.customers} runs={runs} killed={kills} lease_held={held}"
+            f" seconds={took:.0f}"
+        )
+        print(
+            f"  faults injected: {sum(sandbox.faults.injected.values())},"
+            f" SMTP refusals: {sandbox.mail_sink.refused}"
+        )
+        print(f"  customers emailed: {len(received)} of {args.customers}")
+        print(f"  accounts (rows, distinct emails): {accounts[0]}; grants: {grants[0]}")
+        for step, reason, parked, count in query(
+            sandbox.db_url,
+            "select step, left(reason, 90), parked_at is not null, count(*)"
+            " from public.crm_sync_failures group by 1, 2, 3 order by 4 desc limit 5",
+        ):
+            print(f"  still failing: {count} x {step} (parked {parked}): {reason}")
+        print(
+            f"  emails: {sum(received.values())}, duplicates: {duplicates}"
+            f" ({100 * duplicates / args.customers:.1f}% of customers)"
+        )
 
 
 if __name__ == "__main__":

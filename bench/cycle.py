@@ -12,14 +12,11 @@ from __future__ import annotations
 import argparse
 import time
 
-import psycopg
+from harness import crm_with_sales
 
 from supabase_sandbox import FaultPlan, Sandbox
 from supabase_sandbox.database import (
     DEFAULT_ADMIN_URL,
-    create_database,
-    drop_database,
-    unique_name,
 )
 from sync_worker.config import Settings
 from sync_worker.cycle import run_cycle
@@ -36,50 +33,41 @@ def main() -> None:
     args = parser.parse_args()
     configure_logging("json", "ERROR")
 
-    crm_name = unique_name("crm_sync_bench_crm")
-    crm_url = create_database(DEFAULT_ADMIN_URL, crm_name)
-    try:
-        with psycopg.connect(crm_url, autocommit=True) as conn:
-            conn.execute("create table sales_closure (email text, digital_sale_resume numeric)")
-            conn.execute(
-                "insert into sales_closure select 'bench' || g || '@example.com', 49.99"
-                " from generate_series(1, %s) g",
-                (args.customers,),
-            )
-        with Sandbox.start(DEFAULT_ADMIN_URL, bcrypt_cost=args.bcrypt_cost) as sandbox:
-            sandbox.faults = FaultPlan(latency_ms=args.latency_ms)
-            settings = Settings(
-                _env_file=None,  # type: ignore[call-arg]
-                crm_database_url=crm_url,  # type: ignore[arg-type]
-                supabase_url=sandbox.url,
-                supabase_service_role_key=sandbox.service_role_key,  # type: ignore[arg-type]
-                app_login_url="https://careercast.example.com/login",
-                email_backend="smtp",  # type: ignore[arg-type]
-                email_from="no-reply@applywizz.example",
-                smtp_host=sandbox.smtp_host,
-                smtp_port=sandbox.smtp_port,
-                smtp_security="none",  # type: ignore[arg-type]
-                sync_concurrency=args.concurrency,
-            )
+    with (
+        crm_with_sales(args.customers, email=("bench", "@example.com")) as crm_url,
+        Sandbox.start(DEFAULT_ADMIN_URL, bcrypt_cost=args.bcrypt_cost) as sandbox,
+    ):
+        sandbox.faults = FaultPlan(latency_ms=args.latency_ms)
+        settings = Settings(
+            _env_file=None,  # type: ignore[call-arg]
+            crm_database_url=crm_url,  # type: ignore[arg-type]
+            supabase_url=sandbox.url,
+            supabase_service_role_key=sandbox.service_role_key,  # type: ignore[arg-type]
+            app_login_url="https://careercast.example.com/login",
+            email_backend="smtp",  # type: ignore[arg-type]
+            email_from="no-reply@applywizz.example",
+            smtp_host=sandbox.smtp_host,
+            smtp_port=sandbox.smtp_port,
+            smtp_security="none",  # type: ignore[arg-type]
+            sync_concurrency=args.concurrency,
+        )
+        print(
+            f"customers={args.customers} latency_ms={args.latency_ms}"
+            f" concurrency={args.concurrency} bcrypt_cost={args.bcrypt_cost}"
+        )
+        for label in ("first cycle", "second cycle"):
+            sandbox.requests.reset()
+            began = time.perf_counter()
+            with LiveServices(settings) as live:
+                report = run_cycle(live.options, live.for_cycle())
+            took = time.perf_counter() - began
             print(
-                f"customers={args.customers} latency_ms={args.latency_ms}"
-                f" concurrency={args.concurrency} bcrypt_cost={args.bcrypt_cost}"
+                f"{label:>12}: {took:7.2f} s  {args.customers / took:8.1f} customers/s"
+                f"  created={report.created} emails={report.emails_sent}"
+                f" failures={len(report.failures)}"
+                f" api_requests={sum(sandbox.request_counts().values())}"
+                f" api_writes={sandbox.requests.writes()}"
             )
-            for label in ("first cycle", "second cycle"):
-                sandbox.requests.reset()
-                began = time.perf_counter()
-                with LiveServices(settings) as live:
-                    report = run_cycle(live.options, live.for_cycle())
-                took = time.perf_counter() - began
-                print(
-                    f"{label:>12}: {took:7.2f} s  {args.customers / took:8.1f} customers/s"
-                    f"  created={report.created} emails={report.emails_sent}"
-                    f" failures={len(report.failures)}"
-                    f" api_requests={sum(sandbox.request_counts().values())}"
-                    f" api_writes={sandbox.requests.writes()}"
-                )
-    finally:
-        drop_database(DEFAULT_ADMIN_URL, crm_name)
 
 
 if __name__ == "__main__":

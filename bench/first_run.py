@@ -12,17 +12,14 @@ both and their ratio.
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import psycopg
-from worker_env import worker_env
+from harness import crm_with_sales, run_worker, worker_env
 
 from supabase_sandbox import FaultPlan, Sandbox
-from supabase_sandbox.database import DEFAULT_ADMIN_URL, create_database, drop_database, unique_name
+from supabase_sandbox.database import DEFAULT_ADMIN_URL
 from sync_worker.supabase_api import SupabaseApi
 
 
@@ -55,16 +52,8 @@ def first_run(sandbox: Sandbox, crm_url: str, concurrency: int) -> tuple[float, 
         CRM_ELIGIBILITY_COLUMN="digital_resume_sale_value",
         SYNC_CONCURRENCY=str(concurrency),
     )
-    began = time.perf_counter()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "sync_worker", "--once"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    _, status, usage = os.wait4(process.pid, 0)
-    process.returncode = os.waitstatus_to_exitcode(status)
-    return time.perf_counter() - began, process.returncode, usage.ru_utime + usage.ru_stime
+    worker = run_worker(env)
+    return worker.wall, worker.code, worker.cpu_seconds
 
 
 def main() -> None:
@@ -74,38 +63,29 @@ def main() -> None:
     parser.add_argument("--latency-ms", type=int, default=25)
     parser.add_argument("--bcrypt-cost", type=int, default=10)
     args = parser.parse_args()
-    crm_name = unique_name("crm_sync_first_run_crm")
-    crm_url = create_database(DEFAULT_ADMIN_URL, crm_name)
-    try:
-        with psycopg.connect(crm_url, autocommit=True) as conn:
-            conn.execute(
-                "create table sales_closure (email text, digital_resume_sale_value numeric)"
-            )
-            conn.execute(
-                "insert into sales_closure select 'new' || g || '@example.com', 49.99"
-                " from generate_series(1, %s) g",
-                (args.customers,),
-            )
-        with Sandbox.start(DEFAULT_ADMIN_URL, bcrypt_cost=args.bcrypt_cost) as sandbox:
-            sandbox.faults = FaultPlan(latency_ms=args.latency_ms)
-            bound = bare_creates(sandbox, args.customers, args.concurrency)
-            with psycopg.connect(sandbox.db_url, autocommit=True) as conn:
-                conn.execute("delete from auth.users")
-            sandbox.requests.reset()
-            wall, code, cpu = first_run(sandbox, crm_url, args.concurrency)
-            print(
-                f"customers={args.customers} concurrency={args.concurrency}"
-                f" latency_ms={args.latency_ms} bcrypt_cost={args.bcrypt_cost}"
-            )
-            print(f"  bare create-user calls: {bound:7.2f} s")
-            print(
-                f"  crm-sync --once:        {wall:7.2f} s  (exit {code},"
-                f" {sum(sandbox.request_counts().values())} requests,"
-                f" {len(sandbox.mail)} emails, the worker's own CPU {cpu:.2f} s)"
-            )
-            print(f"  ratio: {wall / bound:.2f}")
-    finally:
-        drop_database(DEFAULT_ADMIN_URL, crm_name)
+    with (
+        crm_with_sales(
+            args.customers, email=("new", "@example.com"), column="digital_resume_sale_value"
+        ) as crm_url,
+        Sandbox.start(DEFAULT_ADMIN_URL, bcrypt_cost=args.bcrypt_cost) as sandbox,
+    ):
+        sandbox.faults = FaultPlan(latency_ms=args.latency_ms)
+        bound = bare_creates(sandbox, args.customers, args.concurrency)
+        with psycopg.connect(sandbox.db_url, autocommit=True) as conn:
+            conn.execute("delete from auth.users")
+        sandbox.requests.reset()
+        wall, code, cpu = first_run(sandbox, crm_url, args.concurrency)
+        print(
+            f"customers={args.customers} concurrency={args.concurrency}"
+            f" latency_ms={args.latency_ms} bcrypt_cost={args.bcrypt_cost}"
+        )
+        print(f"  bare create-user calls: {bound:7.2f} s")
+        print(
+            f"  crm-sync --once:        {wall:7.2f} s  (exit {code},"
+            f" {sum(sandbox.request_counts().values())} requests,"
+            f" {len(sandbox.mail)} emails, the worker's own CPU {cpu:.2f} s)"
+        )
+        print(f"  ratio: {wall / bound:.2f}")
 
 
 if __name__ == "__main__":

@@ -12,18 +12,15 @@ stack, writes among them, the child's peak RSS, and the exit code; then the medi
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import subprocess
-import sys
 import time
 from dataclasses import dataclass
 
 import psycopg
-from worker_env import worker_env
+from harness import crm_with_sales, run_worker, worker_env
 
 from supabase_sandbox import FaultPlan, Sandbox
-from supabase_sandbox.database import DEFAULT_ADMIN_URL, create_database, drop_database, unique_name
+from supabase_sandbox.database import DEFAULT_ADMIN_URL
 
 # Triggers off (session_replication_role = replica): the rows are written as the worker's
 # enrolment would leave them, without going through it N times.
@@ -61,20 +58,9 @@ class Run:
 
 def run_once(env: dict[str, str], sandbox: Sandbox) -> Run:
     sandbox.requests.reset()
-    began = time.perf_counter()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "sync_worker", "--once"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    _, status, usage = os.wait4(process.pid, 0)
-    wall = time.perf_counter() - began
-    process.returncode = os.waitstatus_to_exitcode(status)
-    if process.stderr is not None:
-        process.stderr.close()
+    worker = run_worker(env)
     return Run(
-        wall=wall,
+        wall=worker.wall,
         requests=sum(sandbox.request_counts().values()),
         writes=sandbox.requests.writes(),
         data_writes=sum(
@@ -83,63 +69,53 @@ def run_once(env: dict[str, str], sandbox: Sandbox) -> Run:
             if key.method not in ("GET", "HEAD", "OPTIONS")
             and not any(part in key.route for part in BOOKKEEPING)
         ),
-        peak_rss_mb=usage.ru_maxrss / 1024,
-        code=process.returncode,
+        peak_rss_mb=worker.peak_rss_mb,
+        code=worker.code,
     )
 
 
 def bench(customers: int, new: int, latency_ms: int, runs: int) -> None:
-    crm_name = unique_name("crm_sync_scale_crm")
-    crm_url = create_database(DEFAULT_ADMIN_URL, crm_name)
-    try:
-        with psycopg.connect(crm_url, autocommit=True) as conn:
-            conn.execute(
-                "create table sales_closure (lead_id text, lead_name text, email text,"
-                " digital_resume_sale_value numeric)"
-            )
-            conn.execute(
-                "insert into sales_closure (email, digital_resume_sale_value)"
-                " select 'C' || g || '@Example.com', 49.99 from generate_series(1, %s) g",
-                (customers + new,),
-            )
-        with Sandbox.start(DEFAULT_ADMIN_URL, bcrypt_cost=4) as sandbox:
-            seeded = time.perf_counter()
-            with psycopg.connect(sandbox.db_url, autocommit=True) as conn:
-                with conn.transaction():
-                    conn.execute("set local session_replication_role = replica")
-                    for statement in SEED_STATEMENTS:
-                        conn.execute(statement, {"n": customers})  # type: ignore[arg-type]
-                conn.execute("analyze")
-            seeding = time.perf_counter() - seeded
-            sandbox.faults = FaultPlan(latency_ms=latency_ms)
-            env = worker_env(
-                sandbox,
-                crm_url,
-                CRM_ELIGIBILITY_COLUMN="digital_resume_sale_value",
-                SYNC_CONCURRENCY="16",
-            )
+    with (
+        crm_with_sales(
+            customers + new, email=("C", "@Example.com"), column="digital_resume_sale_value"
+        ) as crm_url,
+        Sandbox.start(DEFAULT_ADMIN_URL, bcrypt_cost=4) as sandbox,
+    ):
+        seeded = time.perf_counter()
+        with psycopg.connect(sandbox.db_url, autocommit=True) as conn:
+            with conn.transaction():
+                conn.execute("set local session_replication_role = replica")
+                for statement in SEED_STATEMENTS:
+                    conn.execute(statement, {"n": customers})  # type: ignore[arg-type]
+            conn.execute("analyze")
+        seeding = time.perf_counter() - seeded
+        sandbox.faults = FaultPlan(latency_ms=latency_ms)
+        env = worker_env(
+            sandbox,
+            crm_url,
+            CRM_ELIGIBILITY_COLUMN="digital_resume_sale_value",
+            SYNC_CONCURRENCY="16",
+        )
+        print(
+            f"customers={customers} new={new} latency_ms={latency_ms}"
+            f" (seeded by SQL in {seeding:.1f} s)"
+        )
+        results = []
+        for number in range(1, runs + 1):
+            result = run_once(env, sandbox)
+            results.append(result)
             print(
-                f"customers={customers} new={new} latency_ms={latency_ms}"
-                f" (seeded by SQL in {seeding:.1f} s)"
+                f"  run {number}: wall {result.wall:6.2f} s  requests {result.requests:5d}"
+                f"  writes {result.writes:3d} (customer data {result.data_writes})"
+                f"  peak RSS {result.peak_rss_mb:6.1f} MB"
+                f"  exit {result.code}"
             )
-            results = []
-            for number in range(1, runs + 1):
-                result = run_once(env, sandbox)
-                results.append(result)
-                print(
-                    f"  run {number}: wall {result.wall:6.2f} s  requests {result.requests:5d}"
-                    f"  writes {result.writes:3d} (customer data {result.data_writes})"
-                    f"  peak RSS {result.peak_rss_mb:6.1f} MB"
-                    f"  exit {result.code}"
-                )
-            if runs > 1:
-                print(
-                    f"  median: wall {statistics.median(r.wall for r in results):6.2f} s"
-                    f"  requests {statistics.median(r.requests for r in results):5.0f}"
-                    f"  peak RSS {statistics.median(r.peak_rss_mb for r in results):6.1f} MB"
-                )
-    finally:
-        drop_database(DEFAULT_ADMIN_URL, crm_name)
+        if runs > 1:
+            print(
+                f"  median: wall {statistics.median(r.wall for r in results):6.2f} s"
+                f"  requests {statistics.median(r.requests for r in results):5.0f}"
+                f"  peak RSS {statistics.median(r.peak_rss_mb for r in results):6.1f} MB"
+            )
 
 
 def main() -> None:

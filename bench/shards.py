@@ -12,62 +12,45 @@ last worker exits, the customers served per second and the speed-up over one wor
 from __future__ import annotations
 
 import argparse
-import subprocess
-import sys
 import time
 
 import psycopg
-from worker_env import worker_env
+from harness import crm_with_sales, start_worker, worker_env
 
 from supabase_sandbox import FaultPlan, Sandbox
-from supabase_sandbox.database import DEFAULT_ADMIN_URL, create_database, drop_database, unique_name
+from supabase_sandbox.database import DEFAULT_ADMIN_URL
 
 
 def run_shards(customers: int, workers: int, latency_ms: int, concurrency: int) -> float:
-    crm_name = unique_name("crm_sync_shards_crm")
-    crm_url = create_database(DEFAULT_ADMIN_URL, crm_name)
-    try:
-        with psycopg.connect(crm_url, autocommit=True) as conn:
-            conn.execute("create table sales_closure (email text, digital_sale_resume numeric)")
-            conn.execute(
-                "insert into sales_closure select 'shard' || g || '@example.com', 49.99"
-                " from generate_series(1, %s) g",
-                (customers,),
-            )
-        with Sandbox.start(DEFAULT_ADMIN_URL, bcrypt_cost=4) as sandbox:
-            sandbox.faults = FaultPlan(latency_ms=latency_ms)
-            env = worker_env(
-                sandbox,
-                crm_url,
-                SYNC_CONCURRENCY=str(concurrency),
-                SYNC_SHARD_COUNT=str(workers),
-                LOG_LEVEL="ERROR",
-            )
-            began = time.perf_counter()
-            processes = [
-                subprocess.Popen(
-                    [sys.executable, "-m", "sync_worker", "--once"],
-                    env={**env, "SYNC_SHARD_INDEX": str(index)},
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                )
-                for index in range(workers)
-            ]
-            codes = [process.wait() for process in processes]
-            took = time.perf_counter() - began
-            with psycopg.connect(sandbox.db_url) as conn:
-                row = conn.execute(
-                    "select count(*) from public.digital_resume_by_crm"
-                    " where welcome_email_status = 'sent'"
-                ).fetchone()
-            served = row[0] if row else 0
-            print(
-                f"  {workers} worker(s): {took:6.2f} s  {served / took:6.1f} customers/s"
-                f"  served {served} of {customers}  exits {codes}"
-            )
-            return took
-    finally:
-        drop_database(DEFAULT_ADMIN_URL, crm_name)
+    with (
+        crm_with_sales(customers, email=("shard", "@example.com")) as crm_url,
+        Sandbox.start(DEFAULT_ADMIN_URL, bcrypt_cost=4) as sandbox,
+    ):
+        sandbox.faults = FaultPlan(latency_ms=latency_ms)
+        env = worker_env(
+            sandbox,
+            crm_url,
+            SYNC_CONCURRENCY=str(concurrency),
+            SYNC_SHARD_COUNT=str(workers),
+            LOG_LEVEL="ERROR",
+        )
+        began = time.perf_counter()
+        processes = [
+            start_worker({**env, "SYNC_SHARD_INDEX": str(index)}) for index in range(workers)
+        ]
+        codes = [process.wait() for process in processes]
+        took = time.perf_counter() - began
+        with psycopg.connect(sandbox.db_url) as conn:
+            row = conn.execute(
+                "select count(*) from public.digital_resume_by_crm"
+                " where welcome_email_status = 'sent'"
+            ).fetchone()
+        served = row[0] if row else 0
+        print(
+            f"  {workers} worker(s): {took:6.2f} s  {served / took:6.1f} customers/s"
+            f"  served {served} of {customers}  exits {codes}"
+        )
+        return took
 
 
 def main() -> None:
