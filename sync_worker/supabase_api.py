@@ -109,14 +109,12 @@ class SupabaseApi:
         *,
         operation: str | None = None,
         policy: RetryPolicy | None = None,
-        read_only: bool = False,
     ) -> Any:
-        """Calls a SQL function and returns its JSON result: POST /rpc/<function>, or GET with
-        the arguments in the query when `read_only` (a stable function: a read, not a write)."""
+        """Calls a SQL function (POST /rpc/<function>) and returns its JSON result."""
         payload = dict(args or {})
         response = self.call(
             operation or function,
-            lambda: self._client.rpc(function, payload, get=read_only).execute(),
+            lambda: self._client.rpc(function, payload).execute(),
             policy,
         )
         return response.data
@@ -130,25 +128,10 @@ class SupabaseApi:
         response is closed and released.
         """
         params = {key: str(value) for key, value in args.items()}
-
-        def request() -> list[Row]:
-            response = self._http.get(
-                f"{self.url}/rest/v1/rpc/{function}",
-                params=params,
-                headers={"apikey": self._key, "Authorization": f"Bearer {self._key}"},
-            )
-            try:
-                response.raise_for_status()
-                body = response.content
-            finally:
-                response.close()
-            # The response (and its copy of the body) goes before the rows are built: freed
-            # after them, each page's blocks left holes that the heap kept growing around.
-            del response
-            rows: list[Row] = json.loads(body)
-            return rows
-
-        return self.call(operation or function, request)
+        rows: list[Row] = self.call(
+            operation or function, partial(self._get_json, f"rest/v1/rpc/{function}", params)
+        )
+        return rows
 
     def rpc_rows(
         self,
@@ -322,17 +305,26 @@ class SupabaseApi:
         if filter_text is not None:
             params["filter"] = filter_text
 
-        def request() -> list[Row]:
-            response = self._http.get(
-                f"{self.url}/auth/v1/admin/users",
-                params=params,
-                headers={"apikey": self._key, "Authorization": f"Bearer {self._key}"},
-            )
-            response.raise_for_status()
-            users: list[Row] = response.json().get("users") or []
-            return users
+        body = self.call("find account", partial(self._get_json, "auth/v1/admin/users", params))
+        users: list[Row] = body.get("users") or []
+        return users
 
-        return self.call("find account", request)
+    def _get_json(self, path: str, params: Mapping[str, Any]) -> Any:
+        """One GET with the service key, for what supabase-py does not offer; the body is parsed
+        once the response is closed and released (freed after the parsed objects, a large
+        body left holes that the heap kept growing around)."""
+        response = self._http.get(
+            f"{self.url}/{path}",
+            params=dict(params),
+            headers={"apikey": self._key, "Authorization": f"Bearer {self._key}"},
+        )
+        try:
+            response.raise_for_status()
+            body = response.content
+        finally:
+            response.close()
+        del response
+        return json.loads(body)
 
     # -- the edge --------------------------------------------------------------------------
 
