@@ -163,6 +163,19 @@ def _lead_id(raw: str | None) -> str | None:
     return raw.strip() if raw and raw.strip() else None
 
 
+def rows_by_email(rows: Iterable[CrmRow], invalid: list[InvalidCrmRow]) -> dict[str, list[CrmRow]]:
+    """Readable rows by their normalised email; a row whose email cannot be used is added to
+    `invalid` with the reason."""
+    by_email: dict[str, list[CrmRow]] = {}
+    for row in rows:
+        email, reason = normalise_email(row.raw_email)
+        if email is None:
+            invalid.append(invalid_email(row, reason or "invalid"))
+        else:
+            by_email.setdefault(email, []).append(row)
+    return by_email
+
+
 def customer_from_rows(email: str, rows: Iterable[CrmRow]) -> CrmCustomer:
     """One customer from every eligible sale row of their email (pure, order-independent)."""
     names: list[str] = []

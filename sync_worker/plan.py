@@ -21,13 +21,11 @@ from enum import StrEnum
 from sync_worker.customers import (
     CrmCustomer,
     CrmGroup,
-    CrmRow,
     CustomerFailure,
     InvalidCrmRow,
     TrackedCustomer,
     customer_from_rows,
-    invalid_email,
-    normalise_email,
+    rows_by_email,
     unreadable,
 )
 
@@ -131,7 +129,7 @@ class PlanBuilder:
                 # Tracked: validated when it was enrolled, and the same text now.
                 self._merge(customer_from_rows(key, rows))
                 return
-        for email, own in self._validated(rows).items():
+        for email, own in rows_by_email(rows, self.tally.invalid).items():
             if not self._owns(email):
                 continue  # another shard's customer (its order key is not its email)
             customer = customer_from_rows(email, own)
@@ -139,17 +137,6 @@ class PlanBuilder:
                 self._merge(customer)
             else:
                 self._aside(customer)
-
-    def _validated(self, rows: list[CrmRow]) -> dict[str, list[CrmRow]]:
-        """The rows by normalised email; the invalid ones are reported."""
-        by_email: dict[str, list[CrmRow]] = {}
-        for row in rows:
-            email, reason = normalise_email(row.raw_email)
-            if email is None:
-                self.tally.invalid.append(invalid_email(row, reason or "invalid"))
-            else:
-                by_email.setdefault(email, []).append(row)
-        return by_email
 
     def add_customer(self, customer: CrmCustomer) -> None:
         """One customer already merged and validated (in email order)."""

@@ -21,8 +21,7 @@ from sync_worker.customers import (
     CrmRow,
     CrmSnapshot,
     customer_from_rows,
-    invalid_email,
-    normalise_email,
+    rows_by_email,
     unreadable,
 )
 from sync_worker.errors import CrmDataError, CrmSourceError, DependencyUnavailable, first_line
@@ -121,17 +120,14 @@ def group_rows(rows: Iterable[Row]) -> Iterator[CrmGroup]:
 def merge_rows(rows: Iterable[CrmRow]) -> CrmSnapshot:
     """Every customer of some CRM rows, one per normalised email, validating each (pure)."""
     snapshot = CrmSnapshot()
-    by_email: dict[str, list[CrmRow]] = {}
+    readable: list[CrmRow] = []
     for row in rows:
         snapshot.rows_read += 1
-        if not row.readable:
-            snapshot.invalid.append(unreadable(row))
-            continue
-        email, reason = normalise_email(row.raw_email)
-        if email is None:
-            snapshot.invalid.append(invalid_email(row, reason or "invalid"))
+        if row.readable:
+            readable.append(row)
         else:
-            by_email.setdefault(email, []).append(row)
+            snapshot.invalid.append(unreadable(row))
+    by_email = rows_by_email(readable, snapshot.invalid)
     snapshot.customers = {
         email: customer_from_rows(email, own) for email, own in sorted(by_email.items())
     }

@@ -136,7 +136,7 @@ def group(key: str, *raws: str) -> CrmGroup:
 
 def test_the_merge_validates_only_emails_not_yet_tracked(monkeypatch: pytest.MonkeyPatch) -> None:
     """Issue 9: email validation costs nothing for customers already synced and unchanged."""
-    from sync_worker import plan as plan_module
+    from sync_worker import customers as customers_module
 
     validated: list[str | None] = []
 
@@ -144,7 +144,7 @@ def test_the_merge_validates_only_emails_not_yet_tracked(monkeypatch: pytest.Mon
         validated.append(raw)
         return normalise_email(raw)
 
-    monkeypatch.setattr(plan_module, "normalise_email", counting)
+    monkeypatch.setattr(customers_module, "normalise_email", counting)
     builder = PlanBuilder([tracked("a@x.co"), tracked("c@x.co")], {}, NOW)
     for item in (group("a@x.co", " A@X.co"), group("b@x.co", "B@x.co"), group("c@x.co", "c@x.co")):
         builder.add_group(item)
