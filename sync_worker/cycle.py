@@ -52,8 +52,9 @@ from sync_worker.provision import (
     issue_credentials,
     provision_account,
 )
-from sync_worker.record import EnrolmentStore
+from sync_worker.record import EnrolmentStore, SentEmail
 from sync_worker.report import CycleReport
+from sync_worker.sent_emails import SentEmailRecorder
 from sync_worker.settle import OUTAGE_THRESHOLD, CycleTally, Settlement, settle
 from sync_worker.welcome_email import WelcomeEmail
 
@@ -401,10 +402,9 @@ def _send(
     """Sends each welcome email owed, once; records it only after the server accepted it."""
     if not owed or not options.send_email or tally.aborted is not None:
         return
-    # Each accepted email is recorded at once, by a small pool, while the next one is sent:
-    # the record's round trip to Supabase would otherwise set the pace of the whole phase.
-    recording: list[tuple[str, str, Future[bool]]] = []
-    with ThreadPoolExecutor(max_workers=options.concurrency) as recorder:
+    # Accepted emails are recorded in the background while the next ones are sent, those
+    # accepted meanwhile together with the next call.
+    with SentEmailRecorder(services.store.record_welcome_emails) as recorder:
         for item in owed:
             if _stopping(services, tally):
                 break
@@ -446,20 +446,12 @@ def _send(
                 log.warning("welcome_email_failed", email=item.email, error=str(exc))
                 tally.fail(_failure(item.email, Step.EMAIL, exc))
                 continue
-            future = recorder.submit(
-                contextvars.copy_context().run,
-                services.store.record_welcome_email,
-                item.email,
-                message.kind,
-            )
-            recording.append((item.email, message.kind, future))
-    for email, kind, future in recording:
-        try:
-            future.result()
-        except SupabaseError as exc:
+            recorder.add(SentEmail(item.email, message.kind))
+    for (email, kind), error in recorder.results:
+        if error is not None:
             # Sent but not recorded: the next cycle sends again (better twice than never).
-            log.error("welcome_email_not_recorded", email=email, error=str(exc))
-            tally.fail(_failure(email, Step.RECORD_EMAIL, exc))
+            log.error("welcome_email_not_recorded", email=email, error=str(error))
+            tally.fail(_failure(email, Step.RECORD_EMAIL, error))
             continue
         tally.email_recorded(email)
         log.info("welcome_email_sent", email=email, kind=kind)

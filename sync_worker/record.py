@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from sync_worker.customers import (
     AccountOrigin,
@@ -17,9 +17,18 @@ from sync_worker.customers import (
 from sync_worker.supabase_api import SupabaseApi
 
 ENROL_BATCH_SIZE = 200
+# At most this many accepted emails are recorded by one call.
+RECORD_BATCH_SIZE = 200
 RECORD_ATTEMPTS = 12
 RECORD_DEADLINE_SECONDS = 120.0
 FAILURES_TABLE = "crm_sync_failures"
+
+
+class SentEmail(NamedTuple):
+    """A welcome email the mail server accepted: to whom, and which kind."""
+
+    email: str
+    kind: str
 
 
 class EnrolmentStore(Protocol):
@@ -29,7 +38,7 @@ class EnrolmentStore(Protocol):
 
     def deactivate(self, emails: Sequence[str]) -> list[str]: ...
 
-    def record_welcome_email(self, email: str, kind: str) -> bool: ...
+    def record_welcome_emails(self, sent: Sequence[SentEmail]) -> list[str]: ...
 
     def record_failures(self, failures: Sequence[CustomerFailure]) -> None: ...
 
@@ -92,26 +101,28 @@ class SupabaseStore:
         data = self._api.rpc(
             "deactivate_crm_customers", {"p_emails": list(emails)}, operation="deactivate customers"
         )
-        return [row if isinstance(row, str) else next(iter(row.values())) for row in data or []]
+        return _scalars(data)
 
-    def record_welcome_email(self, email: str, kind: str) -> bool:
-        """Records an email the server accepted. It is idempotent, and each lost record means
-        a second email (with a new password) next cycle: so it is retried much longer than
-        other calls."""
+    def record_welcome_emails(self, sent: Sequence[SentEmail]) -> list[str]:
+        """Records emails the server accepted, in one call; returns those recorded now (one
+        already recorded is not). It is idempotent, and each lost record means a second
+        email (with a new password) next cycle: so it is retried much longer than other
+        calls."""
+        if not sent:
+            return []
         policy = self._api.policy
         patient = replace(
             policy,
             attempts=max(policy.attempts, RECORD_ATTEMPTS),
             deadline=max(policy.deadline, RECORD_DEADLINE_SECONDS),
         )
-        return bool(
-            self._api.rpc(
-                "record_welcome_email",
-                {"p_email": email, "p_kind": kind},
-                operation="record welcome email",
-                policy=patient,
-            )
+        rows = self._api.rpc(
+            "record_welcome_emails",
+            {"p_sent": [item._asdict() for item in sent]},
+            operation="record welcome emails",
+            policy=patient,
         )
+        return _scalars(rows)
 
     def record_failures(self, failures: Sequence[CustomerFailure]) -> None:
         if failures:
@@ -126,3 +137,9 @@ class SupabaseStore:
         self._api.delete_in(
             FAILURES_TABLE, "email", emails, batch_size=ENROL_BATCH_SIZE, operation="clear failures"
         )
+
+
+def _scalars(data: Any) -> list[str]:
+    """The values of a `setof text` function's answer (PostgREST sends the bare values; an
+    object per row is read as well)."""
+    return [str(next(iter(row.values())) if isinstance(row, dict) else row) for row in data or []]

@@ -25,6 +25,7 @@ from sync_worker.customers import (
 from sync_worker.cycle import CycleOptions, CycleServices
 from sync_worker.errors import MailError, SupabaseError
 from sync_worker.provision import AccountExists
+from sync_worker.record import SentEmail
 from sync_worker.welcome_email import WelcomeEmail
 
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
@@ -202,13 +203,19 @@ class FakeStore:
                 changed.append(email)
         return changed
 
-    def record_welcome_email(self, email: str, kind: str) -> bool:
-        self.writes.append("record_welcome_email")
-        if email in self.record_email_error:
-            raise self.record_email_error[email]
-        row = self.tracking[email]
-        self.tracking[email] = replace(row, welcome_email_status="sent")
-        return row.welcome_email_status != "sent"
+    def record_welcome_emails(self, sent: Sequence[SentEmail]) -> list[str]:
+        """One call: refused as a whole when any of its emails has a `record_email_error`."""
+        self.writes.append("record_welcome_emails")
+        for email, _ in sent:
+            if email in self.record_email_error:
+                raise self.record_email_error[email]
+        recorded = []
+        for email, _ in sent:
+            row = self.tracking[email]
+            if row.welcome_email_status != "sent":
+                self.tracking[email] = replace(row, welcome_email_status="sent")
+                recorded.append(email)
+        return recorded
 
     def record_failures(self, failures: Sequence[CustomerFailure]) -> None:
         if failures:

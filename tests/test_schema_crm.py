@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import psycopg
@@ -291,6 +292,38 @@ def test_welcome_email_is_recorded_once(db: psycopg.Connection[Any]) -> None:
         second = scalar(db, "select public.record_welcome_email(%s, 'new_account')", user.email)
     assert (first, second) == (True, False)
     assert enrol_user(db, user)["welcome_email_status"] == "sent"
+
+
+def test_welcome_emails_are_recorded_in_one_call_each_once(db: psycopg.Connection[Any]) -> None:
+    users = [create_auth_user(db, f"batch{n}@example.com") for n in range(3)]
+    for user in users:
+        enrol_user(db, user)
+    batch = [
+        {"email": " Batch0@Example.com", "kind": "new_account"},
+        {"email": "batch1@example.com", "kind": "credits_added"},
+        {"email": "batch1@example.com", "kind": "credits_added"},  # twice in one call
+        {"email": "stranger@example.com", "kind": "new_account"},  # not a customer
+    ]
+
+    def record(sent: list[dict[str, str]]) -> list[str]:
+        with acting_as(db, "service_role"):
+            rows = db.execute(
+                "select * from public.record_welcome_emails(%s::jsonb)", (json.dumps(sent),)
+            ).fetchall()
+        return sorted(row[0] for row in rows)
+
+    assert record(batch) == ["batch0@example.com", "batch1@example.com"]
+    assert record(batch) == []  # already recorded: not again
+    kinds = db.execute(
+        "select email, welcome_email_status, welcome_email_kind from public.digital_resume_by_crm"
+        " where email like 'batch%%' order by email"
+    ).fetchall()
+    assert kinds == [
+        ("batch0@example.com", "sent", "new_account"),
+        ("batch1@example.com", "sent", "credits_added"),
+        ("batch2@example.com", "pending", None),
+    ]
+    assert record([]) == []
 
 
 def test_lease_one_holder_renewal_takeover_release(db: psycopg.Connection[Any]) -> None:

@@ -306,6 +306,8 @@ WORKER_RPCS = [
     "select * from public.enrol_crm_customers('[]'::jsonb, 4)",
     "select public.deactivate_crm_customers(array['alice@example.com'])",
     "select public.record_welcome_email('alice@example.com', 'new_account')",
+    "select public.record_welcome_emails("
+    """'[{"email": "alice@example.com", "kind": "new_account"}]')""",
     "select public.acquire_sync_lease('me', 60)",
     "select public.release_sync_lease('me')",
 ]
