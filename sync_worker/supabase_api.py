@@ -3,9 +3,12 @@
 supabase-py is given one `httpx.Client` with explicit timeouts (its auth client would
 otherwise use httpx's 5 s default) and never signs in, so its Authorization header stays the
 service role's. `SupabaseApi` offers typed methods (RPCs, paged selects, upserts, updates,
-deletes, the Auth admin calls); no other module touches supabase-py. Every call runs under
-one retry policy and turns supabase-py, postgrest and httpx exceptions into `SupabaseError`
-carrying the HTTP status, error code and Retry-After.
+deletes, the Auth admin calls); no other module touches supabase-py. The calls made once per
+customer (creating an account, the RPCs) and the reads supabase-py does not offer go
+straight over the same `httpx.Client`, as supabase-py would send them: its request builders
+and response models cost more CPU than the request. Every call runs under one retry policy
+and turns supabase-py, postgrest and httpx exceptions into `SupabaseError` carrying the HTTP
+status, error code and Retry-After.
 """
 
 from __future__ import annotations
@@ -40,6 +43,9 @@ _RETRIABLE_STATUS = frozenset({0, 408, 429, 502, 503, 504})
 _PERMANENT_STATUS = frozenset({400, 413, 414, 422})
 # PostgREST's own "cannot reach the database" errors (PGRST000-PGRST003) answer 503/504.
 _RETRIABLE_POSTGREST_CODES = frozenset({"PGRST000", "PGRST001", "PGRST002", "PGRST003"})
+# Auth answers errors as {"code", "message"} to clients that ask for this API version (as
+# supabase-py does), and as the legacy {"code": <status>, "error_code", "msg"} to others.
+_AUTH_API = {"X-Supabase-Api-Version": "2024-01-01"}
 
 
 def is_retriable_status(status: int | None, message: str = "", code: str | None = None) -> bool:
@@ -110,14 +116,10 @@ class SupabaseApi:
         operation: str | None = None,
         policy: RetryPolicy | None = None,
     ) -> Any:
-        """Calls a SQL function (POST /rpc/<function>) and returns its JSON result."""
-        payload = dict(args or {})
-        response = self.call(
-            operation or function,
-            lambda: self._client.rpc(function, payload).execute(),
-            policy,
-        )
-        return response.data
+        """Calls a SQL function (POST /rpc/<function>) and returns its JSON result (None for
+        an empty answer)."""
+        request = partial(self._send_json, "POST", f"rest/v1/rpc/{function}", body=dict(args or {}))
+        return self.call(operation or function, request, policy)
 
     def read_rows(
         self, function: str, args: Mapping[str, Any], *, operation: str | None = None
@@ -129,7 +131,8 @@ class SupabaseApi:
         """
         params = {key: str(value) for key, value in args.items()}
         rows: list[Row] = self.call(
-            operation or function, partial(self._get_json, f"rest/v1/rpc/{function}", params)
+            operation or function,
+            partial(self._send_json, "GET", f"rest/v1/rpc/{function}", params=params),
         )
         return rows
 
@@ -273,10 +276,18 @@ class SupabaseApi:
     # -- Auth admin API --------------------------------------------------------------------
 
     def create_user(self, attributes: Row) -> Row:
-        """POST /admin/users; the created user."""
-        admin = self._client.auth.admin
-        response = self.call("create account", lambda: admin.create_user(attributes))  # type: ignore[arg-type]
-        return _user_row(response.user)
+        """POST /admin/users; the created user (as Auth sent it)."""
+        user: Row = self.call(
+            "create account",
+            partial(
+                self._send_json,
+                "POST",
+                "auth/v1/admin/users",
+                body=dict(attributes),
+                headers=_AUTH_API,
+            ),
+        )
+        return user
 
     def get_user(self, user_id: str) -> Row:
         """GET /admin/users/<id>."""
@@ -305,26 +316,48 @@ class SupabaseApi:
         if filter_text is not None:
             params["filter"] = filter_text
 
-        body = self.call("find account", partial(self._get_json, "auth/v1/admin/users", params))
+        body = self.call(
+            "find account",
+            partial(
+                self._send_json, "GET", "auth/v1/admin/users", params=params, headers=_AUTH_API
+            ),
+        )
         users: list[Row] = body.get("users") or []
         return users
 
-    def _get_json(self, path: str, params: Mapping[str, Any]) -> Any:
-        """One GET with the service key, for what supabase-py does not offer; the body is parsed
-        once the response is closed and released (freed after the parsed objects, a large
-        body left holes that the heap kept growing around)."""
-        response = self._http.get(
+    def _send_json(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        body: Any = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> Any:
+        """One request with the service key straight over the HTTP client: for the calls made
+        per customer (supabase-py's request builders and response models cost more CPU than
+        the request itself) and for what supabase-py does not offer. The answer is parsed once
+        the response is closed and released (freed after the parsed objects, a large body
+        left holes that the heap kept growing around); an empty answer is None."""
+        sent = {"apikey": self._key, "Authorization": f"Bearer {self._key}", **(headers or {})}
+        content = None
+        if body is not None:
+            content = json.dumps(body, separators=(",", ":")).encode()
+            sent["Content-Type"] = "application/json"
+        response = self._http.request(
+            method,
             f"{self.url}/{path}",
-            params=dict(params),
-            headers={"apikey": self._key, "Authorization": f"Bearer {self._key}"},
+            params=dict(params) if params is not None else None,
+            content=content,
+            headers=sent,
         )
         try:
             response.raise_for_status()
-            body = response.content
+            answer = response.content
         finally:
             response.close()
         del response
-        return json.loads(body)
+        return json.loads(answer) if answer else None
 
     # -- the edge --------------------------------------------------------------------------
 
