@@ -7,9 +7,10 @@ message for SMTP, `render_subject` and `render_bodies` give the parts the Resend
 from __future__ import annotations
 
 import dataclasses
+import email.policy
 import hashlib
 from dataclasses import dataclass, field
-from email.headerregistry import Address
+from email.headerregistry import Address, BaseHeader, HeaderRegistry
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid, parseaddr
 from html import escape
@@ -106,6 +107,26 @@ class WelcomeEmail:
             temporary_password=None if self.temporary_password is None else MASK,
             setup_link=None if self.setup_link is None else MASK,
         )
+
+
+class _HeaderClasses(HeaderRegistry):
+    """The email package's header registry, each header's class made once: the stock one
+    makes a new class for every header of every message, a sixth of the cost of a render."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._made: dict[str, type[BaseHeader]] = {}
+
+    def __getitem__(self, name: str) -> type[BaseHeader]:
+        key = name.lower()
+        made = self._made.get(key)
+        if made is None:
+            made = self._made[key] = super().__getitem__(name)
+        return made
+
+
+# The default policy (what `EmailMessage()` uses) with that registry.
+_POLICY = email.policy.default.clone(header_factory=_HeaderClasses())
 
 
 # --- templates -------------------------------------------------------------------------
@@ -253,7 +274,7 @@ def render(email: WelcomeEmail, sender: str) -> EmailMessage:
         sender: the From header, e.g. `CareerCast <noreply@careercast.example>`.
     """
     text, html = render_bodies(email)
-    message = EmailMessage()
+    message = EmailMessage(policy=_POLICY)
     message["Subject"] = render_subject(email)
     message["From"] = sender
     message["To"] = Address(display_name=_clean_name(email.name) or "", addr_spec=email.to)
