@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from dataclasses import dataclass
-from email.message import EmailMessage
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -33,7 +32,7 @@ from supabase_sandbox.faults import FaultPlan, Faults
 from supabase_sandbox.keys import SandboxKeys
 from supabase_sandbox.rest_api import RestApi
 from supabase_sandbox.server import RequestLog, RouteKey, SandboxApp, SandboxHttpServer
-from supabase_sandbox.smtp_sink import MailSink
+from supabase_sandbox.smtp_sink import Mailbox, MailSink
 
 log = logging.getLogger(__name__)
 
@@ -241,7 +240,7 @@ class Sandbox:
         return self._sink.port
 
     @property
-    def mail(self) -> list[EmailMessage]:
+    def mail(self) -> Mailbox:
         """Every email the SMTP sink received, oldest first (a live list)."""
         assert self._sink is not None, "sandbox not started"
         return self._sink.messages

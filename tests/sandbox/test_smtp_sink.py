@@ -6,6 +6,8 @@ import smtplib
 from email.message import EmailMessage
 from pathlib import Path
 
+import pytest
+
 from supabase_sandbox import MailSink
 
 
@@ -43,3 +45,19 @@ def test_clear_empties_the_same_list(tmp_path: Path) -> None:
 
         assert kept is sink.messages
         assert kept == []
+
+
+def test_the_mailbox_reads_like_a_list_and_parses_each_message_once() -> None:
+    with MailSink() as sink:
+        with smtplib.SMTP(sink.host, sink.port, timeout=5) as smtp:
+            for n in range(3):
+                smtp.send_message(message(f"p{n}@example.com", f"Hi {n}"))
+        box = sink.messages
+        assert len(box) == 3
+        assert [m["To"] for m in box] == ["p0@example.com", "p1@example.com", "p2@example.com"]
+        assert box[-1] is box[2]  # parsed once, then the same message
+        assert [m["Subject"] for m in box[1:]] == ["Hi 1", "Hi 2"]
+        assert box == list(box)
+        assert box != []
+        with pytest.raises(IndexError):
+            box[3]
