@@ -8,13 +8,11 @@ the API has accepted the message, which is when the caller may record it as sent
 from __future__ import annotations
 
 import contextlib
-import email.policy
 import smtplib
 import ssl
 import sys
 import threading
 from collections.abc import Iterable
-from email.message import EmailMessage
 from email.utils import parseaddr
 from typing import Any, ClassVar, Protocol, TextIO
 
@@ -129,8 +127,10 @@ class SmtpMailer:
 
     def send(self, message: WelcomeEmail) -> None:
         """Sends `message` and returns once the server accepted it (see `Mailer.send`)."""
-        # Rendered once, so every attempt carries the same Message-ID.
-        rendered = render(message, self._sender)
+        # Rendered once, so every attempt carries the same Message-ID. Addresses that are not
+        # ASCII need SMTPUTF8, and the headers then carry UTF-8 as is (RFC 6532).
+        international = not (self._envelope_from + message.to).isascii()
+        rendered = render(message, self._sender, smtputf8=international)
         with self._lock:
             self._retry.call("smtp_send", self._deliver, rendered, message.to)
         log.info("email_sent", to=message.to, kind=message.kind, backend="smtp")
@@ -140,14 +140,14 @@ class SmtpMailer:
         with self._lock:
             self._discard(polite=True)
 
-    def _deliver(self, rendered: EmailMessage, recipient: str) -> None:
+    def _deliver(self, rendered: bytes, recipient: str) -> None:
         reused = self._smtp is not None
         smtp = self._connection()
         try:
             # Every error here is a refusal the server answered, or a connection lost before
             # the message was on the wire: nothing was delivered, so a retry is safe.
-            international = self._envelope(smtp, recipient)
-            self._data(smtp, rendered, international=international)
+            self._envelope(smtp, recipient)
+            self._data(smtp, rendered)
         except _MaybeDelivered as uncertain:
             self._discard(polite=False)
             raise MailError(
@@ -171,8 +171,8 @@ class SmtpMailer:
                 return
             raise _translate_smtp(exc, recipient, connecting=False) from exc
 
-    def _envelope(self, smtp: smtplib.SMTP, recipient: str) -> bool:
-        """MAIL FROM and RCPT TO; True when the addresses need SMTPUTF8."""
+    def _envelope(self, smtp: smtplib.SMTP, recipient: str) -> None:
+        """MAIL FROM and RCPT TO (with SMTPUTF8 when the addresses need it)."""
         smtp.ehlo_or_helo_if_needed()
         options = _mail_options(smtp, self._envelope_from, recipient)
         code, reply = smtp.mail(self._envelope_from, options)
@@ -181,15 +181,10 @@ class SmtpMailer:
         code, reply = smtp.rcpt(recipient)
         if code not in (250, 251):
             raise smtplib.SMTPRecipientsRefused({recipient: (code, reply)})
-        return bool(options)
 
-    def _data(self, smtp: smtplib.SMTP, rendered: EmailMessage, *, international: bool) -> None:
+    def _data(self, smtp: smtplib.SMTP, payload: bytes) -> None:
         """Sends the message. A refusal answered by the server delivered nothing; a lost
         answer after the message was sent may have delivered it (`_MaybeDelivered`)."""
-        # With SMTPUTF8, headers carry UTF-8 as is (RFC 6532), as smtplib's send_message does.
-        payload = rendered.as_bytes(
-            policy=email.policy.SMTPUTF8 if international else email.policy.SMTP
-        )
         code, reply = smtp.docmd("DATA")
         if code != 354:
             raise smtplib.SMTPDataError(code, reply)

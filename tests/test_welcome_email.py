@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import email
 import email.policy
 import re
@@ -49,19 +50,32 @@ def credits_added(
     )
 
 
-def parts(message: EmailMessage) -> tuple[str, str]:
-    """The decoded text and HTML parts of a message, after a round trip through bytes."""
-    parsed = email.message_from_bytes(message.as_bytes(), policy=email.policy.default)
+def rendered(welcome: WelcomeEmail, *, smtputf8: bool = False) -> EmailMessage:
+    """The message as the mail server receives it: rendered to bytes and parsed back."""
+    raw = render(welcome, SENDER, smtputf8=smtputf8)
+    assert b"\n" not in raw.replace(b"\r\n", b"")  # SMTP's line ends, every one
+    # Stored with Python's line ends, as a mailbox would keep it.
+    parsed = email.message_from_bytes(raw.replace(b"\r\n", b"\n"), policy=email.policy.default)
     assert isinstance(parsed, EmailMessage)
-    text_part = parsed.get_body(("plain",))
-    html_part = parsed.get_body(("html",))
+    return parsed
+
+
+def utf8(header_text: str) -> str:
+    """A header read back from raw UTF-8 (RFC 6532): the parser keeps its bytes escaped."""
+    return header_text.encode("utf-8", "surrogateescape").decode("utf-8")
+
+
+def parts(message: EmailMessage) -> tuple[str, str]:
+    """The decoded text and HTML parts of a parsed message."""
+    text_part = message.get_body(("plain",))
+    html_part = message.get_body(("html",))
     assert text_part is not None
     assert html_part is not None
     return str(text_part.get_content()), str(html_part.get_content())
 
 
 def test_new_account_with_password_has_everything_the_customer_needs() -> None:
-    message = render(new_account(), SENDER)
+    message = rendered(new_account())
 
     assert message.get_content_type() == "multipart/alternative"
     assert message["Subject"] == "Your CareerCast Digital Resume account is ready"
@@ -85,7 +99,7 @@ def test_new_account_with_password_has_everything_the_customer_needs() -> None:
 
 
 def test_new_account_with_setup_link_shows_the_link_and_no_password() -> None:
-    message = render(new_account(password=None, link=SETUP_LINK), SENDER)
+    message = rendered(new_account(password=None, link=SETUP_LINK))
 
     text, html = parts(message)
     assert f"Set your password here: {SETUP_LINK}" in text
@@ -104,7 +118,7 @@ def test_without_a_name_the_greeting_is_neutral() -> None:
 
 
 def test_credits_added_says_so_and_carries_no_credentials() -> None:
-    message = render(credits_added(), SENDER)
+    message = rendered(credits_added())
 
     assert message["Subject"] == "4 free credits were added to your CareerCast account"
     text, html = parts(message)
@@ -158,10 +172,10 @@ def test_every_interpolated_value_is_html_escaped() -> None:
 
 
 def test_a_name_cannot_inject_headers() -> None:
-    message = render(new_account(name="Eve\r\nBcc: victim@example.com"), SENDER)
+    raw = render(new_account(name="Eve\r\nBcc: victim@example.com"), SENDER)
+    message = email.message_from_bytes(raw, policy=email.policy.default)
 
-    raw = message.as_string()
-    assert "\nBcc:" not in raw
+    assert b"\nBcc:" not in raw
     assert message["Bcc"] is None
     assert message["To"].addresses[0].display_name == "Eve Bcc: victim@example.com"
 
@@ -213,8 +227,8 @@ def test_idempotency_key_is_deterministic_and_valid_for_resend() -> None:
 
 
 def test_message_ids_are_unique_per_render() -> None:
-    first = render(new_account(), SENDER)
-    second = render(new_account(), SENDER)
+    first = rendered(new_account())
+    second = rendered(new_account())
     assert first["Message-ID"] != second["Message-ID"]
 
 
@@ -276,9 +290,8 @@ def test_a_crm_name_never_adds_a_header_whatever_the_python(name: str) -> None:
     """CVE-2024-6923: before 3.11.10/3.12.5 the email package decoded encoded words in a display
     name and wrote their CR/LF out as is. Rendered, sent as bytes and parsed back, the message
     has exactly its own headers."""
-    for policy in (email.policy.SMTP, email.policy.SMTPUTF8):
-        raw = render(new_account(name=name), SENDER).as_bytes(policy=policy)
-        parsed = email.message_from_bytes(raw, policy=email.policy.default)
+    for smtputf8 in (False, True):
+        parsed = rendered(new_account(name=name), smtputf8=smtputf8)
         assert set(parsed.keys()) == HEADERS, parsed.keys()
         assert len(parsed.get_all("To") or []) == 1
         [address] = parsed["To"].addresses
@@ -290,7 +303,7 @@ def test_a_crm_name_never_adds_a_header_whatever_the_python(name: str) -> None:
 
 
 def test_a_long_name_is_capped_in_the_greeting_too() -> None:
-    text, _html = parts(render(new_account(name="Ann " + "B" * 5000), SENDER))
+    text, _html = parts(rendered(new_account(name="Ann " + "B" * 5000)))
     greeting = text.splitlines()[0]
     assert greeting.startswith("Hello Ann B")
     assert len(greeting) <= len("Hello ,") + 64
@@ -298,7 +311,7 @@ def test_a_long_name_is_capped_in_the_greeting_too() -> None:
 
 def test_the_password_stands_on_a_line_of_its_own_and_in_a_monospace_block() -> None:
     password = "Ab3d5-Fg7h9-Jk2m4-Np6q8"
-    text, html = parts(render(new_account(password=password), SENDER))
+    text, html = parts(rendered(new_account(password=password)))
     lines = text.splitlines()
     [line] = [line for line in lines if password in line]
     assert line.strip() == password
@@ -306,3 +319,29 @@ def test_the_password_stands_on_a_line_of_its_own_and_in_a_monospace_block() -> 
     assert lines[index - 1].strip() == ""
     assert lines[index + 1].strip() == ""
     assert re.search(rf"<pre[^>]*monospace[^>]*>{re.escape(password)}</pre>", html)
+
+
+@pytest.mark.parametrize("smtputf8", [False, True])
+def test_names_round_trip_exactly_in_both_header_forms(smtputf8: bool) -> None:
+    name = 'Zoë "Zee" O\'Brien, Jr. (CEO) <boss>'
+    sender = "Café Ünited <no-reply@careercast.example>"
+    message = email.message_from_bytes(
+        render(new_account(name=name), sender, smtputf8=smtputf8), policy=email.policy.default
+    )
+    [to] = message["To"].addresses
+    assert (utf8(to.display_name), to.addr_spec) == (name, "jane@example.com")
+    [sender] = message["From"].addresses
+    assert (utf8(sender.display_name), sender.addr_spec) == (
+        "Café Ünited",
+        "no-reply@careercast.example",
+    )
+    raw = render(new_account(name=name), SENDER, smtputf8=smtputf8)
+    assert raw.isascii() is not smtputf8  # UTF-8 as is only in the SMTPUTF8 form
+
+
+def test_an_address_that_is_not_ascii_needs_the_smtputf8_form() -> None:
+    international = dataclasses.replace(new_account(), to="jose@exämple.com")
+    with pytest.raises(ValueError, match="needs the SMTPUTF8 form"):
+        render(international, SENDER)
+    message = rendered(international, smtputf8=True)
+    assert utf8(message["To"].addresses[0].addr_spec) == "jose@exämple.com"
