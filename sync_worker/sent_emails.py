@@ -2,15 +2,18 @@
 
 One call per email made the record's round trip, not the mail server, set the pace of a first
 run (and doubled the requests); one call at the end of a batch would widen the window in
-which a crash costs a customer a second email. So a single background thread records as soon
-as something was accepted, and everything accepted while its call was in flight goes with the
-next call (group commit): no email waits for more than one call ahead of it.
+which a crash costs a customer a second email. So a single background thread records what
+was accepted within a tenth of a second (`LINGER_SECONDS`) in one call, and everything
+accepted while a call is in flight goes with the next one (group commit). Only a process
+killed in that window (plus one call) sends those emails again on its next run; a stop or
+any exception records everything accepted first.
 """
 
 from __future__ import annotations
 
 import contextvars
 import threading
+import time
 from collections.abc import Callable, Sequence
 from types import TracebackType
 
@@ -20,6 +23,8 @@ from sync_worker.record import RECORD_BATCH_SIZE, SentEmail
 __all__ = ["SentEmailRecorder"]
 
 Record = Callable[[Sequence[SentEmail]], object]
+# How long the first email accepted waits for others to share its call.
+LINGER_SECONDS = 0.1
 
 
 class SentEmailRecorder:
@@ -33,10 +38,18 @@ class SentEmailRecorder:
     email is owed again next cycle).
     """
 
-    def __init__(self, record: Record, *, batch_size: int = RECORD_BATCH_SIZE) -> None:
+    def __init__(
+        self,
+        record: Record,
+        *,
+        batch_size: int = RECORD_BATCH_SIZE,
+        linger: float = LINGER_SECONDS,
+    ) -> None:
         self._record = record
         self._batch_size = batch_size
+        self._linger = linger
         self._queue: list[SentEmail] = []
+        self._oldest = 0.0  # when the first email still queued was added
         self._results: list[tuple[SentEmail, SyncError | None]] = []
         self._closed = False
         self._changed = threading.Condition()
@@ -59,6 +72,8 @@ class SentEmailRecorder:
         with self._changed:
             if self._closed:
                 raise RuntimeError("the recorder is closed")
+            if not self._queue:
+                self._oldest = time.monotonic()
             self._queue.append(sent)
             self._changed.notify()
             if self._thread is None:
@@ -106,8 +121,16 @@ class SentEmailRecorder:
                     self._changed.wait()
                 if not self._queue:
                     return
+                # Others accepted meanwhile join the call, until it is full, the first has
+                # waited `linger`, or the recorder is closing.
+                while not self._closed and len(self._queue) < self._batch_size:
+                    left = self._oldest + self._linger - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._changed.wait(left)
                 batch = self._queue[: self._batch_size]
                 del self._queue[: self._batch_size]
+                self._oldest = time.monotonic()
             outcome = self._record_batch(batch)
             with self._changed:
                 self._results.extend(outcome)

@@ -4,6 +4,7 @@ another, nothing added ever left without an answer."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Sequence
 
 import pytest
@@ -136,3 +137,23 @@ def test_a_recorder_given_nothing_makes_no_call_and_starts_no_thread() -> None:
     assert recorder.results == []
     with pytest.raises(RuntimeError, match="closed"):
         recorder.add(sent("late")[0])
+
+
+def test_emails_accepted_within_the_linger_share_one_call_and_closing_ends_it() -> None:
+    store = Store()
+    items = sent("a", "b", "c")
+    began = time.monotonic()
+    with SentEmailRecorder(store, linger=30.0) as recorder:
+        for item in items:
+            recorder.add(item)
+    assert time.monotonic() - began < 30.0  # closing did not wait out the linger
+    assert store.calls == [[item.email for item in items]]
+    assert recorder.results == [(item, None) for item in items]
+
+
+def test_a_lone_email_is_recorded_once_it_has_lingered() -> None:
+    store = Store()
+    with SentEmailRecorder(store, linger=0.01) as recorder:
+        recorder.add(sent("alone")[0])
+        assert store.entered.wait(10)  # recorded while the recorder is still open
+    assert store.calls == [["alone@example.com"]]
