@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
+from sync_worker.cli import run
 
-from sync_worker.cli import main
-
-sys.exit(main())
+run()

@@ -9,8 +9,11 @@ DESIGN.md through `sync_worker.errors.ExitCode`.
 from __future__ import annotations
 
 import argparse
+import gc
+import sys
 import uuid
 from collections.abc import Sequence
+from typing import NoReturn
 
 from sync_worker import __version__
 
@@ -79,3 +82,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     from sync_worker.commands import run_command  # noqa: PLC0415 (after --help, not before)
 
     return run_command(args)
+
+
+def run() -> NoReturn:
+    """The `crm-sync` process: `main`, then exit with its code.
+
+    What the run leaves in memory is frozen out of the garbage collector first: Python's last
+    collections at exit took a quarter of a second on a 2-core machine, a tenth of a no-op
+    run, to free what the process is about to give back anyway. Nothing is lost: streams are
+    flushed and atexit handlers run as before, and every file, socket and connection was
+    closed by the command itself.
+    """
+    code = main()
+    gc.freeze()
+    sys.exit(code)
