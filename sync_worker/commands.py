@@ -1,6 +1,8 @@
 """The `crm-sync` commands behind the command line: load each command's settings, configure
 logging, run it, and turn every outcome into an exit code (DESIGN.md). Imported only once the
-arguments are parsed, so `crm-sync --help` loads none of this."""
+arguments are parsed, so `crm-sync --help` loads none of this; the daemon, status, verify and
+migrate are imported by their own command only, so a `--once` run (cron) starts without the
+scheduler and the probes."""
 
 from __future__ import annotations
 
@@ -11,17 +13,13 @@ from collections.abc import Callable
 import structlog
 
 from sync_worker import config
-from sync_worker.daemon import Daemon
 from sync_worker.display import printable
 from sync_worker.errors import ConfigError, ExitCode, KeyRefused, SyncError
 from sync_worker.lease import worker_id
 from sync_worker.logs import configure_logging, mask_secrets
-from sync_worker.migrate import migrate
 from sync_worker.runner import run_guarded_cycle
 from sync_worker.services import LiveServices
 from sync_worker.signals import StopSignals
-from sync_worker.status import status_command
-from sync_worker.verify import verify_command
 
 log = structlog.get_logger("crm_sync.cli")
 
@@ -35,6 +33,8 @@ def _cmd_config(_args: argparse.Namespace) -> int:
 
 
 def _cmd_migrate(args: argparse.Namespace) -> int:
+    from sync_worker.migrate import migrate  # noqa: PLC0415 (this command's own)
+
     settings = config.load(config.MigrateSettings)
     _configure(settings, *settings.secret_values())
     result = migrate(settings.supabase_db_url.get_secret_value(), dry_run=args.dry_run)
@@ -59,6 +59,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     settings = config.load(config.Settings)
     _configure(settings, *settings.secret_values())
     if not args.once and not args.dry_run:
+        from sync_worker.daemon import Daemon  # noqa: PLC0415 (the scheduler: the daemon's own)
+
         return Daemon(settings).run()
     # A cron or CronJob run is stopped like the daemon: finish in-flight calls, record,
     # release the lease; a second signal exits at once.
@@ -77,12 +79,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
+    from sync_worker.status import status_command  # noqa: PLC0415 (this command's own)
+
     settings = config.load(config.SupabaseSettings)
     _configure(settings, *settings.secret_values())
     return status_command(settings, as_json=args.json)
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
+    from sync_worker.verify import verify_command  # noqa: PLC0415 (this command's own)
+
     settings = config.load(config.VerifySettings)
     _configure(settings, *settings.secret_values())
     return verify_command(settings, repair=args.repair)

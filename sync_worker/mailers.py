@@ -14,9 +14,8 @@ import sys
 import threading
 from collections.abc import Iterable
 from email.utils import parseaddr
-from typing import Any, ClassVar, Protocol, TextIO
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TextIO
 
-import requests
 import structlog
 from pydantic import SecretStr
 
@@ -25,6 +24,9 @@ from sync_worker.config import MASK, EmailBackend, Settings, SmtpSecurity
 from sync_worker.errors import MailError, MailUnavailable
 from sync_worker.retrying import RetryPolicy, retry_after_seconds
 from sync_worker.welcome_email import WelcomeEmail, render, render_bodies, render_subject
+
+if TYPE_CHECKING:
+    import requests
 
 __all__ = [
     "ConsoleMailer",
@@ -37,7 +39,6 @@ __all__ = [
 
 log = structlog.get_logger("crm_sync.mail")
 
-USER_AGENT = f"crm-sync/{__version__} python-requests/{requests.__version__}"
 _MAX_DETAIL = 300
 # How long the server may take to answer the end of DATA (RFC 5321 suggests 10 minutes).
 DATA_REPLY_TIMEOUT = 120.0
@@ -405,7 +406,11 @@ class ResendMailer:
         self._endpoint = endpoint
         self._timeout = timeout
         self._retry = retry or self.DEFAULT_RETRY
+        # Imported here: only this backend needs requests, and an SMTP run starts without it.
+        import requests  # noqa: PLC0415
+
         self._session = session or requests.Session()
+        self._user_agent = f"crm-sync/{__version__} python-requests/{requests.__version__}"
 
     def __repr__(self) -> str:
         return f"ResendMailer(endpoint={self._endpoint!r}, api_key={MASK!r})"
@@ -423,7 +428,7 @@ class ResendMailer:
         headers = {
             "Authorization": f"Bearer {self._api_key.get_secret_value()}",
             "Idempotency-Key": message.idempotency_key,
-            "User-Agent": USER_AGENT,
+            "User-Agent": self._user_agent,
             "Accept": "application/json",
         }
         secrets = (message.temporary_password, message.setup_link)
@@ -439,6 +444,8 @@ class ResendMailer:
     def _post(
         self, payload: dict[str, Any], headers: dict[str, str], secrets: Iterable[str | None]
     ) -> str | None:
+        import requests  # noqa: PLC0415 (loaded by __init__)
+
         hide = [*secrets, self._api_key.get_secret_value()]
         try:
             response = self._session.post(

@@ -146,3 +146,19 @@ def test_help_loads_no_command_and_none_of_their_libraries() -> None:
         [sys.executable, "-c", probe], check=True, capture_output=True, text=True
     ).stdout
     assert out.strip().splitlines()[-1] == "[]"
+
+
+def test_a_once_run_loads_neither_the_scheduler_nor_the_resend_client() -> None:
+    """What `crm-sync --once` imports with the SMTP backend: no scheduler, no probes, no
+    requests (each is imported by what needs it: the daemon, the Resend backend)."""
+    probe = (
+        "import sys\n"
+        "import sync_worker.commands, sync_worker.runner, sync_worker.services\n"
+        "heavy = ('apscheduler', 'prometheus_client', 'requests', 'sync_worker.daemon',"
+        " 'sync_worker.status', 'sync_worker.verify', 'sync_worker.migrate')\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in heavy or m in heavy))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], check=True, capture_output=True, text=True
+    ).stdout
+    assert out.strip().splitlines()[-1] == "[]"
