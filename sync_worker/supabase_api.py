@@ -357,7 +357,12 @@ class SupabaseApi:
         finally:
             response.close()
         del response
-        return json.loads(answer) if answer else None
+        try:
+            return json.loads(answer) if answer else None
+        except ValueError as exc:
+            # Not what Supabase sends (a proxy's page, a cut body): like a lost connection,
+            # as supabase-py's Auth client treats it.
+            raise httpx.DecodingError(f"the answer is not JSON ({exc})") from exc
 
     # -- the edge --------------------------------------------------------------------------
 
