@@ -281,7 +281,7 @@ def render(email: WelcomeEmail, sender: str, *, smtputf8: bool = False) -> bytes
     message["Date"] = formatdate(usegmt=True)
     # make_msgid's default domain is socket.getfqdn(), a DNS lookup that can stall in a
     # container; the sender's domain is what receivers expect anyway.
-    message["Message-ID"] = make_msgid(domain=_domain_of(sender))
+    message["Message-ID"] = make_msgid(domain=_domain_of(sender_address))
     message.attach(_text_part(text, "plain"))
     message.attach(_text_part(html, "html"))
     for name, value in message.items():
@@ -349,7 +349,6 @@ def _clean_name(name: str | None) -> str | None:
     return text or None
 
 
-def _domain_of(sender: str) -> str:
-    address = parseaddr(sender)[1]
-    domain = address.rpartition("@")[2]
-    return domain or "crm-sync.localhost"
+def _domain_of(address: str) -> str:
+    """The domain of a bare address (`parseaddr`'s second part), for the Message-ID."""
+    return address.rpartition("@")[2] or "crm-sync.localhost"
