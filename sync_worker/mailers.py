@@ -133,7 +133,7 @@ class SmtpMailer:
         international = not (self._envelope_from + message.to).isascii()
         rendered = render(message, self._sender, smtputf8=international)
         with self._lock:
-            self._retry.call("smtp_send", self._deliver, rendered, message.to)
+            self._retry.call("smtp_send", self._deliver, rendered, message.to, international)
         log.info("email_sent", to=message.to, kind=message.kind, backend="smtp")
 
     def close(self) -> None:
@@ -141,13 +141,13 @@ class SmtpMailer:
         with self._lock:
             self._discard(polite=True)
 
-    def _deliver(self, rendered: bytes, recipient: str) -> None:
+    def _deliver(self, rendered: bytes, recipient: str, international: bool) -> None:
         reused = self._smtp is not None
         smtp = self._connection()
         try:
             # Every error here is a refusal the server answered, or a connection lost before
             # the message was on the wire: nothing was delivered, so a retry is safe.
-            self._envelope(smtp, recipient)
+            self._envelope(smtp, recipient, international)
             self._data(smtp, rendered)
         except _MaybeDelivered as uncertain:
             self._discard(polite=False)
@@ -168,14 +168,14 @@ class SmtpMailer:
                 # may be gone by the next customer. One fresh connection is the remedy;
                 # after that the error counts like any other.
                 log.info("smtp_reconnecting", reason=_describe(exc))
-                self._deliver(rendered, recipient)
+                self._deliver(rendered, recipient, international)
                 return
             raise _translate_smtp(exc, recipient, connecting=False) from exc
 
-    def _envelope(self, smtp: smtplib.SMTP, recipient: str) -> None:
+    def _envelope(self, smtp: smtplib.SMTP, recipient: str, international: bool) -> None:
         """MAIL FROM and RCPT TO (with SMTPUTF8 when the addresses need it)."""
         smtp.ehlo_or_helo_if_needed()
-        options = _mail_options(smtp, self._envelope_from, recipient)
+        options = _mail_options(smtp, international=international)
         code, reply = smtp.mail(self._envelope_from, options)
         if code != 250:
             raise smtplib.SMTPSenderRefused(code, reply, self._envelope_from)
@@ -281,9 +281,10 @@ def _reset(smtp: smtplib.SMTP) -> None:
         smtp.rset()
 
 
-def _mail_options(smtp: smtplib.SMTP, sender: str, recipient: str) -> list[str]:
-    """MAIL FROM options, as smtplib's send_message would choose them."""
-    if (sender + recipient).isascii():
+def _mail_options(smtp: smtplib.SMTP, *, international: bool) -> list[str]:
+    """MAIL FROM options, as smtplib's send_message would choose them: SMTPUTF8 for addresses
+    that are not ASCII."""
+    if not international:
         return []
     if not smtp.has_extn("smtputf8"):
         raise smtplib.SMTPNotSupportedError(
