@@ -13,7 +13,7 @@ import contextvars
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -59,10 +59,11 @@ from sync_worker.settle import OUTAGE_THRESHOLD, CycleTally, Settlement, settle
 from sync_worker.welcome_email import WelcomeEmail
 
 log = structlog.get_logger("crm_sync.cycle")
-# New customers go through in chunks of this many per concurrent call (at least MIN_CHUNK):
-# small chunks keep the tail short (the last chunk is delivered after the last account).
-CHUNK_PER_WORKER = 4
-MIN_CHUNK = 32
+# New accounts are enrolled and emailed in batches of this many per concurrent call (at least
+# MIN_BATCH): one enrolment call per batch, and the last batch is delivered after the last
+# account, so small batches keep the tail short.
+BATCH_PER_WORKER = 2
+MIN_BATCH = 32
 S = TypeVar("S")
 T = TypeVar("T")
 
@@ -220,36 +221,44 @@ def _stopping(services: CycleServices, tally: CycleTally) -> bool:
 def _new_customers_phase(
     options: CycleOptions, services: CycleServices, plan: SyncPlan, tally: CycleTally
 ) -> None:
-    """Creates (or finds and links) the accounts of new customers, `concurrency` at a time,
-    chunk by chunk; a second thread enrols and emails each chunk while the next one's
-    accounts are being created, so the emails cost no time of their own."""
+    """Creates (or finds and links) the accounts of new customers, `concurrency` at a time
+    without a pause; a second thread enrols and emails them in batches as they become ready,
+    so the emails cost no time of their own and one slow account holds back nobody."""
     steps = plan.of(Action.PROVISION)
     if not steps:
         return
-    size = max(options.concurrency * CHUNK_PER_WORKER, MIN_CHUNK)
+    size = max(options.concurrency * BATCH_PER_WORKER, MIN_BATCH)
     progress = ProgressReporter(len(steps), "provisioning new customers")
     with (
         progress,
         ThreadPoolExecutor(max_workers=1, thread_name_prefix="crm-sync-deliver") as delivery,
     ):
         deliveries: list[Future[None]] = []
-        for start in range(0, len(steps), size):
-            if tally.aborted is not None:
-                break
-            chunk = steps[start : start + size]
-            provisioned = _provision_accounts(options, services, chunk, tally, progress)
-            deliveries.append(
-                delivery.submit(
-                    contextvars.copy_context().run,
-                    _deliver,
-                    options,
-                    services,
-                    provisioned,
-                    tally,
-                )
-            )
+        ready: dict[str, ProvisionedAccount] = {}
+        for provisioned in _provision_accounts(options, services, steps, tally, progress):
+            if provisioned is not None:
+                ready[provisioned.customer.email] = provisioned
+            if len(ready) >= size:
+                deliveries.append(_hand_over(delivery, options, services, ready, tally))
+                ready = {}
+        if ready:
+            deliveries.append(_hand_over(delivery, options, services, ready, tally))
         for delivered in deliveries:
             delivered.result()
+
+
+def _hand_over(
+    delivery: ThreadPoolExecutor,
+    options: CycleOptions,
+    services: CycleServices,
+    ready: dict[str, ProvisionedAccount],
+    tally: CycleTally,
+) -> Future[None]:
+    """Queues one batch of ready accounts for enrolment and their emails (in a copy of this
+    thread's context, so its log lines carry the run id)."""
+    return delivery.submit(
+        contextvars.copy_context().run, _deliver, options, services, ready, tally
+    )
 
 
 def _provision_accounts(
@@ -258,13 +267,14 @@ def _provision_accounts(
     steps: list[CustomerStep],
     tally: CycleTally,
     progress: ProgressReporter,
-) -> dict[str, ProvisionedAccount]:
-    """One chunk of new customers' accounts, `concurrency` at a time."""
-    done: dict[str, ProvisionedAccount] = {}
+) -> Iterator[ProvisionedAccount | None]:
+    """New customers' accounts, `concurrency` at a time, each as soon as it is ready (None for
+    a customer who failed or was skipped). At most two per worker are queued ahead, so memory
+    does not grow with the number of new customers; none are queued once the cycle stops."""
 
-    def one(step: CustomerStep) -> None:
+    def one(step: CustomerStep) -> ProvisionedAccount | None:
         if _stopping(services, tally):
-            return
+            return None
         assert step.customer is not None
         try:
             result = provision_account(
@@ -274,18 +284,29 @@ def _provision_accounts(
             log.warning("account_failed", email=step.email, error=str(exc))
             # Noted as it happens, so that a run of outages stops the tasks still queued.
             tally.fail(_failure(step.email, Step.ACCOUNT, exc))
-            return
-        done[step.email] = result
+            return None
         tally.account_ready(step.email, result.origin)
         log.info("account_ready", email=step.email, origin=result.origin.value)
+        return result
 
-    # Each task runs in a copy of this thread's context, so its log lines (retries) carry the
-    # run id too.
-    tasks = [(contextvars.copy_context(), step) for step in steps]
+    queued = iter(steps)
+    ahead = options.concurrency * 2
     with ThreadPoolExecutor(max_workers=options.concurrency) as pool:
-        for _ in pool.map(lambda task: task[0].run(one, task[1]), tasks):
-            progress.advance()
-    return done
+        pending: set[Future[ProvisionedAccount | None]] = set()
+        while True:
+            while len(pending) < ahead and not _stopping(services, tally):
+                step = next(queued, None)
+                if step is None:
+                    break
+                # Each task runs in a copy of this thread's context, so its log lines
+                # (retries) carry the run id too.
+                pending.add(pool.submit(contextvars.copy_context().run, one, step))
+            if not pending:
+                return
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for finished in done:
+                progress.advance()
+                yield finished.result()
 
 
 def _deliver(
@@ -294,7 +315,7 @@ def _deliver(
     provisioned: dict[str, ProvisionedAccount],
     tally: CycleTally,
 ) -> None:
-    """Enrols one chunk of new accounts and sends their welcome emails.
+    """Enrols one batch of new accounts and sends their welcome emails.
 
     Enrolment runs even when a stop was asked for: the accounts created so far are enrolled
     in one short call rather than left for the next run to find again.

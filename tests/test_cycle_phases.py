@@ -4,6 +4,7 @@ on the local stack are in test_cycle.py)."""
 from __future__ import annotations
 
 import dataclasses
+import threading
 from datetime import timedelta
 
 import pytest
@@ -575,4 +576,25 @@ def test_ordinary_churn_is_deactivated() -> None:
         del project.crm[email]
     report = run(project)
     assert (report.deactivated, report.deactivation_blocked) == (4, None)
+    assert report.outcome is Outcome.SUCCEEDED
+
+
+def test_a_slow_account_holds_back_neither_the_next_accounts_nor_the_emails() -> None:
+    # One creation stuck in retries must not stall the others: accounts keep being created
+    # `concurrency` at a time, and those ready are enrolled and emailed meanwhile.
+    project = FakeProject()
+    emails = [f"n{i:03}@example.com" for i in range(80)]
+    project.sell(*emails)
+    emailed = threading.Event()
+    waited: list[bool] = []
+
+    def slow_first(email: str) -> None:
+        if email == emails[0]:
+            waited.append(emailed.wait(timeout=10))
+
+    project.auth.on_create = slow_first
+    project.mailer.before_send = lambda message: emailed.set()
+    report = run(project, dataclasses.replace(OPTIONS, concurrency=2))
+    assert waited == [True]
+    assert (report.created, report.enrolled, report.emails_sent) == (80, 80, 80)
     assert report.outcome is Outcome.SUCCEEDED
