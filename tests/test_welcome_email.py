@@ -345,3 +345,17 @@ def test_an_address_that_is_not_ascii_needs_the_smtputf8_form() -> None:
         render(international, SENDER)
     message = rendered(international, smtputf8=True)
     assert utf8(message["To"].addresses[0].addr_spec) == "jose@exämple.com"
+
+
+def test_the_multipart_boundary_is_fresh_and_only_the_top_carries_mime_version() -> None:
+    raw = [render(new_account(), SENDER) for _ in range(2)]
+    message = rendered(new_account())
+    boundary = message.get_boundary()
+    assert boundary
+    assert boundary not in b"".join(raw).decode()  # a new one per message
+    text, html = (part for part in message.iter_parts())
+    for part in (text, html):
+        assert part.get("MIME-Version") is None  # RFC 2045: required at the top level only
+        assert boundary not in str(part.get_payload())
+    assert message["MIME-Version"] == "1.0"
+    assert len(list(message.iter_parts())) == 2
