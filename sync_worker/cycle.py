@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextvars
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
@@ -64,6 +65,8 @@ log = structlog.get_logger("crm_sync.cycle")
 # account, so small batches keep the tail short.
 BATCH_PER_WORKER = 2
 MIN_BATCH = 32
+# At most this many batches wait for (or are in) delivery while accounts are created.
+BATCHES_AHEAD = 2
 S = TypeVar("S")
 T = TypeVar("T")
 
@@ -233,12 +236,16 @@ def _new_customers_phase(
         progress,
         ThreadPoolExecutor(max_workers=1, thread_name_prefix="crm-sync-deliver") as delivery,
     ):
-        deliveries: list[Future[None]] = []
+        deliveries: deque[Future[None]] = deque()
         ready: dict[str, ProvisionedAccount] = {}
         for provisioned in _provision_accounts(options, services, steps, tally, progress):
             if provisioned is not None:
                 ready[provisioned.customer.email] = provisioned
             if len(ready) >= size:
+                if len(deliveries) >= BATCHES_AHEAD:
+                    # A slow mail server holds creation back: memory stays flat, and a run
+                    # killed meanwhile leaves few accounts without their email.
+                    deliveries.popleft().result()
                 deliveries.append(_hand_over(delivery, options, services, ready, tally))
                 ready = {}
         if ready:

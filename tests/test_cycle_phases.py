@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+import time
 from datetime import timedelta
 
 import pytest
 
+from sync_worker import cycle
 from sync_worker.customers import (
     AccountOrigin,
     CredentialsMode,
@@ -598,3 +600,19 @@ def test_a_slow_account_holds_back_neither_the_next_accounts_nor_the_emails() ->
     assert waited == [True]
     assert (report.created, report.enrolled, report.emails_sent) == (80, 80, 80)
     assert report.outcome is Outcome.SUCCEEDED
+
+
+def test_accounts_wait_for_a_slow_mail_server_instead_of_piling_up() -> None:
+    # A slow mail server holds account creation back to two batches ahead of the emails:
+    # memory stays flat, and a run killed meanwhile leaves few accounts without their email.
+    project = FakeProject()
+    project.sell(*(f"m{i:03}@example.com" for i in range(300)))
+    ahead: list[int] = []
+    project.auth.on_create = lambda email: ahead.append(
+        len(project.auth.accounts) - len(project.mailer.sent)
+    )
+    project.mailer.before_send = lambda message: time.sleep(0.001)
+    report = run(project, dataclasses.replace(OPTIONS, concurrency=2))
+    assert report.emails_sent == 300
+    batch = cycle.MIN_BATCH
+    assert max(ahead) <= 3 * batch + 2 * 2  # two batches queued, one filling, two per worker
