@@ -324,8 +324,9 @@ def _deliver(
 ) -> None:
     """Enrols one batch of new accounts and sends their welcome emails.
 
-    Enrolment runs even when a stop was asked for: the accounts created so far are enrolled
-    in one short call rather than left for the next run to find again.
+    Enrolment runs even when a stop was asked for or the mail server is down: the accounts
+    created so far are enrolled in one short call rather than left for the next run to find
+    again.
     """
     enrolments = [
         Enrolment(p.customer, p.account.id, p.origin) for _, p in sorted(provisioned.items())
@@ -372,8 +373,9 @@ def _enrol(
     enrolments: list[Enrolment],
     tally: CycleTally,
 ) -> list[EnrolmentResult]:
-    """Enrols customers through the RPC; returns the enrolments that succeeded."""
-    if not enrolments or tally.aborted is not None:
+    """Enrols customers through the RPC; returns the enrolments that succeeded. Skipped once
+    Supabase is down; a mail server that is down stops the emails, not the enrolments."""
+    if not enrolments or (tally.aborted is not None and tally.aborted.dependency == "Supabase"):
         return []
     try:
         results = services.store.enrol(enrolments, options.initial_credits)

@@ -616,3 +616,23 @@ def test_accounts_wait_for_a_slow_mail_server_instead_of_piling_up() -> None:
     assert report.emails_sent == 300
     batch = cycle.MIN_BATCH
     assert max(ahead) <= 3 * batch + 2 * 2  # two batches queued, one filling, two per worker
+
+
+def test_a_mail_outage_still_enrols_every_account_already_created() -> None:
+    # The mail server going down stops the sending, not Supabase: accounts created meanwhile
+    # get their credits and tracking row now, and only their emails stay owed.
+    project = FakeProject()
+    project.sell(*(f"o{i:03}@example.com" for i in range(120)))
+
+    def down_after_five(message: WelcomeEmail) -> None:
+        if len(project.mailer.sent) >= 5:
+            raise MailUnavailable("cannot talk to the SMTP server", retriable=True)
+
+    project.mailer.before_send = down_after_five
+    report = run(project, dataclasses.replace(OPTIONS, concurrency=2))
+    assert report.aborted is not None
+    assert report.aborted.startswith("mail is unreachable")
+    assert report.emails_sent == 5
+    assert report.created > 32
+    assert set(project.store.tracking) == set(project.auth.accounts)
+    assert report.enrolled == report.created
