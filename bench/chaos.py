@@ -19,10 +19,9 @@ import time
 from collections import Counter
 
 import psycopg
-from harness import crm_with_sales, start_worker, worker_env
+from harness import crm_with_sales, postgres_server, start_worker, worker_env
 
 from supabase_sandbox import FaultKind, FaultPlan, Sandbox
-from supabase_sandbox.database import DEFAULT_ADMIN_URL
 
 LEASE_TTL_SECONDS = 3
 
@@ -75,8 +74,9 @@ def main() -> None:
     args = parser.parse_args()
     rng = random.Random(args.seed)
     with (
-        crm_with_sales(args.customers, email=("chaos", "@example.com")) as crm_url,
-        Sandbox.start(DEFAULT_ADMIN_URL, bcrypt_cost=4) as sandbox,
+        postgres_server() as admin_url,
+        crm_with_sales(admin_url, args.customers, email=("chaos", "@example.com")) as crm_url,
+        Sandbox.start(admin_url, bcrypt_cost=4) as sandbox,
     ):
         faults = FaultPlan(
             fault_rate=0.2,

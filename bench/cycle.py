@@ -12,12 +12,9 @@ from __future__ import annotations
 import argparse
 import time
 
-from harness import crm_with_sales
+from harness import crm_with_sales, postgres_server
 
 from supabase_sandbox import FaultPlan, Sandbox
-from supabase_sandbox.database import (
-    DEFAULT_ADMIN_URL,
-)
 from sync_worker.config import Settings
 from sync_worker.cycle import run_cycle
 from sync_worker.logs import configure_logging
@@ -34,8 +31,9 @@ def main() -> None:
     configure_logging("json", "ERROR")
 
     with (
-        crm_with_sales(args.customers, email=("bench", "@example.com")) as crm_url,
-        Sandbox.start(DEFAULT_ADMIN_URL, bcrypt_cost=args.bcrypt_cost) as sandbox,
+        postgres_server() as admin_url,
+        crm_with_sales(admin_url, args.customers, email=("bench", "@example.com")) as crm_url,
+        Sandbox.start(admin_url, bcrypt_cost=args.bcrypt_cost) as sandbox,
     ):
         sandbox.faults = FaultPlan(latency_ms=args.latency_ms)
         settings = Settings(

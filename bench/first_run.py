@@ -18,10 +18,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import psycopg
-from harness import crm_with_sales, run_worker, worker_env
+from harness import crm_with_sales, postgres_server, run_worker, worker_env
 
 from supabase_sandbox import FaultPlan, Sandbox
-from supabase_sandbox.database import DEFAULT_ADMIN_URL
 from sync_worker.supabase_api import SupabaseApi
 
 
@@ -72,11 +71,17 @@ def main() -> None:
         flush=True,
     )
     ratios = []
-    with crm_with_sales(
-        args.customers, email=("new", "@example.com"), column="digital_resume_sale_value"
-    ) as crm_url:
+    with (
+        postgres_server() as admin_url,
+        crm_with_sales(
+            admin_url,
+            args.customers,
+            email=("new", "@example.com"),
+            column="digital_resume_sale_value",
+        ) as crm_url,
+    ):
         for run in range(1, args.runs + 1):
-            with Sandbox.start(DEFAULT_ADMIN_URL, bcrypt_cost=args.bcrypt_cost) as sandbox:
+            with Sandbox.start(admin_url, bcrypt_cost=args.bcrypt_cost) as sandbox:
                 sandbox.faults = FaultPlan(latency_ms=args.latency_ms)
                 bound = bare_creates(sandbox, args.customers, args.concurrency)
                 with psycopg.connect(sandbox.db_url, autocommit=True) as conn:

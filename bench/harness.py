@@ -14,21 +14,33 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import sql
 
-from supabase_sandbox import Sandbox
-from supabase_sandbox.database import DEFAULT_ADMIN_URL, create_database, drop_database, unique_name
+from supabase_sandbox import Sandbox, postgres
+from supabase_sandbox.database import create_database, drop_database, unique_name
+
+
+@contextmanager
+def postgres_server() -> Iterator[str]:
+    """The PostgreSQL server a benchmark's databases go on, chosen as the tests choose it:
+    `CRM_SYNC_TEST_ADMIN_URL` (a URL, or `embedded`), else the local server if it answers,
+    else an embedded one for the run. Says which on stderr; yields its admin URL."""
+    with postgres.admin_server(os.environ.get(postgres.ADMIN_URL_VARIABLE)) as (url, which):
+        print(which, file=sys.stderr, flush=True)
+        yield url
 
 
 @contextmanager
 def crm_with_sales(
+    admin_url: str,
     count: int,
     *,
     email: tuple[str, str] = ("customer", "@example.com"),
     column: str = "digital_sale_resume",
 ) -> Iterator[str]:
-    """A CRM database whose `sales_closure` holds `count` eligible sales, one per customer,
-    emailed `email[0] || n || email[1]`; dropped afterwards. Yields its URL."""
+    """A CRM database on the server at `admin_url` whose `sales_closure` holds `count`
+    eligible sales, one per customer, emailed `email[0] || n || email[1]`; dropped afterwards.
+    Yields its URL."""
     name = unique_name("crm_sync_bench_crm")
-    url = create_database(DEFAULT_ADMIN_URL, name)
+    url = create_database(admin_url, name)
     try:
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute(
@@ -46,7 +58,7 @@ def crm_with_sales(
             )
         yield url
     finally:
-        drop_database(DEFAULT_ADMIN_URL, name)
+        drop_database(admin_url, name)
 
 
 def worker_env(sandbox: Sandbox, crm_url: str, **overrides: str) -> dict[str, str]:

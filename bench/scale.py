@@ -17,10 +17,9 @@ import time
 from dataclasses import dataclass
 
 import psycopg
-from harness import crm_with_sales, run_worker, worker_env
+from harness import crm_with_sales, postgres_server, run_worker, worker_env
 
 from supabase_sandbox import FaultPlan, Sandbox
-from supabase_sandbox.database import DEFAULT_ADMIN_URL
 
 # Triggers off (session_replication_role = replica): the rows are written as the worker's
 # enrolment would leave them, without going through it N times.
@@ -74,12 +73,15 @@ def run_once(env: dict[str, str], sandbox: Sandbox) -> Run:
     )
 
 
-def bench(customers: int, new: int, latency_ms: int, runs: int) -> None:
+def bench(admin_url: str, customers: int, new: int, latency_ms: int, runs: int) -> None:
     with (
         crm_with_sales(
-            customers + new, email=("C", "@Example.com"), column="digital_resume_sale_value"
+            admin_url,
+            customers + new,
+            email=("C", "@Example.com"),
+            column="digital_resume_sale_value",
         ) as crm_url,
-        Sandbox.start(DEFAULT_ADMIN_URL, bcrypt_cost=4) as sandbox,
+        Sandbox.start(admin_url, bcrypt_cost=4) as sandbox,
     ):
         seeded = time.perf_counter()
         with psycopg.connect(sandbox.db_url, autocommit=True) as conn:
@@ -125,8 +127,9 @@ def main() -> None:
     parser.add_argument("--latency-ms", type=int, default=25)
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
-    for customers in args.customers:
-        bench(customers, args.new, args.latency_ms, args.runs)
+    with postgres_server() as admin_url:
+        for customers in args.customers:
+            bench(admin_url, customers, args.new, args.latency_ms, args.runs)
 
 
 if __name__ == "__main__":

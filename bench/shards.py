@@ -15,16 +15,17 @@ import argparse
 import time
 
 import psycopg
-from harness import crm_with_sales, start_worker, worker_env
+from harness import crm_with_sales, postgres_server, start_worker, worker_env
 
 from supabase_sandbox import FaultPlan, Sandbox
-from supabase_sandbox.database import DEFAULT_ADMIN_URL
 
 
-def run_shards(customers: int, workers: int, latency_ms: int, concurrency: int) -> float:
+def run_shards(
+    admin_url: str, customers: int, workers: int, latency_ms: int, concurrency: int
+) -> float:
     with (
-        crm_with_sales(customers, email=("shard", "@example.com")) as crm_url,
-        Sandbox.start(DEFAULT_ADMIN_URL, bcrypt_cost=4) as sandbox,
+        crm_with_sales(admin_url, customers, email=("shard", "@example.com")) as crm_url,
+        Sandbox.start(admin_url, bcrypt_cost=4) as sandbox,
     ):
         sandbox.faults = FaultPlan(latency_ms=latency_ms)
         env = worker_env(
@@ -65,10 +66,11 @@ def main() -> None:
         f" concurrency per worker={args.concurrency}"
     )
     first = None
-    for workers in args.workers:
-        took = run_shards(args.customers, workers, args.latency_ms, args.concurrency)
-        first = first or took
-        print(f"    speed-up over {args.workers[0]} worker(s): {first / took:.2f}")
+    with postgres_server() as admin_url:
+        for workers in args.workers:
+            took = run_shards(admin_url, args.customers, workers, args.latency_ms, args.concurrency)
+            first = first or took
+            print(f"    speed-up over {args.workers[0]} worker(s): {first / took:.2f}")
 
 
 if __name__ == "__main__":

