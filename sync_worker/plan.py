@@ -100,7 +100,9 @@ class PlanBuilder:
         self._owns = owns
         self._tracking = iter(tracking)
         self._next: TrackedCustomer | None = next(self._tracking, None)
-        self._failures = failures
+        # One failures table serves every shard: another shard's failures are not this one's
+        # to plan, nor to clear as stale.
+        self._failures = {email: f for email, f in failures.items() if owns(email)}
         self._now = now
         self._steps: list[CustomerStep] = []
         self._counted: Counter[str] = Counter()

@@ -21,6 +21,7 @@ from sync_worker.customers import (
     EnrolmentResult,
     EnrolOutcome,
     TrackedCustomer,
+    shard_of,
 )
 from sync_worker.cycle import CycleOptions, CycleServices
 from sync_worker.errors import MailError, SupabaseError
@@ -267,10 +268,18 @@ class FakeProject:
         for email in emails:
             self.crm[email] = CrmCustomer(email=email, name=name)
 
-    def services(self) -> CycleServices:
+    def services(self, shard: tuple[int, int] = (0, 1)) -> CycleServices:
+        """The cycle's services; with a `shard`, the CRM and the tracking rows are that shard's
+        (as the SQL filters them), the failures everyone's (one table, read whole)."""
+
+        def mine(email: str) -> bool:
+            return shard_of(email, shard[1]) == shard[0]
+
         return CycleServices(
-            read_crm=lambda: [self.crm[email] for email in sorted(self.crm)],
-            stream_tracking=lambda: [self.store.tracking[e] for e in sorted(self.store.tracking)],
+            read_crm=lambda: [self.crm[e] for e in sorted(self.crm) if mine(e)],
+            stream_tracking=lambda: [
+                self.store.tracking[e] for e in sorted(self.store.tracking) if mine(e)
+            ],
             lookup_tracking=lambda emails: {
                 e: self.store.tracking[e] for e in emails if e in self.store.tracking
             },

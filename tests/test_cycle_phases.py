@@ -17,6 +17,7 @@ from sync_worker.customers import (
     CustomerFailure,
     Outcome,
     Step,
+    shard_of,
 )
 from sync_worker.cycle import CycleOptions, run_cycle
 from sync_worker.errors import ExitCode, MailError, MailUnavailable, SupabaseError
@@ -641,3 +642,28 @@ def test_a_mail_outage_still_enrols_every_account_already_created() -> None:
     assert report.created >= 40
     assert set(project.store.tracking) == set(project.auth.accounts)
     assert report.enrolled == report.created
+
+
+def test_a_shard_leaves_the_failures_of_other_shards_alone() -> None:
+    # The failures table is one for all shards: a shard that cleared the failures of customers
+    # it never sees would unpark them and cut their retry delays short.
+    project = FakeProject()
+    parked, waiting = (
+        next(e for e in (f"p{i}@example.com" for i in range(100)) if shard_of(e, 2) == 1),
+        next(e for e in (f"w{i}@example.com" for i in range(100)) if shard_of(e, 2) == 1),
+    )
+    project.sell(parked, waiting)
+    project.store.record_email_error[parked] = SupabaseError("record: 400", status=400)
+    project.auth.failing[waiting] = outage()
+    shard = dataclasses.replace(OPTIONS, shard=(1, 2))
+    run_cycle(shard, project.services(shard=(1, 2)), run_id="shard-1")
+    before = dict(project.store.failures)
+    assert set(before) == {parked, waiting}
+    run_cycle(
+        dataclasses.replace(OPTIONS, shard=(0, 2)), project.services(shard=(0, 2)), run_id="s0"
+    )
+    assert project.store.failures == before
+    project.auth.failing.clear()
+    again = run_cycle(shard, project.services(shard=(1, 2)), run_id="shard-1-again")
+    assert again.emails_sent == 0  # one waits for its next attempt, the other is parked
+    assert len(project.mailer.to(parked)) == 1
