@@ -53,7 +53,7 @@ from sync_worker.provision import (
     issue_credentials,
     provision_account,
 )
-from sync_worker.record import EnrolmentStore, SentEmail
+from sync_worker.record import ENROL_BATCH_SIZE, EnrolmentStore, SentEmail
 from sync_worker.report import CycleReport
 from sync_worker.sent_emails import SentEmailRecorder
 from sync_worker.settle import OUTAGE_THRESHOLD, CycleTally, Settlement, settle
@@ -373,18 +373,22 @@ def _enrol(
     enrolments: list[Enrolment],
     tally: CycleTally,
 ) -> list[EnrolmentResult]:
-    """Enrols customers through the RPC; returns the enrolments that succeeded. Skipped once
-    Supabase is down; a mail server that is down stops the emails, not the enrolments."""
-    if not enrolments or (tally.aborted is not None and tally.aborted.dependency == "Supabase"):
-        return []
-    try:
-        results = services.store.enrol(enrolments, options.initial_credits)
-    except SupabaseError as exc:
-        if exc.retriable:
-            tally.abort("Supabase", f"enrolment: {exc}")
-        for enrolment in enrolments:
-            tally.fail(_failure(enrolment.customer.email, Step.ENROL, exc), in_a_row=False)
-        return []
+    """Enrols customers through the RPC, `ENROL_BATCH_SIZE` per call; returns the enrolments
+    that succeeded. Each call commits on its own, so a refused call fails only the customers
+    it carried. Skipped once Supabase is down; a mail server that is down stops the emails,
+    not the enrolments."""
+    results: list[EnrolmentResult] = []
+    for start in range(0, len(enrolments), ENROL_BATCH_SIZE):
+        if tally.aborted is not None and tally.aborted.dependency == "Supabase":
+            break
+        chunk = enrolments[start : start + ENROL_BATCH_SIZE]
+        try:
+            results += services.store.enrol(chunk, options.initial_credits)
+        except SupabaseError as exc:
+            if exc.retriable:
+                tally.abort("Supabase", f"enrolment: {exc}")
+            for enrolment in chunk:
+                tally.fail(_failure(enrolment.customer.email, Step.ENROL, exc), in_a_row=False)
     enrolled: list[EnrolmentResult] = []
     for result in results:
         if result.ok:

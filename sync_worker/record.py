@@ -16,6 +16,7 @@ from sync_worker.customers import (
 )
 from sync_worker.supabase_api import SupabaseApi
 
+# At most this many customers are enrolled by one call (each call commits on its own).
 ENROL_BATCH_SIZE = 200
 # At most this many accepted emails are recorded by one call.
 RECORD_BATCH_SIZE = 200
@@ -83,17 +84,14 @@ class SupabaseStore:
         self._api = api
 
     def enrol(self, batch: Sequence[Enrolment], initial_credits: int) -> list[EnrolmentResult]:
-        """Enrols in batches; each customer's writes are one subtransaction of the RPC."""
-        results: list[EnrolmentResult] = []
-        for start in range(0, len(batch), ENROL_BATCH_SIZE):
-            chunk = [e.as_json() for e in batch[start : start + ENROL_BATCH_SIZE]]
-            rows = self._api.rpc(
-                "enrol_crm_customers",
-                {"p_customers": chunk, "p_initial_credits": initial_credits},
-                operation="enrol customers",
-            )
-            results.extend(enrolment_result(row) for row in rows or [])
-        return results
+        """Enrols `batch` in one call (the caller keeps it to `ENROL_BATCH_SIZE`); each
+        customer's writes are one subtransaction of the RPC."""
+        rows = self._api.rpc(
+            "enrol_crm_customers",
+            {"p_customers": [e.as_json() for e in batch], "p_initial_credits": initial_credits},
+            operation="enrol customers",
+        )
+        return [enrolment_result(row) for row in rows or []]
 
     def deactivate(self, emails: Sequence[str]) -> list[str]:
         if not emails:

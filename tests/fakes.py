@@ -138,6 +138,7 @@ class FakeStore:
     tracking: dict[str, TrackedCustomer] = field(default_factory=dict)
     failures: dict[str, CustomerFailure] = field(default_factory=dict)
     enrol_error: SupabaseError | None = None
+    enrol_error_for: dict[str, SupabaseError] = field(default_factory=dict)  # fails its call
     refuse: dict[str, str] = field(default_factory=dict)  # email -> the RPC's error text
     record_email_error: dict[str, SupabaseError] = field(default_factory=dict)
     deactivate_error: SupabaseError | None = None
@@ -147,6 +148,9 @@ class FakeStore:
         self.writes.append("enrol")
         if self.enrol_error is not None:
             raise self.enrol_error
+        for item in batch:
+            if item.customer.email in self.enrol_error_for:
+                raise self.enrol_error_for[item.customer.email]
         results = []
         for item in batch:
             email = item.customer.email

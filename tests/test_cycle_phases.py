@@ -667,3 +667,16 @@ def test_a_shard_leaves_the_failures_of_other_shards_alone() -> None:
     again = run_cycle(shard, project.services(shard=(1, 2)), run_id="shard-1-again")
     assert again.emails_sent == 0  # one waits for its next attempt, the other is parked
     assert len(project.mailer.to(parked)) == 1
+
+
+def test_an_enrolment_call_refused_fails_only_the_customers_it_carried() -> None:
+    # Enrolment goes 200 customers per call, each call committed on its own: a later call's
+    # refusal is no failure of the customers an earlier call enrolled.
+    project = _enrolled_project(250)
+    for email in project.crm:
+        project.sell(email, name="Renamed")  # every one of them is refreshed
+    project.store.enrol_error_for["c230@example.com"] = refusal("enrol customers")
+    report = run(project)
+    failed = {f.email for f in report.failures}
+    assert failed == {f"c{i:03}@example.com" for i in range(200, 250)}
+    assert report.refreshed == 200
