@@ -341,6 +341,10 @@ def _translate_smtp(exc: BaseException, recipient: str | None, *, connecting: bo
         what, retriable = "the SMTP server lacks a required extension", False
     elif isinstance(exc, smtplib.SMTPServerDisconnected):
         what, retriable, unavailable = "the SMTP server closed the connection", True, True
+    elif isinstance(exc, smtplib.SMTPSenderRefused):
+        # About EMAIL_FROM, not the recipient: every message would be refused alike.
+        what, unavailable = "the SMTP server refused the sender", True
+        retriable = code is None or not 500 <= code < 600
     elif code is not None:
         retriable = not 500 <= code < 600
         unavailable = unavailable or code == 421
@@ -498,8 +502,9 @@ def _translate_resend(response: requests.Response, hide: Iterable[str | None]) -
     elif status == 409:
         # Same key still in flight: retry. (Same key, other payload: handled as sent.)
         retriable = name == "concurrent_idempotent_requests"
-    elif status in (401, 403):
-        # A bad or restricted key, or an unverified sender domain: every send would fail.
+    elif status in (401, 403) or name == "invalid_from_address":
+        # A bad or restricted key, an unverified sender domain or a malformed EMAIL_FROM:
+        # every send would fail alike, and no customer is to blame.
         kind, retriable = MailUnavailable, False
     elif status in _GATEWAY_STATUSES:
         kind, retriable = MailUnavailable, True

@@ -111,9 +111,19 @@ class Collector:
 
     data_replies: list[str] = field(default_factory=list)
     rcpt_reply: str | None = None
+    mail_reply: str | None = None
     messages: list[Received] = field(default_factory=list)
     data_attempts: int = 0
     tls_sessions: int = 0
+
+    async def handle_MAIL(
+        self, server: Any, session: Any, envelope: Any, address: str, options: list[str]
+    ) -> str:
+        if self.mail_reply:
+            return self.mail_reply
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        return "250 OK"
 
     async def handle_RCPT(
         self, server: Any, session: Any, envelope: Any, address: str, options: list[str]
@@ -265,6 +275,24 @@ def test_smtp_permanent_550_is_not_retried_and_the_connection_stays_usable() -> 
     assert PASSWORD not in str(caught.value)
     assert handler.data_attempts == 2  # the refused one once, the next customer once
     assert handler.connections == 1
+
+
+def test_smtp_a_refused_sender_stops_the_mail_and_blames_no_customer() -> None:
+    # A 5xx to MAIL FROM is about EMAIL_FROM, not the recipient: every message would be
+    # refused alike, so it must stop the sending rather than park each customer in turn.
+    handler = Collector(mail_reply="553 5.7.1 Sender address rejected: not owned by you")
+    with smtp_server(handler) as server:
+        mailer = smtp_mailer(server.port)
+        with pytest.raises(MailUnavailable) as caught:
+            mailer.send(welcome())
+        mailer.close()
+
+    assert not caught.value.retriable
+    assert not caught.value.permanent
+    assert "553" in str(caught.value)
+    assert "sender" in str(caught.value)
+    assert "jane@example.com" not in str(caught.value)
+    assert handler.data_attempts == 0
 
 
 def test_smtp_unknown_recipient_is_a_permanent_error() -> None:
@@ -710,6 +738,20 @@ def test_resend_bad_key_is_unavailable_and_not_retried(
     assert len(resend_api.calls) == 1
     assert sleeps == []
     assert no_secrets_in(logs, API_KEY, PASSWORD)
+
+
+def test_resend_refusing_the_sender_stops_the_mail_and_blames_no_customer(
+    resend_api: responses.RequestsMock, sleeps: list[float]
+) -> None:
+    # Like an SMTP server refusing MAIL FROM: EMAIL_FROM is wrong for every message alike.
+    error(resend_api, 422, "invalid_from_address", "Invalid `from` field.")
+    with pytest.raises(MailUnavailable) as caught:
+        resend_mailer().send(welcome())
+
+    assert not caught.value.retriable
+    assert not caught.value.permanent
+    assert len(resend_api.calls) == 1
+    assert sleeps == []
 
 
 def test_resend_validation_error_is_not_retried_and_never_echoes_secrets(
