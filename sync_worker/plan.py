@@ -151,12 +151,26 @@ class PlanBuilder:
     def finish(self, set_aside_tracking: Mapping[str, TrackedCustomer]) -> SyncPlan:
         """The plan, once the tracking rows of the customers set aside are known."""
         self._catch_up(None)
+        # The steps the merge gave CRM customers, by email (only when something was set aside).
+        placed = {s.email: s for s in self._steps if s.customer} if self.set_aside else {}
+        replaced: set[int] = set()
         for email, customer in sorted(self.set_aside.items()):
+            planned = placed.pop(email, None)
+            if planned is not None and planned.customer is not None:
+                # Another spelling of an email the merge placed (a pasted no-break space):
+                # one customer, one step. (One the merge placed and found done was forgotten;
+                # the other spelling is then planned on its own.)
+                replaced.add(id(planned))
+                self._counted[planned.action.value] -= 1
+                self._add(email, _merged(planned.customer, customer), planned.tracked)
+                continue
             tracked = set_aside_tracking.get(email)
             if tracked is not None:
                 self._forget_unmatched(tracked)
             self._eligible += 1
             self._add(email, customer, tracked)
+        if replaced:
+            self._steps = [s for s in self._steps if id(s) not in replaced]
         stale = sorted(set(self._failures) - self._failures_seen)
         return SyncPlan(
             tuple(sorted(self._steps, key=lambda s: s.email)),

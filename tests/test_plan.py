@@ -183,3 +183,24 @@ def test_a_no_op_plan_keeps_nothing_in_memory() -> None:
     plan = builder.finish({})
     assert plan.steps == ()
     assert plan.counts()["nothing"] == 20_000
+
+
+def test_two_spellings_of_one_new_email_make_one_step() -> None:
+    """The CRM holds a customer once as typed and once with a pasted no-break space: the first
+    is merged in order, the second set aside; both are one customer, provisioned once."""
+    builder = PlanBuilder([], {}, NOW)
+    builder.add_group(
+        CrmGroup("new@x.co", (CrmRow("new@x.co", "100", "Ann", "L1"),)),
+    )
+    builder.add_group(
+        CrmGroup("new@x.co\u00a0", (CrmRow("new@x.co\u00a0", "50", "Anne B", "L2"),)),
+    )
+    assert list(builder.set_aside) == ["new@x.co"]
+    plan = builder.finish({})
+    [step] = plan.steps
+    assert (step.email, step.action) == ("new@x.co", Action.PROVISION)
+    assert step.customer is not None
+    assert step.customer.lead_ids == ("L1", "L2")
+    assert step.customer.sale_rows == 2
+    assert plan.eligible == 1
+    assert plan.counts()["provision"] == 1
