@@ -116,8 +116,9 @@ def test_applies_on_a_database_that_already_has_profiles_and_payments(bootstrapp
             scalar(conn, "select credits_remaining from public.profiles where id = %s", user.id)
             == 8
         )
-        # The app's extra column stays editable by its owner; the balance does not.
-        assert scalar(
+        # The app's extra column is the app's to grant again (crm-sync cannot tell a
+        # descriptive column from a privileged one); the balance is never editable.
+        assert not scalar(
             conn,
             "select has_column_privilege('authenticated', 'public.profiles', 'avatar_url',"
             " 'update')",
@@ -242,6 +243,47 @@ def test_no_migration_leaves_anything_open_when_it_commits(
                 " and has_table_privilege('anon', c.oid, 'select')"
             ).fetchall()
         assert (open_functions, open_tables, readable) == ([], [], []), everything[count - 1].name
+
+
+def test_an_apps_privileged_profile_columns_stay_out_of_users_reach(bootstrapped: str) -> None:
+    """The live app keeps `is_admin` and `plan` on profiles, which its users cannot update:
+    migrating must not hand them to every signed-in user for their own row."""
+    with psycopg.connect(bootstrapped, autocommit=True) as conn:
+        conn.execute(
+            """
+            create table public.profiles (
+              id uuid primary key references auth.users (id) on delete cascade,
+              email text,
+              full_name text,
+              is_admin boolean not null default false,
+              plan text not null default 'free',
+              credits_remaining integer not null default 0
+            );
+            grant select, update (full_name) on public.profiles to authenticated;
+            """
+        )
+    migrate(bootstrapped)
+    with psycopg.connect(bootstrapped, autocommit=True) as conn:
+        user = create_auth_user(conn, "mallory@example.com")
+        for column in ("is_admin", "plan", "credits_remaining", "email"):
+            assert not scalar(
+                conn,
+                "select has_column_privilege('authenticated', 'public.profiles', %s, 'update')",
+                column,
+            ), column
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):  # noqa: SIM117
+            with acting_as(conn, "authenticated", user):
+                conn.execute(
+                    "update public.profiles set is_admin = true, plan = 'enterprise' where id = %s",
+                    (user.id,),
+                )
+        with acting_as(conn, "authenticated", user):
+            conn.execute(
+                "update public.profiles set full_name = 'Mallory' where id = %s", (user.id,)
+            )
+        assert scalar(conn, "select full_name from public.profiles where id = %s", user.id) == (
+            "Mallory"
+        )
 
 
 def test_an_apps_permissive_policies_and_strict_profiles_are_tamed(bootstrapped: str) -> None:
