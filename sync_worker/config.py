@@ -337,6 +337,12 @@ def _check_postgres_url(value: SecretStr) -> SecretStr:
         params = conninfo_to_dict(url)
     except ProgrammingError as exc:
         raise ValueError(_libpq_problem(str(exc))) from None
+    if "@" in str(params.get("host") or ""):
+        # libpq ended the password at its first "@" and would quote the rest as a host name.
+        raise ValueError(
+            "is not a valid URL: a '@' in the user name or password must be written as %40"
+            " (percent-encode special characters)"
+        )
     for port in str(params.get("port") or "").split(","):
         if port and not (port.isdigit() and 0 < int(port) < 65536):
             raise ValueError("has a port that is not a number from 1 to 65535")
@@ -355,7 +361,9 @@ def _libpq_problem(message: str) -> str:
     return "is not a valid libpq connection URL"
 
 
-_USERINFO_PASSWORD = re.compile(r"(?P<head>://[^:@/?#]*:)(?P<pw>[^@/?#]*)(?=@)")
+# As libpq reads a URL: the userinfo ends at the first "@" or "/" (a "?", "#" or ":" before it
+# belongs to the password), and the user name at its first ":".
+_USERINFO_PASSWORD = re.compile(r"(?P<head>://[^:@/]*:)(?P<pw>[^@/]*)(?=@)")
 _QUERY_PASSWORD = re.compile(r"(?P<head>[?&]password=)(?P<pw>[^&#]*)", re.IGNORECASE)
 
 

@@ -157,8 +157,16 @@ SOCKET_URLS = {
 }
 
 
-@pytest.mark.parametrize(("url", "password"), SOCKET_URLS.items())
-def test_unix_socket_urls_are_accepted_wherever_a_database_url_is_and_masked(
+# libpq ends the userinfo at the first "@" or "/": a "?", "#" or ":" before it is password.
+ODD_PASSWORD_URLS = {
+    "postgresql://crm_user:pa?ss-S3cretValue@db.example.com:5432/crm": "pa?ss-S3cretValue",
+    "postgresql://postgres:hunter2#x-S3cret@db.example.com/postgres": "hunter2#x-S3cret",
+    "postgresql://crm_user:co:lon-S3cret@db.example.com/crm": "co:lon-S3cret",
+}
+
+
+@pytest.mark.parametrize(("url", "password"), {**SOCKET_URLS, **ODD_PASSWORD_URLS}.items())
+def test_database_urls_of_every_form_are_accepted_wherever_one_is_and_masked(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], url: str, password: str
 ) -> None:
     settings = load(monkeypatch, CRM_DATABASE_URL=url, SUPABASE_DB_URL=url)
@@ -186,6 +194,19 @@ def test_unix_socket_urls_are_accepted_wherever_a_database_url_is_and_masked(
 
     structlog.get_logger("t").info("connecting", url=url, note=f"password {password}")
     assert password not in stream.getvalue()
+
+
+def test_an_at_sign_left_in_a_password_is_refused_without_showing_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # libpq would take what follows the first "@" for the host and quote it in its error.
+    with pytest.raises(ConfigError) as caught:
+        load(monkeypatch, CRM_DATABASE_URL="postgresql://crm_user:S3cr@tPart9@db.example.com/crm")
+    [problem] = caught.value.problems
+    assert problem.startswith("CRM_DATABASE_URL:")
+    assert "%40" in problem
+    assert "tPart9" not in problem
+    assert "S3cr" not in problem
 
 
 def test_a_socket_url_without_a_password_is_shown_as_it_is(
