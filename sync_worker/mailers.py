@@ -132,8 +132,11 @@ class SmtpMailer:
         # ASCII need SMTPUTF8, and the headers then carry UTF-8 as is (RFC 6532).
         international = not (self._envelope_from + message.to).isascii()
         rendered = render(message, self._sender, smtputf8=international)
+        # A server's reply may quote the message (a content filter): never carry its
+        # credentials on into errors, logs or stored failures.
+        hide = (message.temporary_password, message.setup_link)
         with self._lock:
-            self._retry.call("smtp_send", self._deliver, rendered, message.to, international)
+            self._retry.call("smtp_send", self._deliver, rendered, message.to, international, hide)
         log.info("email_sent", to=message.to, kind=message.kind, backend="smtp")
 
     def close(self) -> None:
@@ -141,7 +144,13 @@ class SmtpMailer:
         with self._lock:
             self._discard(polite=True)
 
-    def _deliver(self, rendered: bytes, recipient: str, international: bool) -> None:
+    def _deliver(
+        self,
+        rendered: bytes,
+        recipient: str,
+        international: bool,
+        hide: Iterable[str | None] = (),
+    ) -> None:
         reused = self._smtp is not None
         smtp = self._connection()
         try:
@@ -151,9 +160,10 @@ class SmtpMailer:
             self._data(smtp, rendered)
         except _MaybeDelivered as uncertain:
             self._discard(polite=False)
+            cause = _scrub(_describe(uncertain.cause), hide)
             raise MailError(
                 f"delivery to {recipient} is uncertain: the connection ended after the message "
-                f"was sent ({_describe(uncertain.cause)}); not retried, so that it is never "
+                f"was sent ({cause}); not retried, so that it is never "
                 "delivered twice by this attempt",
                 retriable=False,
             ) from uncertain.cause
@@ -167,10 +177,10 @@ class SmtpMailer:
                 # Servers drop idle connections (Postfix says 421 first): a kept connection
                 # may be gone by the next customer. One fresh connection is the remedy;
                 # after that the error counts like any other.
-                log.info("smtp_reconnecting", reason=_describe(exc))
-                self._deliver(rendered, recipient, international)
+                log.info("smtp_reconnecting", reason=_scrub(_describe(exc), hide))
+                self._deliver(rendered, recipient, international, hide)
                 return
-            raise _translate_smtp(exc, recipient, connecting=False) from exc
+            raise _translate_smtp(exc, recipient, connecting=False, hide=hide) from exc
 
     def _envelope(self, smtp: smtplib.SMTP, recipient: str, international: bool) -> None:
         """MAIL FROM and RCPT TO (with SMTPUTF8 when the addresses need it)."""
@@ -325,13 +335,19 @@ def _text(reply: bytes | str) -> str:
     return " ".join(text.split())[:_MAX_DETAIL]
 
 
-def _translate_smtp(exc: BaseException, recipient: str | None, *, connecting: bool) -> MailError:
+def _translate_smtp(
+    exc: BaseException,
+    recipient: str | None,
+    *,
+    connecting: bool,
+    hide: Iterable[str | None] = (),
+) -> MailError:
     """Maps an smtplib/socket error to the error tree.
 
     SMTP reply codes: 4xx is transient, 5xx permanent (RFC 5321, 4.2.1). Errors while
     connecting concern every message, so they are always `MailUnavailable`.
     """
-    detail = _describe(exc)
+    detail = _scrub(_describe(exc), hide)
     code = _reply_code(exc)
     unavailable = connecting
     retriable: bool

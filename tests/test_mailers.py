@@ -295,6 +295,27 @@ def test_smtp_a_refused_sender_stops_the_mail_and_blames_no_customer() -> None:
     assert handler.data_attempts == 0
 
 
+def test_smtp_a_refusal_quoting_the_message_never_carries_the_password_on() -> None:
+    # A content filter may quote the line it objects to: that text becomes a retry log line,
+    # the error, the stored failure reason and `crm-sync status`.
+    handler = Collector(
+        data_replies=[
+            f"451 4.7.1 try again later: '{PASSWORD}'",
+            f"554 5.7.1 content rejected: '    {PASSWORD}'",
+        ]
+    )
+    with smtp_server(handler) as server, capture_logs() as logs:
+        mailer = smtp_mailer(server.port)
+        with pytest.raises(MailError) as caught:
+            mailer.send(welcome())
+        mailer.close()
+
+    assert handler.data_attempts == 2
+    assert "554 5.7.1 content rejected" in str(caught.value)
+    assert PASSWORD not in str(caught.value)
+    assert no_secrets_in(logs, PASSWORD)
+
+
 def test_smtp_unknown_recipient_is_a_permanent_error() -> None:
     handler = Collector(rcpt_reply="550 5.1.1 No such user")
     with smtp_server(handler) as server:
