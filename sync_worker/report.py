@@ -171,13 +171,15 @@ class CycleReport(BaseModel):
                 f"  failed: {len(self.failures)}",
             ]
             for reason, count in sorted(self.failures_by_reason().items()):
-                lines.append(f"    {count} x {reason}")
+                lines.append(f"    {count} x {printable(reason)}")
+        # Each value on its own line escaped whole (its line breaks too): CRM data and server
+        # replies cannot add lines of their own to the summary.
         for invalid in self.invalid:
             shown = invalid.email if invalid.email is not None else "(no email)"
-            lead = f" [{invalid.lead_id}]" if invalid.lead_id else ""
-            lines.append(f"  invalid CRM row{lead}: {shown!r}: {invalid.reason}")
+            lead = f" [{printable(invalid.lead_id)}]" if invalid.lead_id else ""
+            lines.append(f"  invalid CRM row{lead}: {shown!r}: {printable(invalid.reason)}")
         if self.aborted:
-            lines.append(f"  ABORTED: {self.aborted}")
+            lines.append(f"  ABORTED: {printable(self.aborted)}")
         if self.deactivation_blocked:
             lines.append(f"  DEACTIVATION HELD BACK: {self.deactivation_blocked}")
         if self.interrupted:

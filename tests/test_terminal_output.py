@@ -64,3 +64,15 @@ def test_console_log_lines_escape_control_characters() -> None:
     configure_logging("console", "INFO", stream=stream)
     structlog.get_logger("test").warning("crm_row_invalid", lead_id=HOSTILE)
     assert_inert(stream.getvalue())
+
+
+def test_a_line_break_in_crm_data_or_a_reason_adds_no_line_to_the_summary() -> None:
+    forged = "\n  emails sent: 5000\n  failed: 0"
+    tally = CrmTally(1, [InvalidCrmRow("not-an-email", f"invalid{forged}", f"L-1{forged}")])
+    plan = make_plan({"a@x.co": CrmCustomer("a@x.co")}, {}, {}, NOW)
+    report = CycleReport.begin("r", NOW, False, tally, plan)
+    report.failures = [CustomerFailure("a@x.co", Step.ACCOUNT, f"refused: {forged}")]
+    lines = report.render().splitlines()
+    assert sum(line.startswith("  emails sent:") for line in lines) == 1
+    assert sum(line.startswith("  failed:") for line in lines) == 1
+    assert any("L-1\\x0a  emails sent: 5000" in line for line in lines)
