@@ -268,6 +268,11 @@ class Settings(VerifySettings):
                 validate_email(address, check_deliverability=False)
             except EmailNotValidError as exc:
                 raise ValueError(f"is not a valid sender address ({exc})") from None
+            if not address.rpartition("@")[0].isascii():
+                # Python's email package refuses such a From header: every message would fail.
+                raise ValueError(
+                    "the part before the @ must be ASCII (a domain that is not ASCII is fine)"
+                )
         return value
 
     @field_validator("sync_cron")

@@ -123,7 +123,7 @@ _BODY_CHARSET.body_encoding = charset.QP
 # The wire form: compat32 writes the headers as given; SMTPUTF8 (RFC 6532) is needed only when
 # an address is not ASCII.
 _ASCII_POLICY = email.policy.compat32.clone(linesep="\r\n")
-_UTF8_POLICY = email.policy.SMTPUTF8
+_UTF8_POLICY = email.policy.SMTPUTF8.clone(max_line_length=None)
 
 
 # --- templates -------------------------------------------------------------------------

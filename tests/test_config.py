@@ -172,6 +172,14 @@ def test_each_command_asks_only_for_what_it_uses(monkeypatch: pytest.MonkeyPatch
             },
             "EMAIL_FROM: is not a valid sender address",
         ),
+        (
+            {
+                "EMAIL_FROM": "CareerCast <jos\u00e9@careercast.example>",
+                "EMAIL_BACKEND": "console",
+                "APP_LOGIN_URL": "https://app",
+            },
+            "EMAIL_FROM: the part before the @ must be ASCII",
+        ),
     ],
 )
 def test_bad_values_are_explained(

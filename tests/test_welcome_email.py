@@ -359,3 +359,22 @@ def test_the_multipart_boundary_is_fresh_and_only_the_top_carries_mime_version()
         assert boundary not in str(part.get_payload())
     assert message["MIME-Version"] == "1.0"
     assert len(list(message.iter_parts())) == 2
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        'attacker@evil.example, """""""""""""""""""""""""""""" é',
+        "attacker@evil.example, " + "\\" * 38 + " é",
+        "Help: attacker@evil.example; ((((((((((((((((((((((((((((( é",
+    ],
+)
+def test_a_long_hostile_name_stays_one_recipient_in_the_smtputf8_form(name: str) -> None:
+    # Folding a long To line used to drop the quotes around the display name, so a Reply-All
+    # would reach the address the name carries.
+    message = email.message_from_bytes(
+        render(new_account(name=name), SENDER, smtputf8=True), policy=email.policy.default
+    )
+    [to] = message["To"].addresses
+    assert to.addr_spec == "jane@example.com"
+    assert utf8(to.display_name) == name
