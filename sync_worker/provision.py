@@ -55,7 +55,7 @@ class Provisioner(Protocol):
 
     def set_temporary_password(self, user_id: str, password: str) -> None: ...
 
-    def take_over(self, user_id: str, password: str) -> AuthAccount: ...
+    def take_over(self, user_id: str, password: str, full_name: str | None) -> AuthAccount: ...
 
     def setup_link(self, email: str, redirect_to: str) -> str: ...
 
@@ -129,7 +129,7 @@ def provision_account(
         # account is never linked as it is. Its password is replaced (a setup link's account
         # gets one nobody knows), its email confirmed, and the customer gets new credentials.
         password = new_temporary_password()
-        account = provisioner.take_over(found.id, password)
+        account = provisioner.take_over(found.id, password, customer.name)
         log.warning("unconfirmed_account_taken_over", email=customer.email)
         fresh = password if mode is CredentialsMode.TEMPORARY_PASSWORD else None
         return ProvisionedAccount(customer, account, AccountOrigin.TAKEN_OVER, fresh)
@@ -246,15 +246,20 @@ class SupabaseProvisioner:
             operation="set temporary password",
         )
 
-    def take_over(self, user_id: str, password: str) -> AuthAccount:
+    def take_over(self, user_id: str, password: str, full_name: str | None) -> AuthAccount:
         """Replaces an unconfirmed account's password, confirms its email and marks it, so
-        that whoever created it can no longer sign in with what they chose."""
+        that whoever created it can no longer sign in with what they chose; the name they
+        chose gives way to the CRM's (the profile's follows at enrolment, migration 0014)."""
         user = self._api.update_user(
             user_id,
             {
                 "password": password,
                 "email_confirm": True,
-                "user_metadata": {"source": "crm", "must_change_password": True},
+                "user_metadata": {
+                    "source": "crm",
+                    "must_change_password": True,
+                    "full_name": full_name,
+                },
                 "app_metadata": {"taken_over_by": CREATED_BY},
             },
             operation="take over unconfirmed account",

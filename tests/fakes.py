@@ -115,7 +115,7 @@ class FakeProvisioner:
         self._check("set_password", account.email)
         account.password = password
 
-    def take_over(self, user_id: str, password: str) -> AuthAccount:
+    def take_over(self, user_id: str, password: str, full_name: str | None) -> AuthAccount:
         account = self._by_id(user_id)
         self._check("take_over", account.email)
         account.password = password

@@ -336,12 +336,21 @@ def test_an_unconfirmed_account_is_taken_over_and_its_creators_password_stops_wo
     sandbox: Sandbox, crm_url: str
 ) -> None:
     admin = create_client(sandbox.url, sandbox.service_role_key).auth.admin
+    squatter_name = "Security team: call +1-555-0100 to verify your card"
     admin.create_user(
-        {"email": "vic@example.com", "password": "Squatters-Passw0rd", "email_confirm": False}
+        {
+            "email": "vic@example.com",
+            "password": "Squatters-Passw0rd",
+            "email_confirm": False,
+            "user_metadata": {"full_name": squatter_name},
+        }
     )
     add_sales(crm_url, ("vic@example.com", "Vic", 1, None))
     report = run(settings_for(sandbox, crm_url))
     assert (report.created, report.linked, report.taken_over) == (0, 0, 1)
+    # Nothing the squatter chose at sign-up is shown to the customer as theirs.
+    assert query(sandbox, "select full_name from public.profiles") == [("Vic",)]
+    assert query(sandbox, "select raw_user_meta_data ->> 'full_name' from auth.users") == [("Vic",)]
     [message] = mail_to(sandbox, "vic@example.com")
     assert message["Subject"] == "Your CareerCast Digital Resume account is ready"
     sign_in(sandbox, "vic@example.com", password_in(message))
