@@ -121,7 +121,8 @@ class WelcomeEmail:
 _BODY_CHARSET = charset.Charset("utf-8")
 _BODY_CHARSET.body_encoding = charset.QP
 # The wire form: compat32 writes the headers as given; SMTPUTF8 (RFC 6532) is needed only when
-# an address is not ASCII.
+# an address is not ASCII. That form too writes them as built, unfolded: refolding a long To
+# line dropped the quotes around a display name, and a CRM name became a second recipient.
 _ASCII_POLICY = email.policy.compat32.clone(linesep="\r\n")
 _UTF8_POLICY = email.policy.SMTPUTF8.clone(max_line_length=None)
 
