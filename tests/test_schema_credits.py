@@ -300,21 +300,45 @@ def test_a_reused_recording_id_still_costs_a_credit(db: psycopg.Connection[Any])
     assert_consistent(db, user)
 
 
-def test_saving_a_recording_again_costs_nothing(db: psycopg.Connection[Any]) -> None:
-    """An upsert of an existing recording (supabase-js .upsert) is an update, not a new one."""
-    user = create_auth_user(db, "upsert@example.com")
+@pytest.mark.parametrize("table", ["crm_recordings", "recordings"])
+def test_a_credit_pays_for_one_recording_that_cannot_be_rewritten_for_free(
+    db: psycopg.Connection[Any], table: str
+) -> None:
+    """Issue 18, item 4: a recording costs a credit on insert only, so what it paid for (its
+    video, its duration) cannot be rewritten by an update or an upsert of the same id, and its
+    creation time (the dashboard's last recording date) is the database's own."""
+    user = create_auth_user(db, f"upsert-{table}@example.com")
     enrol_user(db, user)
     recording_id = "5d3c1a0e-0000-4000-8000-000000000002"
-    for title in ("first take", "second take", "third take"):
-        with as_user(db, user):
-            db.execute(
-                "insert into public.crm_recordings (id, email, user_id, video_url)"
-                " values (%s, %s, %s, %s)"
-                " on conflict (id) do update set video_url = excluded.video_url",
-                (recording_id, user.email, user.id, title),
-            )
+    email = (user.email,) if table == "crm_recordings" else ()
+    columns = "id, " + ("email, " if email else "") + "user_id, video_url"
+    values = ", ".join(["%s"] * (3 + len(email)))
+    with as_user(db, user):
+        db.execute(
+            f"insert into public.{table} ({columns}) values ({values})",
+            (recording_id, *email, user.id, "first take"),
+        )
     assert balance(db, user) == 3
-    assert scalar(
-        db, "select video_url from public.crm_recordings where id = %s", recording_id
-    ) == ("third take")
+    attempts = [
+        f"update public.{table} set video_url = 'second take'",
+        f"update public.{table} set duration = 600",
+        f"update public.{table} set created_at = now() + interval '1 year'",
+        f"insert into public.{table} ({columns}) values ({values})"
+        " on conflict (id) do update set video_url = excluded.video_url",
+        f"insert into public.{table} ({columns}, created_at) values ({values}, '2099-01-01')",
+    ]
+    for statement in attempts:
+        params = (recording_id, *email, user.id, "third take") if "insert" in statement else ()
+        with pytest.raises(psycopg.errors.InsufficientPrivilege), as_user(db, user):
+            db.execute(statement, params or None)
+    assert scalar(db, f"select video_url from public.{table} where id = %s", recording_id) == (
+        "first take"
+    )
+    # An upsert that changes nothing (ignore-duplicates) spends nothing either.
+    with as_user(db, user):
+        db.execute(
+            f"insert into public.{table} ({columns}) values ({values}) on conflict do nothing",
+            (recording_id, *email, user.id, "again"),
+        )
+    assert balance(db, user) == 3
     assert_consistent(db, user)

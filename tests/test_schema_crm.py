@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from typing import Any
 
 import psycopg
@@ -128,14 +129,17 @@ def test_defect_19_stats_stay_exact_on_insert_and_delete(db: psycopg.Connection[
             ).fetchone()[0]  # type: ignore[index]
             for i in range(3)
         ]
-        recs = [
-            db.execute(
-                "insert into public.crm_recordings (email, job_request_id, created_at)"
-                " values (%s, %s, %s) returning id",
-                (user.email, jobs[i], f"2026-02-0{i + 1} 10:00+00"),
-            ).fetchone()[0]  # type: ignore[index]
-            for i in range(2)
-        ]
+    # A recording's creation time is the database's own for a user (migration 0015): the
+    # service role writes these, as a backfill would.
+    recs = [
+        db.execute(
+            "insert into public.crm_recordings (email, job_request_id, created_at)"
+            " values (%s, %s, %s) returning id",
+            (user.email, jobs[i], f"2026-02-0{i + 1} 10:00+00"),
+        ).fetchone()[0]  # type: ignore[index]
+        for i in range(2)
+    ]
+    with as_user(db, user):
         db.execute(
             "insert into public.crm_resumes (email, resume_url) values (%s, 'r.pdf')", (user.email,)
         )
@@ -420,3 +424,38 @@ def test_a_dashboard_does_not_follow_an_old_email(db: psycopg.Connection[Any]) -
             "select credits_remaining from public.get_crm_dashboard_data('former@example.com')"
         )
         assert rows.fetchall() == [(4,)]
+
+
+def test_the_auth_account_of_an_email_is_found_exactly(db: psycopg.Connection[Any]) -> None:
+    """Issue 18, item 7: the worker's look-up by email is exact (no LIKE: `_` and `%` are
+    letters), case-insensitive as Auth's own duplicate check, and names an identity holder."""
+    wanted = create_auth_user(db, "a_b@example.com")
+    create_auth_user(db, "axb@example.com")
+    create_auth_user(db, "xa_b@example.com")
+    capitals = uuid.uuid4()
+    db.execute(
+        "insert into auth.users (instance_id, id, aud, email, created_at, updated_at)"
+        " values ('00000000-0000-0000-0000-000000000000', %s, 'authenticated',"
+        " 'Mixed@Example.COM', now(), now())",
+        (capitals,),
+    )
+    holder = create_auth_user(db, "holder@example.com")
+    db.execute(
+        "insert into auth.identities (provider_id, user_id, identity_data, provider)"
+        ' values (\'gh-1\', %s, \'{"sub": "gh-1", "email": "Held@Example.com"}\', \'github\')',
+        (holder.id,),
+    )
+
+    def find(email: str) -> list[tuple[Any, ...]]:
+        return db.execute(
+            "select via, provider, user_id, email from public.crm_sync_find_auth_account(%s)",
+            (email,),
+        ).fetchall()
+
+    assert find(" A_B@example.com ") == [("user", None, wanted.id, "a_b@example.com")]
+    assert find("a%@example.com") == []
+    assert find("mixed@example.com") == [("user", None, capitals, "mixed@example.com")]
+    assert find("held@example.com") == [("identity", "github", holder.id, "holder@example.com")]
+    # The holder's own email is a user match, not an identity one as well.
+    assert [row[0] for row in find("holder@example.com")] == ["user"]
+    assert find("nobody@example.com") == []

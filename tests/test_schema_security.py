@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import json
+from decimal import Decimal
 from typing import Any
 
 import psycopg
 import pytest
 
-from tests.pg import User, acting_as, as_user, create_auth_user, enrol_user, scalar
+from tests.pg import (
+    User,
+    acting_as,
+    as_user,
+    balance,
+    create_auth_user,
+    enrol_user,
+    scalar,
+)
 
 ALL_TABLES = [
     "profiles",
@@ -32,6 +41,15 @@ CRM_DATA = {
     "crm_resumes": "resume_url",
 }
 REGULAR_DATA = {"job_requests": "job_title", "recordings": "video_url"}
+# What a user may change of their own rows: a recording's video and duration are what its
+# credit paid for (migration 0015), so of a recording only its job request.
+OWN_EDIT = {
+    "crm_job_requests": "job_title = 'hacked'",
+    "crm_recordings": "job_request_id = null",
+    "crm_resumes": "resume_url = 'hacked'",
+    "job_requests": "job_title = 'y'",
+    "recordings": "job_request_id = null",
+}
 
 
 @pytest.fixture(scope="module")
@@ -123,10 +141,10 @@ def test_user_a_cannot_touch_user_b_crm_rows(
         f"select id, {column} from public.{table} where user_id = %s", (b.id,)
     ).fetchall()
     with as_user(db, a):
-        assert db.execute(f"update public.{table} set {column} = 'hacked'").rowcount == 1
+        assert db.execute(f"update public.{table} set {OWN_EDIT[table]}").rowcount == 1
         assert (
             db.execute(
-                f"update public.{table} set {column} = 'x' where user_id = %s", (b.id,)
+                f"update public.{table} set {OWN_EDIT[table]} where user_id = %s", (b.id,)
             ).rowcount
             == 0
         )
@@ -157,7 +175,7 @@ def test_user_c_cannot_touch_user_d_rows(
     with as_user(db, c):
         assert (
             db.execute(
-                f"update public.{table} set {column} = 'y' where user_id = %s", (d.id,)
+                f"update public.{table} set {OWN_EDIT[table]} where user_id = %s", (d.id,)
             ).rowcount
             == 0
         )
@@ -310,6 +328,7 @@ WORKER_RPCS = [
     """'[{"email": "alice@example.com", "kind": "new_account"}]')""",
     "select public.acquire_sync_lease('me', 60)",
     "select public.release_sync_lease('me')",
+    "select * from public.crm_sync_find_auth_account('alice@example.com')",
 ]
 
 
@@ -399,3 +418,36 @@ def test_privilege_comes_from_the_role_not_from_forged_claims(
         assert scalar(db, "select public.is_crm_user(%s)", b.id) is True
     # So may the owner's own session (migrations, an operator's psql).
     assert scalar(db, "select public.is_crm_user(%s)", b.id) is True
+
+
+def test_the_price_comes_from_the_role_not_from_forged_claims(
+    db: psycopg.Connection[Any], people: dict[str, User]
+) -> None:
+    """Issue 18, item 6c: next_credit_pack_price decides privilege as every other function."""
+    a, b = people["a"], people["b"]
+    with db.transaction():
+        _forged_service_claims(db, a)
+        with pytest.raises(psycopg.errors.InsufficientPrivilege), db.transaction():
+            db.execute("select public.next_credit_pack_price(%s)", (b.id,))
+        assert scalar(db, "select public.next_credit_pack_price(%s)", a.id) == Decimal("9.99")
+    with acting_as(db, "service_role"):
+        assert scalar(db, "select public.next_credit_pack_price(%s)", b.id) == Decimal("9.99")
+
+
+def test_a_customer_reads_of_their_tracking_row_only_what_the_app_shows(
+    db: psycopg.Connection[Any], people: dict[str, User]
+) -> None:
+    """Issue 18, item 5: the CRM's sales (payment_details, lead ids) and the worker's
+    bookkeeping stay the worker's; the customer reads their name, balance and status."""
+    a = people["a"]
+    for column in ("payment_details", "crm_lead_id", "account_origin", "welcome_email_status"):
+        with pytest.raises(psycopg.errors.InsufficientPrivilege), as_user(db, a):
+            db.execute(f"select {column} from public.digital_resume_by_crm")
+    with as_user(db, a):
+        rows = db.execute(
+            "select email, user_id, credits_remaining, is_active, full_name, created_at"
+            " from public.digital_resume_by_crm"
+        ).fetchall()
+    assert [row[:4] for row in rows] == [(a.email, a.id, balance(db, a), True)]
+    with acting_as(db, "service_role"):
+        assert db.execute("select payment_details from public.digital_resume_by_crm").fetchall()

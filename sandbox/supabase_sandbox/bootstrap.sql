@@ -93,6 +93,8 @@ create table if not exists auth.users (
 create unique index if not exists users_email_partial_key on auth.users (email)
   where is_sso_user = false;
 create index if not exists users_instance_id_idx on auth.users (instance_id);
+-- Supabase Auth's look-up index for FindUserByEmailAndAudience (lower(email) per instance).
+create index if not exists users_instance_id_email_idx on auth.users (instance_id, lower(email));
 
 create table if not exists auth.identities (
   provider_id text not null,
@@ -107,6 +109,7 @@ create table if not exists auth.identities (
   constraint identities_provider_id_provider_unique unique (provider_id, provider)
 );
 create index if not exists identities_user_id_idx on auth.identities (user_id);
+create index if not exists identities_email_idx on auth.identities (email text_pattern_ops);
 
 -- Sessions, their refresh tokens (the 12-character ones, rotated with a parent chain) and the
 -- methods each session was signed in with (the access token's `amr`); PKCE flow states for
