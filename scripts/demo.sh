@@ -134,18 +134,15 @@ with psycopg.connect(os.environ["CRM_DATABASE_URL"]) as conn:
     )
 print("sales_closure: AWL-1046 Zoya Qureshi <zoya.qureshi@example.com>, digital resume 49.00")
 PY
-# Auth redirects an emailed link only to its Site URL's host or its allow list, else to the
-# Site URL. The local stack's Site URL is http://localhost:3000 (where the app runs while it is
-# developed); a hosted project lists APP_LOGIN_URL in Authentication > URL Configuration.
-echo "(emailed links land only on Auth's Site URL host or its allow list: locally http://localhost:3000)"
-echo "CREDENTIALS_MODE=setup_link APP_LOGIN_URL=http://localhost:3000/login crm-sync --once"
-CREDENTIALS_MODE=setup_link APP_LOGIN_URL=http://localhost:3000/login crm-sync --once
+# The email links to the app's set-password page (APP_SETUP_URL, else APP_LOGIN_URL) with the
+# recovery token as query parameters; the page redeems it with one verifyOtp call.
+echo "CREDENTIALS_MODE=setup_link APP_SETUP_URL=http://localhost:3000/set-password crm-sync --once"
+CREDENTIALS_MODE=setup_link APP_SETUP_URL=http://localhost:3000/set-password crm-sync --once
 
-step "She follows the emailed link, sets her password and signs in"
+step "A mail scanner opens the link first; she presses the page's button, sets her password"
 python - "$work/mail" <<'PY'
 import email, email.policy, os, pathlib, re, sys
 from urllib.parse import parse_qs, urlsplit
-import httpx
 from supabase import create_client
 
 address = "zoya.qureshi@example.com"
@@ -155,28 +152,34 @@ parsed = [email.message_from_bytes(p.read_bytes(), policy=email.policy.default) 
 text = message.get_body(preferencelist=("plain",)).get_content()
 link = re.search(r"Set your password here:\s*(\S+)", text).group(1)
 print(f"Subject: {message['Subject']}")
-print("Set your password here: " + re.sub(r"token=[^&]+", "token=<hidden>", link))
+print("Set your password here: " + re.sub(r"token_hash=[^&]+", "token_hash=<hidden>", link))
+page = urlsplit(link)
+assert "/auth/v1/" not in link, link
+print(f"the link opens the app's page {page.scheme}://{page.netloc}{page.path}: a scanner's GET of it")
+print("  reaches no Auth endpoint, so it consumes nothing")
 
-landed = httpx.get(link, follow_redirects=False)  # a browser, no API key
-location = landed.headers["location"]
-print(f"GET the link -> {landed.status_code}, Location: {location.split('#')[0]}#access_token=<hidden>&...")
-fragment = {key: values[0] for key, values in parse_qs(urlsplit(location).fragment).items()}
-print(f"  the fragment carries a session: type={fragment['type']}, expires_in={fragment['expires_in']}")
-
+# The app's set-password page, on its button press (supabase-js):
+#   await supabase.auth.verifyOtp({ token_hash, type: "recovery" })
+#   await supabase.auth.updateUser({ password, data: { must_change_password: false } })
+params = {key: values[0] for key, values in parse_qs(page.query).items()}
 url, anon_key = os.environ["SUPABASE_URL"], os.environ["SUPABASE_ANON_KEY"]
 app = create_client(url, anon_key)
-app.auth.set_session(fragment["access_token"], fragment["refresh_token"])
+verified = app.auth.verify_otp({"token_hash": params["token_hash"], "type": params["type"]})
+print(f"the page's button: verifyOtp({{token_hash, type: {params['type']!r}}}) -> a session for {verified.user.email}")
 app.auth.update_user({"password": "zoya's own passphrase", "data": {"must_change_password": False}})
-print("the app's set-password form: updateUser({password, data: {must_change_password: false}})")
+print("its set-password form: updateUser({password, data: {must_change_password: false}})")
 app.auth.sign_out()
 session = create_client(url, anon_key).auth.sign_in_with_password(
     {"email": address, "password": "zoya's own passphrase"}
 )
 print(f"her password signs in: user {session.user.id} ({session.user.email})")
 
-reused = httpx.get(link, follow_redirects=False)
-error = parse_qs(urlsplit(reused.headers["location"]).fragment)
-print(f"the link works once: again -> {reused.status_code}, error_code={error['error_code'][0]}")
+try:
+    create_client(url, anon_key).auth.verify_otp({"token_hash": params["token_hash"], "type": "recovery"})
+except Exception as exc:  # the token was redeemed
+    print(f"the link works once: again -> {getattr(exc, 'code', None) or exc}")
+else:
+    raise SystemExit("a redeemed setup link worked twice")
 PY
 
 step "What the database says (the seed's monitoring queries)"

@@ -203,6 +203,9 @@ class Settings(VerifySettings):
     # Where a linked account's owner can choose a new password (the app's "forgot password"
     # page); empty: the email points to the sign-in page's "Forgot password?".
     app_password_reset_url: str = ""
+    # The app's page that redeems a setup link (`verifyOtp({ token_hash, type })` on a button
+    # press); empty: APP_LOGIN_URL.
+    app_setup_url: str = ""
 
     email_backend: EmailBackend = EmailBackend.SMTP
     email_from: str = ""
@@ -250,7 +253,7 @@ class Settings(VerifySettings):
     def _supabase_db_url(cls, value: SecretStr | None) -> SecretStr | None:
         return None if value is None else _check_postgres_url(value)
 
-    @field_validator("app_login_url", "app_password_reset_url")
+    @field_validator("app_login_url", "app_password_reset_url", "app_setup_url")
     @classmethod
     def _login_url(cls, value: str) -> str:
         if value:
@@ -369,7 +372,8 @@ def _libpq_problem(message: str) -> str:
 # As libpq reads a URL: the userinfo ends at the first "@" or "/" (a "?", "#" or ":" before it
 # belongs to the password), and the user name at its first ":".
 _USERINFO_PASSWORD = re.compile(r"(?P<head>://[^:@/]*:)(?P<pw>[^@/]*)(?=@)")
-_QUERY_PASSWORD = re.compile(r"(?P<head>[?&]password=)(?P<pw>[^&#]*)", re.IGNORECASE)
+# libpq's parameters that hold a secret: `password` and `sslpassword` (the client key's).
+_QUERY_PASSWORD = re.compile(r"(?P<head>[?&](?:ssl)?password=)(?P<pw>[^&#]*)", re.IGNORECASE)
 
 
 def url_passwords(url: str) -> list[str]:

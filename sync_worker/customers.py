@@ -22,6 +22,9 @@ from email_validator import EmailNotValidError, validate_email
 
 MAX_EMAIL_LENGTH = 254  # RFC 5321's path limit, within Auth's 255
 MAX_NAME_LENGTH = 200
+# What a tracking row keeps of a customer's CRM sales, however many sale rows they have.
+MAX_STORED_LEAD_IDS = 20
+MAX_LEAD_ID_LENGTH = 64
 # Control, format, surrogate, private use, unassigned, line and paragraph separators.
 _UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
 # badoux/checkmail ValidateFormat, which Supabase Auth's validateEmail calls (api/mail.go).
@@ -94,12 +97,15 @@ class CrmCustomer:
         return self.lead_ids[0] if self.lead_ids else None
 
     def payment_details(self) -> dict[str, Any]:
-        """What the tracking row keeps of the CRM sales (JSON)."""
+        """What the tracking row keeps of the CRM sales (JSON), bounded whatever the CRM holds:
+        at most `MAX_STORED_LEAD_IDS` lead ids (the first in order; each is capped at
+        `MAX_LEAD_ID_LENGTH` characters when read), and how many there are."""
         return {
             "source": "crm",
             "sale_rows": self.sale_rows,
             "digital_resume_sale_value": str(self.sale_value),
-            "lead_ids": list(self.lead_ids),
+            "lead_ids": list(self.lead_ids[:MAX_STORED_LEAD_IDS]),
+            "lead_id_count": len(self.lead_ids),
         }
 
 
@@ -160,7 +166,9 @@ def invalid_email(row: CrmRow, reason: str) -> InvalidCrmRow:
 
 
 def _lead_id(raw: str | None) -> str | None:
-    return raw.strip() if raw and raw.strip() else None
+    """A CRM id as stored and reported: trimmed, at most `MAX_LEAD_ID_LENGTH` characters."""
+    lead = raw.strip()[:MAX_LEAD_ID_LENGTH] if raw else ""
+    return lead or None
 
 
 def rows_by_email(rows: Iterable[CrmRow], invalid: list[InvalidCrmRow]) -> dict[str, list[CrmRow]]:
@@ -255,9 +263,29 @@ class AuthAccount:
     taken_over_by_crm_sync: bool = False
 
     @property
+    def owner_signed_in(self) -> bool:
+        """Whether the customer has signed in. An account taken over in place (by crm-sync
+        before version 0015 of the schema: its password replaced, its creator's other ways in
+        kept) may have been signed in to by whoever created it, so its sign-in proves nothing;
+        an account crm-sync created, also as a take-over, was signed in to by the customer."""
+        in_place = self.taken_over_by_crm_sync and not self.created_by_crm_sync
+        return self.has_signed_in and not in_place
+
+    @property
     def resumable(self) -> bool:
         """Ours (created or taken over) from a cycle cut off before its owner signed in."""
-        return (self.created_by_crm_sync or self.taken_over_by_crm_sync) and not self.has_signed_in
+        return (
+            self.created_by_crm_sync or self.taken_over_by_crm_sync
+        ) and not self.owner_signed_in
+
+
+@dataclass(frozen=True, slots=True)
+class IdentityHolder:
+    """An email Supabase Auth counts as taken because an identity (`provider`) of another
+    account carries it, while that account's own email is another one."""
+
+    user_id: str
+    provider: str
 
 
 @dataclass(frozen=True, slots=True)

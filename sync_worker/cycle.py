@@ -77,6 +77,7 @@ class CycleOptions:
 
     login_url: str = ""
     password_reset_url: str = ""
+    setup_url: str = ""  # the app's page that redeems a setup link
     initial_credits: int = 4
     credentials_mode: CredentialsMode = CredentialsMode.TEMPORARY_PASSWORD
     send_email: bool = True
@@ -453,7 +454,7 @@ def _send(
                     origin=item.origin,
                     mode=options.credentials_mode,
                     fresh_password=fresh.password if fresh else None,
-                    redirect_to=options.login_url,
+                    setup_url=options.setup_url or options.login_url,
                 )
                 message = WelcomeEmail(
                     to=item.email,

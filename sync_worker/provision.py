@@ -1,13 +1,15 @@
 """Provisions auth accounts and issues the credentials a welcome email carries, through the
 Supabase Auth admin API.
 
-An existing, confirmed account (422 `email_exists`) is found by its exact email and linked; its
-password is never changed. An unconfirmed one is taken over: anyone can sign up with another
-person's email, so its password is replaced and the customer gets credentials of their own.
-Accounts crm-sync creates carry `app_metadata.created_by = "crm-sync"` (which users cannot
-edit), so a creation cut off before enrolment is resumed as ours, not linked.
-A temporary password is set right before the email that carries it, never on an account its
-owner already signed in to.
+Who holds a customer's email is looked up exactly (the `crm_sync_find_auth_account` RPC, no
+scan of the users). A confirmed account is linked: its password is never changed. An
+unconfirmed one was made by someone who signed up with the customer's email and may carry
+their other ways in (an OAuth identity, a confirmed phone, sessions, metadata): it is deleted
+and a fresh account created in its place. An address held only by an identity of another
+account is a conflict for a person to resolve. Accounts crm-sync creates carry
+`app_metadata.created_by = "crm-sync"` (which users cannot edit), so a creation cut off before
+enrolment is resumed as ours, not linked. A temporary password is set right before the email
+that carries it, never on an account its owner already signed in to.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import structlog
 
@@ -24,6 +27,7 @@ from sync_worker.customers import (
     Credentials,
     CredentialsMode,
     CrmCustomer,
+    IdentityHolder,
 )
 from sync_worker.errors import SupabaseError
 from sync_worker.supabase_api import SupabaseApi
@@ -36,8 +40,6 @@ CREATED_BY = "crm-sync"
 PASSWORD_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnpqrstuvwxyz23456789"  # noqa: S105
 PASSWORD_SYMBOLS = 20  # 20 x log2(56) = 116 bits
 PASSWORD_GROUP = 5
-# Supabase Auth's admin list has no maximum page size; 1000 keeps each answer small.
-LIST_PAGE_SIZE = 1000
 
 
 class AccountExists(SupabaseError):
@@ -47,17 +49,19 @@ class AccountExists(SupabaseError):
 class Provisioner(Protocol):
     """What the cycle needs from the Auth admin API."""
 
-    def create_account(self, customer: CrmCustomer, password: str | None) -> AuthAccount: ...
+    def create_account(
+        self, customer: CrmCustomer, password: str | None, *, taken_over: bool = False
+    ) -> AuthAccount: ...
 
-    def find_account(self, email: str) -> AuthAccount | None: ...
+    def find_account(self, email: str) -> AuthAccount | IdentityHolder | None: ...
 
     def get_account(self, user_id: str) -> AuthAccount: ...
 
     def set_temporary_password(self, user_id: str, password: str) -> None: ...
 
-    def take_over(self, user_id: str, password: str, full_name: str | None) -> AuthAccount: ...
+    def delete_account(self, user_id: str) -> None: ...
 
-    def setup_link(self, email: str, redirect_to: str) -> str: ...
+    def recovery_token_hash(self, email: str) -> str: ...
 
 
 def new_temporary_password() -> str:
@@ -89,6 +93,34 @@ def account_from(data: dict[str, Any]) -> AuthAccount:
     )
 
 
+def setup_link_url(page: str, token_hash: str) -> str:
+    """The app's set-password page with the recovery token as query parameters, the pattern
+    Supabase documents for server-side and prefetch-safe flows: opening the link consumes
+    nothing; the page redeems it with `verifyOtp({ token_hash, type: "recovery" })` when the
+    person presses its button. The page's own query parameters are kept."""
+    parts = urlsplit(page)
+    query = [
+        (key, value)
+        for key, value in parse_qsl(parts.query, keep_blank_values=True)
+        if key not in ("token_hash", "type")
+    ]
+    query += [("token_hash", token_hash), ("type", "recovery")]
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+def identity_conflict(email: str, holder: IdentityHolder) -> SupabaseError:
+    """The permanent failure of a customer whose address only an identity holds."""
+    return SupabaseError(
+        f"create account: the email is held by a {holder.provider!r} identity of another"
+        f" account, {holder.user_id}, whose own email is another one, so Supabase Auth refuses"
+        " a new account for it; remove that identity (or that account) in Supabase Auth, then"
+        f" delete the crm_sync_failures row of {email} to provision the customer",
+        status=422,
+        code="email_held_by_identity",
+        permanent=True,
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class ProvisionedAccount:
     """A customer's account, ready to enrol; `password` is set when this cycle created it."""
@@ -114,8 +146,10 @@ def provision_account(
     except AccountExists:
         pass
     found = provisioner.find_account(customer.email)
+    if isinstance(found, IdentityHolder):
+        raise identity_conflict(customer.email, found)
     if found is None:
-        # Taken a moment ago and gone now, or the list is behind: try again next cycle.
+        # Taken a moment ago and gone now: try again next cycle.
         raise SupabaseError(
             "the email is registered but its account was not found", status=422, retriable=True
         )
@@ -125,15 +159,31 @@ def provision_account(
         origin = AccountOrigin.TAKEN_OVER if found.taken_over_by_crm_sync else AccountOrigin.CREATED
         return ProvisionedAccount(customer, found, origin)
     if not found.email_confirmed:
-        # Anyone can sign up with someone else's email and wait (pre-hijacking): an unconfirmed
-        # account is never linked as it is. Its password is replaced (a setup link's account
-        # gets one nobody knows), its email confirmed, and the customer gets new credentials.
-        password = new_temporary_password()
-        account = provisioner.take_over(found.id, password, customer.name)
-        log.warning("unconfirmed_account_taken_over", email=customer.email)
-        fresh = password if mode is CredentialsMode.TEMPORARY_PASSWORD else None
-        return ProvisionedAccount(customer, account, AccountOrigin.TAKEN_OVER, fresh)
+        return _replace_unconfirmed(provisioner, customer, found, password)
     return ProvisionedAccount(customer, found, AccountOrigin.LINKED)
+
+
+def _replace_unconfirmed(
+    provisioner: Provisioner, customer: CrmCustomer, found: AuthAccount, password: str | None
+) -> ProvisionedAccount:
+    """Anyone can sign up with someone else's email and wait (pre-hijacking), and such an
+    account can carry its creator's other ways in: an OAuth identity (Auth writes it before it
+    refuses a sign-in whose provider did not vouch for the address), a confirmed phone,
+    sessions, metadata. Confirming its email would hand those the customer's account, so it is
+    deleted (the database deletes its identities, sessions and tokens with it) and a fresh
+    account is created in its place."""
+    provisioner.delete_account(found.id)
+    log.warning("unconfirmed_account_replaced", email=customer.email)
+    try:
+        account = provisioner.create_account(customer, password, taken_over=True)
+    except AccountExists as exc:
+        raise SupabaseError(
+            "create account: the unconfirmed account was deleted and the email registered"
+            " again before its replacement was created",
+            status=422,
+            retriable=True,
+        ) from exc
+    return ProvisionedAccount(customer, account, AccountOrigin.TAKEN_OVER, password)
 
 
 def issue_credentials(
@@ -144,7 +194,7 @@ def issue_credentials(
     origin: AccountOrigin,
     mode: CredentialsMode,
     fresh_password: str | None,
-    redirect_to: str,
+    setup_url: str,
 ) -> Credentials:
     """The credentials a welcome email carries, set on the account right before it is sent.
 
@@ -155,7 +205,7 @@ def issue_credentials(
         origin: created or taken over by crm-sync, or linked (they keep their password).
         mode: a temporary password or a setup link.
         fresh_password: the password this cycle set on the account, if it did.
-        redirect_to: where a setup link lands once used (the app's sign-in page).
+        setup_url: the app's page that redeems a setup link (`APP_SETUP_URL`).
 
     Raises:
         SupabaseError: the Auth API failed (after retries).
@@ -163,10 +213,11 @@ def issue_credentials(
     if origin is AccountOrigin.LINKED:
         return Credentials("credits_added")
     if mode is CredentialsMode.SETUP_LINK:
-        return Credentials("new_account", setup_link=provisioner.setup_link(email, redirect_to))
+        token_hash = provisioner.recovery_token_hash(email)
+        return Credentials("new_account", setup_link=setup_link_url(setup_url, token_hash))
     if fresh_password is not None:
         return Credentials("new_account", temporary_password=fresh_password)
-    if provisioner.get_account(user_id).has_signed_in:
+    if provisioner.get_account(user_id).owner_signed_in:
         # They already have working credentials: never reset a used account's password.
         return Credentials("credits_added")
     # A retried email carries a password that works: set a new one right before.
@@ -181,18 +232,24 @@ class SupabaseProvisioner:
     def __init__(self, api: SupabaseApi) -> None:
         self._api = api
 
-    def create_account(self, customer: CrmCustomer, password: str | None) -> AuthAccount:
-        """Creates a confirmed account; raises `AccountExists` when the email is taken."""
+    def create_account(
+        self, customer: CrmCustomer, password: str | None, *, taken_over: bool = False
+    ) -> AuthAccount:
+        """Creates a confirmed account; raises `AccountExists` when the email is taken.
+        `taken_over`: it replaces an unconfirmed account someone else created."""
         user_metadata: dict[str, Any] = {"source": "crm"}
         if customer.name:
             user_metadata["full_name"] = customer.name
         if password is not None:
             user_metadata["must_change_password"] = True
+        app_metadata = {"created_by": CREATED_BY}
+        if taken_over:
+            app_metadata["taken_over_by"] = CREATED_BY
         attributes: dict[str, Any] = {
             "email": customer.email,
             "email_confirm": True,
             "user_metadata": user_metadata,
-            "app_metadata": {"created_by": CREATED_BY},
+            "app_metadata": app_metadata,
         }
         if password is not None:
             attributes["password"] = password
@@ -206,34 +263,22 @@ class SupabaseProvisioner:
             raise
         return account_from(user)
 
-    def find_account(self, email: str) -> AuthAccount | None:
-        """Finds the account whose email is `email`, compared case-insensitively.
-
-        The admin list's `filter` is `email LIKE '%text%'`: a substring match, case-sensitive,
-        with `_` and `%` as wildcards. So every page of matches is compared exactly, and when
-        the lower-case filter finds nothing (an account whose email was written in other
-        letter case by SQL) every user is scanned once as a last resort.
-        """
-        wanted = email.strip().lower()
-        found = self._scan(wanted, wanted)
-        if found is None:
-            found = self._scan(wanted, None)
-            if found is not None:
-                log.warning("account_found_by_full_scan", email=wanted)
-        return found
-
-    def _scan(self, wanted: str, filter_text: str | None) -> AuthAccount | None:
-        page = 1
-        while True:
-            users = self._api.list_users(
-                page=page, per_page=LIST_PAGE_SIZE, filter_text=filter_text
-            )
-            for user in users:
-                if str(user.get("email") or "").strip().lower() == wanted:
-                    return account_from(user)
-            if len(users) < LIST_PAGE_SIZE:
-                return None
-            page += 1
+    def find_account(self, email: str) -> AuthAccount | IdentityHolder | None:
+        """Who holds `email` (normalised), exactly: the account whose email it is, else the
+        account one of whose identities carries it, else None. One RPC over Auth's own indexes
+        (migration 0015), never a scan of the users."""
+        rows = self._api.rpc(
+            "crm_sync_find_auth_account",
+            {"p_email": email.strip().lower()},
+            operation="find account",
+        )
+        holders: list[dict[str, Any]] = list(rows or [])
+        for row in holders:
+            if row.get("via") == "user":
+                return account_from({**row, "id": row["user_id"]})
+        for row in holders:
+            return IdentityHolder(str(row["user_id"]), str(row.get("provider") or "unknown"))
+        return None
 
     def get_account(self, user_id: str) -> AuthAccount:
         return account_from(self._api.get_user(user_id))
@@ -246,28 +291,14 @@ class SupabaseProvisioner:
             operation="set temporary password",
         )
 
-    def take_over(self, user_id: str, password: str, full_name: str | None) -> AuthAccount:
-        """Replaces an unconfirmed account's password, confirms its email and marks it, so
-        that whoever created it can no longer sign in with what they chose; the name they
-        chose gives way to the CRM's (the profile's follows at enrolment, migration 0014)."""
-        user = self._api.update_user(
-            user_id,
-            {
-                "password": password,
-                "email_confirm": True,
-                "user_metadata": {
-                    "source": "crm",
-                    "must_change_password": True,
-                    "full_name": full_name,
-                },
-                "app_metadata": {"taken_over_by": CREATED_BY},
-            },
-            operation="take over unconfirmed account",
-        )
-        return account_from(user)
+    def delete_account(self, user_id: str) -> None:
+        """Deletes an account for good; one already gone is not an error."""
+        try:
+            self._api.delete_user(user_id, operation="delete unconfirmed account")
+        except SupabaseError as exc:
+            if exc.status != 404:
+                raise
 
-    def setup_link(self, email: str, redirect_to: str) -> str:
-        """A password-setup (recovery) link that lands on `redirect_to` once used; Supabase
-        sends nothing itself. `redirect_to` must be in Auth's redirect allow list (else Auth
-        falls back to the project's Site URL)."""
-        return self._api.generate_link("recovery", email, redirect_to=redirect_to or None)
+    def recovery_token_hash(self, email: str) -> str:
+        """A fresh recovery token for the email's account (Supabase sends nothing itself)."""
+        return self._api.recovery_token_hash(email)

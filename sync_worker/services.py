@@ -32,6 +32,7 @@ def cycle_options(settings: Settings, *, allow_mass_deactivation: bool = False) 
     return CycleOptions(
         login_url=settings.app_login_url,
         password_reset_url=settings.app_password_reset_url,
+        setup_url=settings.app_setup_url or settings.app_login_url,
         initial_credits=settings.initial_credits,
         credentials_mode=settings.credentials_mode,
         send_email=settings.email_backend is not EmailBackend.DISABLED,

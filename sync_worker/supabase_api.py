@@ -301,29 +301,22 @@ class SupabaseApi:
         response = self.call(operation, lambda: admin.update_user_by_id(user_id, attributes))  # type: ignore[arg-type]
         return _user_row(response.user)
 
-    def generate_link(self, kind: str, email: str, redirect_to: str | None = None) -> str:
-        """POST /admin/generate_link; the action link (Auth sends nothing itself)."""
-        params: dict[str, Any] = {"type": kind, "email": email}
-        if redirect_to:
-            params["options"] = {"redirect_to": redirect_to}
+    def delete_user(self, user_id: str, *, operation: str) -> None:
+        """DELETE /admin/users/<id>: the user and, by the database's cascade, their identities,
+        sessions and refresh tokens (a hard delete)."""
         admin = self._client.auth.admin
-        response = self.call("generate link", lambda: admin.generate_link(params))  # type: ignore[arg-type]
-        return str(response.properties.action_link)
+        self.call(operation, lambda: admin.delete_user(user_id))
 
-    def list_users(self, *, page: int, per_page: int, filter_text: str | None = None) -> list[Row]:
-        """GET /admin/users with the `filter` supabase-py does not offer (`email LIKE %f%`)."""
-        params: dict[str, Any] = {"page": page, "per_page": per_page}
-        if filter_text is not None:
-            params["filter"] = filter_text
-
-        body = self.call(
-            "find account",
-            partial(
-                self._send_json, "GET", "auth/v1/admin/users", params=params, headers=_AUTH_API
-            ),
+    def recovery_token_hash(self, email: str) -> str:
+        """POST /admin/generate_link (type recovery): the link's `hashed_token`, which the app
+        redeems with `verifyOtp({ token_hash, type: "recovery" })`. Auth sends nothing itself,
+        and only the newest recovery token of a user is valid."""
+        admin = self._client.auth.admin
+        response = self.call(
+            "generate setup link",
+            lambda: admin.generate_link({"type": "recovery", "email": email}),
         )
-        users: list[Row] = body.get("users") or []
-        return users
+        return str(response.properties.hashed_token)
 
     def _send_json(
         self,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import email.policy
 import hashlib
+import re
 import secrets
 from dataclasses import dataclass, field
 from email import charset
@@ -326,6 +327,10 @@ def _address(name: str, address: str, *, smtputf8: bool) -> str:
 
 def _values(email: WelcomeEmail) -> dict[str, str]:
     name = _clean_name(email.name)
+    if name is not None and looks_like_contact(name):
+        # Written into an email from the company's own domain, a link, an address or a phone
+        # number would read as the company's own call to action: a plain "Hello," instead.
+        name = None
     return {
         "greeting": f"Hello {name}," if name else "Hello,",
         "login_url": email.login_url,
@@ -351,6 +356,18 @@ def _html_values(values: dict[str, str]) -> dict[str, str]:
 
 def _credits_phrase(credits: int) -> str:
     return f"{credits} free credit" + ("" if credits == 1 else "s")
+
+
+# What no person's name contains, and what would make an email from the company's own domain
+# carry an attacker's call to action: a link or a bare domain ("visit evil.test/unlock"), an
+# email address, a phone number (seven digits or more, however separated).
+_LINK = re.compile(r"(?i)(?:[a-z][a-z0-9+.-]*:/?/|www\.|[a-z0-9-]+(?:\.[a-z0-9-]+)*\.[a-z]{2,}\b)")
+_PHONE = re.compile(r"\d(?:[\s().\-/+]*\d){6,}")
+
+
+def looks_like_contact(name: str) -> bool:
+    """Whether a name holds a link, a domain, an email address or a phone number."""
+    return "@" in name or _LINK.search(name) is not None or _PHONE.search(name) is not None
 
 
 def _clean_name(name: str | None) -> str | None:

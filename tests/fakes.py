@@ -20,6 +20,7 @@ from sync_worker.customers import (
     Enrolment,
     EnrolmentResult,
     EnrolOutcome,
+    IdentityHolder,
     TrackedCustomer,
     shard_of,
 )
@@ -72,6 +73,8 @@ class FakeProvisioner:
     failing: dict[str, SupabaseError] = field(default_factory=dict)
     calls: list[tuple[str, str]] = field(default_factory=list)
     on_create: Callable[[str], None] = lambda email: None
+    # Addresses held by an identity of another account, which has another email.
+    identities: dict[str, IdentityHolder] = field(default_factory=dict)
     _ids: itertools.count[int] = field(default_factory=itertools.count)
 
     def add(
@@ -88,18 +91,24 @@ class FakeProvisioner:
         if email in self.failing:
             raise self.failing[email]
 
-    def create_account(self, customer: CrmCustomer, password: str | None) -> AuthAccount:
+    def create_account(
+        self, customer: CrmCustomer, password: str | None, *, taken_over: bool = False
+    ) -> AuthAccount:
         self.on_create(customer.email)
         self._check("create", customer.email)
-        if customer.email in self.accounts:
+        if customer.email in self.accounts or customer.email in self.identities:
             raise AccountExists("email_exists", status=422, code="email_exists")
-        account = FakeAccount(f"user-{next(self._ids)}", customer.email, True, False, password)
+        account = FakeAccount(
+            f"user-{next(self._ids)}", customer.email, True, False, password, taken_over=taken_over
+        )
         self.accounts[customer.email] = account
         return account.view()
 
-    def find_account(self, email: str) -> AuthAccount | None:
+    def find_account(self, email: str) -> AuthAccount | IdentityHolder | None:
         self._check("find", email)
         account = self.accounts.get(email)
+        if account is None and email in self.identities:
+            return self.identities[email]
         return account.view() if account else None
 
     def _by_id(self, user_id: str) -> FakeAccount:
@@ -115,20 +124,14 @@ class FakeProvisioner:
         self._check("set_password", account.email)
         account.password = password
 
-    def take_over(self, user_id: str, password: str, full_name: str | None) -> AuthAccount:
+    def delete_account(self, user_id: str) -> None:
         account = self._by_id(user_id)
-        self._check("take_over", account.email)
-        account.password = password
-        account.email_confirmed = True
-        account.taken_over = True
-        return account.view()
+        self._check("delete", account.email)
+        del self.accounts[account.email]
 
-    def setup_link(self, email: str, redirect_to: str) -> str:
+    def recovery_token_hash(self, email: str) -> str:
         self._check("setup_link", email)
-        return (
-            f"https://project.example/auth/v1/verify?token=t-{email}&type=recovery"
-            f"&redirect_to={redirect_to}"
-        )
+        return f"hash-{email}"
 
 
 @dataclass

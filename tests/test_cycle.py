@@ -26,6 +26,7 @@ from sync_worker.logs import configure_logging
 from sync_worker.report import CycleReport
 from sync_worker.retrying import RetryPolicy
 from sync_worker.services import LiveServices
+from sync_worker.status import status_command
 from tests.stack import (
     BLOCK_SIGNUPS,
     FAST,
@@ -322,14 +323,138 @@ def test_an_account_created_before_a_crash_is_resumed_as_ours(
 
 
 def test_setup_link_mode(sandbox: Sandbox, crm_url: str) -> None:
+    """Issue 18, item 3: the email links to the app's page with the token as query parameters
+    (no /auth/v1/verify URL a mail scanner could burn); the app redeems it with verifyOtp."""
     add_sales(crm_url, ("lin@example.com", "Lin", 1, None))
     report = run(settings_for(sandbox, crm_url, credentials_mode="setup_link"))
     assert report.emails_sent == 1
-    body = text_of(mail_to(sandbox, "lin@example.com")[0])
+    [message] = mail_to(sandbox, "lin@example.com")
+    body = text_of(message)
+    html = str(message.get_body(preferencelist=("html",)).get_content())  # type: ignore[union-attr]
     assert not PASSWORD_LINE.search(body)
-    [link] = re.findall(r"https?://\S+/auth/v1/verify\S+", body)
-    # The link lands on the app's sign-in page, not on the project's Site URL.
-    assert parse_qs(urlsplit(link).query)["redirect_to"] == [LOGIN_URL]
+    assert "/auth/v1/verify" not in body + html
+    assert sandbox.url not in body + html
+    [link] = re.findall(r"https?://\S+token_hash=\S+", body)
+    page = urlsplit(link)
+    assert f"{page.scheme}://{page.netloc}{page.path}" == LOGIN_URL
+    params = parse_qs(page.query)
+    assert params["type"] == ["recovery"]
+    # What the app's page does on its button press: one call, then the new password.
+    app = create_client(sandbox.url, sandbox.anon_key)
+    session = app.auth.verify_otp({"token_hash": params["token_hash"][0], "type": "recovery"})
+    assert session.user is not None
+    assert session.user.email == "lin@example.com"
+    app.auth.update_user({"password": "Lins-Own-Passw0rd", "data": {"must_change_password": False}})
+    sign_in(sandbox, "lin@example.com", "Lins-Own-Passw0rd")
+    # A link works once.
+    with pytest.raises(AuthApiError):
+        create_client(sandbox.url, sandbox.anon_key).auth.verify_otp(
+            {"token_hash": params["token_hash"][0], "type": "recovery"}
+        )
+
+
+def test_an_unconfirmed_account_loses_every_way_in_its_creator_gave_it(
+    sandbox: Sandbox, crm_url: str
+) -> None:
+    """Issue 18, item 1: a squatter's OAuth identity, confirmed phone, session and metadata
+    do not survive the take-over: the account holding the customer's email is a fresh one."""
+    admin = create_client(sandbox.url, sandbox.service_role_key).auth.admin
+    squatter = admin.create_user(
+        {
+            "email": "oli@example.com",
+            "password": "Squatters-Passw0rd",
+            "email_confirm": False,
+            "user_metadata": {"name": "Oli (support)", "avatar_url": "https://evil.test/a.png"},
+        }
+    ).user
+    with psycopg.connect(sandbox.db_url, autocommit=True) as conn:
+        # What GoTrue writes for an OAuth sign-in whose provider did not vouch for the email,
+        # and a phone the squatter confirmed, with a session from it.
+        conn.execute(
+            "insert into auth.identities (provider_id, user_id, identity_data, provider,"
+            " created_at, updated_at)"
+            " values ('gh-4242', %s, %s, 'github', now(), now())",
+            (squatter.id, json.dumps({"sub": "gh-4242", "email": "oli@example.com"})),
+        )
+        conn.execute(
+            "update auth.users set phone = '15550100', phone_confirmed_at = now() where id = %s",
+            (squatter.id,),
+        )
+        conn.execute(
+            "insert into auth.sessions (id, user_id, created_at, updated_at)"
+            " values (gen_random_uuid(), %s, now(), now())",
+            (squatter.id,),
+        )
+    add_sales(crm_url, ("oli@example.com", "Oli", 1, None))
+    report = run(settings_for(sandbox, crm_url))
+    assert (report.created, report.linked, report.taken_over, report.failures) == (0, 0, 1, [])
+    [(user_id, phone, metadata, app_metadata)] = query(
+        sandbox,
+        "select id::text, phone, raw_user_meta_data, raw_app_meta_data from auth.users"
+        " where email = 'oli@example.com'",
+    )
+    assert user_id != str(squatter.id)
+    assert phone is None
+    assert set(metadata) <= {"source", "full_name", "must_change_password", "email_verified"}
+    assert metadata["full_name"] == "Oli"
+    assert app_metadata["taken_over_by"] == "crm-sync"
+    assert query(sandbox, "select provider from auth.identities where user_id = %s", user_id) == [
+        ("email",)
+    ]
+    assert query(sandbox, "select count(*) from auth.identities where provider = 'github'") == [
+        (0,)
+    ]
+    assert query(sandbox, "select count(*) from auth.sessions") == [(0,)]
+    assert query(
+        sandbox, "select user_id::text, account_origin from public.digital_resume_by_crm"
+    ) == [(user_id, "taken_over")]
+    sign_in(sandbox, "oli@example.com", password_in(mail_to(sandbox, "oli@example.com")[0]))
+
+
+def test_an_address_held_by_an_identity_of_another_account_is_a_conflict_named_at_once(
+    sandbox: Sandbox, crm_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 18, items 2 and 7: Auth refuses the email because an identity of another account
+    carries it; the worker finds that account with one exact look-up (no list of the users),
+    parks the customer at once and names the account and the identity."""
+    admin = create_client(sandbox.url, sandbox.service_role_key).auth.admin
+    holder = admin.create_user(
+        {"email": "someone.else@example.com", "password": "Holders-Passw0rd", "email_confirm": True}
+    ).user
+    with psycopg.connect(sandbox.db_url, autocommit=True) as conn:
+        conn.execute(
+            "insert into auth.identities (provider_id, user_id, identity_data, provider,"
+            " created_at, updated_at)"
+            " values ('gg-77', %s, %s, 'google', now(), now())",
+            (holder.id, json.dumps({"sub": "gg-77", "email": "Ida@Example.com"})),
+        )
+    add_sales(crm_url, ("ida@example.com", "Ida", 1, None))
+    sandbox.requests.reset()
+    report = run(settings_for(sandbox, crm_url, sync_max_attempts=8))
+    assert report.created == 0
+    [failure] = report.failures
+    assert failure.email == "ida@example.com"
+    [(step, attempts, parked, reason)] = query(
+        sandbox,
+        "select step, attempts, parked_at is not null, reason from public.crm_sync_failures",
+    )
+    assert (step, attempts, parked) == ("account", 1, True)
+    assert str(holder.id) in reason
+    assert "'google' identity" in reason
+    listed = [
+        k for k in sandbox.requests.snapshot() if k.route == "/admin/users" and k.method == "GET"
+    ]
+    assert listed == [], listed
+    # Parked: the next cycle does not try again.
+    sandbox.requests.reset()
+    assert run(settings_for(sandbox, crm_url)).planned["parked"] == 1
+    assert sandbox.requests.writes("auth") == 0
+    # And support sees who holds the address.
+    capsys.readouterr()
+    assert status_command(settings_for(sandbox, crm_url), as_json=True) == 0
+    shown = json.loads(capsys.readouterr().out)
+    [listed_failure] = [f for f in shown["failed"] if f["email"] == "ida@example.com"]
+    assert str(holder.id) in listed_failure["reason"]
 
 
 def test_an_unconfirmed_account_is_taken_over_and_its_creators_password_stops_working(

@@ -15,6 +15,7 @@ from sync_worker.customers import (
     AccountOrigin,
     CredentialsMode,
     CustomerFailure,
+    IdentityHolder,
     Outcome,
     Step,
     shard_of,
@@ -123,10 +124,26 @@ def test_setup_link_mode_sends_a_link_and_no_password() -> None:
     project.sell("lin@example.com")
     run(project, dataclasses.replace(OPTIONS, credentials_mode=CredentialsMode.SETUP_LINK))
     [message] = project.mailer.sent
-    assert message.setup_link is not None
-    assert "lin@example.com" in message.setup_link
+    # The link opens the app's page with the token as query parameters: fetching it (a mail
+    # scanner, a link preview) consumes nothing; the page redeems it with verifyOtp.
+    assert message.setup_link == (
+        f"{OPTIONS.login_url}?token_hash=hash-lin%40example.com&type=recovery"
+    )
+    assert "/auth/v1/verify" not in message.setup_link
     assert message.temporary_password is None
     assert project.auth.accounts["lin@example.com"].password is None
+
+
+def test_setup_links_open_the_configured_setup_page_and_keep_its_query() -> None:
+    project = FakeProject()
+    project.sell("lia@example.com")
+    page = "https://app.example/welcome/set-password?lang=en"
+    options = dataclasses.replace(
+        OPTIONS, credentials_mode=CredentialsMode.SETUP_LINK, setup_url=page
+    )
+    run(project, options)
+    [message] = project.mailer.sent
+    assert message.setup_link == f"{page}&token_hash=hash-lia%40example.com&type=recovery"
 
 
 def test_email_disabled_enrols_and_sends_nothing() -> None:
@@ -436,22 +453,29 @@ def test_one_mapping_from_a_report_to_outcome_and_exit_code(
 
 
 def test_an_unconfirmed_account_is_taken_over_never_linked_as_it_is() -> None:
-    """Pre-hijacking: anyone can sign up with the customer's email and wait for the credits."""
+    """Pre-hijacking: anyone can sign up with the customer's email and wait for the credits.
+    The squatter's account is deleted (with every way in its creator gave it) and a fresh one
+    created in its place."""
     project = FakeProject()
     squatter = project.auth.add("vic@example.com", confirmed=False, signed_in=False)
     project.sell("vic@example.com")
     report = run(project)
     assert (report.created, report.linked, report.taken_over) == (0, 0, 1)
+    fresh = project.auth.accounts["vic@example.com"]
+    assert fresh.id != squatter.id
+    assert ("delete", "vic@example.com") in project.auth.calls
     [message] = project.mailer.sent
     assert message.kind == "new_account"
-    assert message.temporary_password == squatter.password
-    assert squatter.password != "their-own"
-    assert squatter.email_confirmed
+    assert message.temporary_password == fresh.password
+    assert fresh.password not in (None, "their-own")
+    assert fresh.email_confirmed
+    assert fresh.taken_over
     assert project.store.tracking["vic@example.com"].account_origin is AccountOrigin.TAKEN_OVER
+    assert project.store.tracking["vic@example.com"].user_id == fresh.id
     assert "unconfirmed taken over" in report.render()
 
 
-def test_an_unconfirmed_account_in_setup_link_mode_loses_its_password_too() -> None:
+def test_an_unconfirmed_account_in_setup_link_mode_is_replaced_too() -> None:
     project = FakeProject()
     squatter = project.auth.add("sue@example.com", confirmed=False, signed_in=False)
     project.sell("sue@example.com")
@@ -460,8 +484,43 @@ def test_an_unconfirmed_account_in_setup_link_mode_loses_its_password_too() -> N
     assert message.kind == "new_account"
     assert message.temporary_password is None
     assert message.setup_link is not None
-    assert message.setup_link.endswith(f"redirect_to={OPTIONS.login_url}")
-    assert squatter.password not in (None, "their-own")  # replaced by one nobody was sent
+    assert message.setup_link.startswith(f"{OPTIONS.login_url}?token_hash=")
+    fresh = project.auth.accounts["sue@example.com"]
+    # The squatter's password went with their account; the new one has none anybody knows.
+    assert fresh.id != squatter.id
+    assert fresh.password is None
+
+
+def test_an_address_held_by_another_accounts_identity_is_parked_at_once_with_its_owner() -> None:
+    """Issue 18, item 2: Auth's duplicate check also matches identities' emails."""
+    project = FakeProject()
+    project.auth.identities["ida@example.com"] = IdentityHolder("user-holder", "github")
+    project.sell("ida@example.com")
+    report = run(project)
+    assert report.created == 0
+    failure = project.store.failures["ida@example.com"]
+    assert (failure.step, failure.attempts, failure.parked) == (Step.ACCOUNT, 1, True)
+    assert "user-holder" in failure.reason
+    assert "'github' identity" in failure.reason
+    # One exact look-up; nothing is retried.
+    assert project.auth.calls.count(("find", "ida@example.com")) == 1
+    assert run(project).created == 0
+    assert project.auth.calls.count(("create", "ida@example.com")) == 1
+
+
+def test_a_sign_in_on_an_account_taken_over_in_place_still_gets_credentials() -> None:
+    """Issue 18, item 6d: an account an earlier crm-sync took over in place (its creator's
+    identities kept) may show the squatter's sign-in; its resumed email still carries
+    credentials, never a bare "credits added"."""
+    project = FakeProject()
+    project.sell("tom@example.com")
+    account = project.auth.add("tom@example.com", confirmed=True, signed_in=True)
+    account.taken_over = True
+    report = run(project)
+    assert report.taken_over == 1
+    [message] = project.mailer.sent
+    assert message.kind == "new_account"
+    assert message.temporary_password == account.password != "their-own"
 
 
 def test_a_taken_over_account_cut_off_before_its_email_is_resumed_as_taken_over() -> None:

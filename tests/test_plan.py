@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from sync_worker.customers import (
+    MAX_LEAD_ID_LENGTH,
+    MAX_STORED_LEAD_IDS,
     AccountOrigin,
     CrmCustomer,
     CrmGroup,
@@ -14,6 +17,7 @@ from sync_worker.customers import (
     CustomerFailure,
     Step,
     TrackedCustomer,
+    customer_from_rows,
     normalise_email,
 )
 from sync_worker.plan import Action, PlanBuilder, make_plan, next_attempt_delay
@@ -204,3 +208,19 @@ def test_two_spellings_of_one_new_email_make_one_step() -> None:
     assert step.customer.sale_rows == 2
     assert plan.eligible == 1
     assert plan.counts()["provision"] == 1
+
+
+def test_what_a_tracking_row_keeps_of_the_crm_sales_is_bounded() -> None:
+    """Issue 18, item 5: 3,000 sale rows with long lead ids keep a small, bounded record."""
+    rows = [
+        CrmRow("many@example.com", "1", lead_id=f"AWL-{n:05d}-" + "x" * 500) for n in range(3000)
+    ]
+    customer = customer_from_rows("many@example.com", rows)
+    details = customer.payment_details()
+    assert details["sale_rows"] == 3000
+    assert details["lead_id_count"] == 3000
+    assert len(details["lead_ids"]) == MAX_STORED_LEAD_IDS
+    assert all(len(lead) <= MAX_LEAD_ID_LENGTH for lead in details["lead_ids"])
+    assert customer.lead_id is not None
+    assert len(customer.lead_id) <= MAX_LEAD_ID_LENGTH
+    assert len(json.dumps(details)) < 2000

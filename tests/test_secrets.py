@@ -115,6 +115,8 @@ def test_every_libpq_url_form_is_masked_by_crm_sync_config(
         "postgresql://u:pw-one-secret@h1:5432,h2:5433/crm": "pw-one-secret",
         "postgresql://u@h/crm?sslmode=require&password=pw-two-secret": "pw-two-secret",
         "postgres://u:pw%40three@[::1]:5432/crm": "pw@three",
+        # The client key's passphrase is a secret too (issue 18, item 6a).
+        "postgresql://u@h/crm?sslmode=verify-full&sslpassword=ssl-key-secret-4": "ssl-key-secret-4",
     }
     for url, password in forms.items():
         load(monkeypatch, CRM_DATABASE_URL=url)
@@ -162,6 +164,7 @@ ODD_PASSWORD_URLS = {
     "postgresql://crm_user:pa?ss-S3cretValue@db.example.com:5432/crm": "pa?ss-S3cretValue",
     "postgresql://postgres:hunter2#x-S3cret@db.example.com/postgres": "hunter2#x-S3cret",
     "postgresql://crm_user:co:lon-S3cret@db.example.com/crm": "co:lon-S3cret",
+    "postgresql://crm_user@db.example.com/crm?sslcert=/c.pem&sslpassword=key-S3cret": "key-S3cret",
 }
 
 

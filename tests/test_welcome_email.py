@@ -378,3 +378,36 @@ def test_a_long_hostile_name_stays_one_recipient_in_the_smtputf8_form(name: str)
     [to] = message["To"].addresses
     assert to.addr_spec == "jane@example.com"
     assert utf8(to.display_name) == name
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "Your account is locked: visit http://evil.test/unlock",
+        "Go to evil.test/unlock now",
+        "www.evil.test",
+        "Write to help@evil.test",
+        "Call +1 (555) 010-0100",
+        "Text 555.010.0100",
+    ],
+)
+def test_a_name_that_carries_a_link_an_address_or_a_phone_number_is_no_greeting(
+    name: str,
+) -> None:
+    """Issue 18, item 6b: an email from the company's own domain never carries a CRM name's
+    call to action; the greeting is a plain "Hello,"."""
+    for message in (new_account(name=name), credits_added(name=name)):
+        text, html = render_bodies(message)
+        assert text.startswith("Hello,\n")
+        assert "<p>Hello,</p>" in html
+        for fragment in ("evil.test", "555", "unlock"):
+            assert fragment not in text
+            assert fragment not in html
+
+
+@pytest.mark.parametrize(
+    "name", ["Jane O'Neil", "José María Núñez-Ruiz", "Li Wei 3rd", "A.J. Smith"]
+)
+def test_ordinary_names_still_greet(name: str) -> None:
+    text, _ = render_bodies(new_account(name=name))
+    assert text.startswith(f"Hello {name},\n")
