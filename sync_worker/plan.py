@@ -25,6 +25,7 @@ from sync_worker.customers import (
     InvalidCrmRow,
     TrackedCustomer,
     customer_from_rows,
+    normalise_email,
     rows_by_email,
     unreadable,
 )
@@ -112,6 +113,8 @@ class PlanBuilder:
         self._active = 0
         self.tally = CrmTally()
         self.set_aside: dict[str, CrmCustomer] = {}
+        # Emails whose CRM rows could not be read this cycle: never deactivated for it.
+        self._held: set[str] = set()
 
     def add_group(self, group: CrmGroup) -> None:
         """One group of CRM rows sharing an order key; validates only emails not tracked."""
@@ -122,9 +125,16 @@ class PlanBuilder:
                 rows.append(row)
             else:
                 self.tally.invalid.append(unreadable(row))
-        if not rows:
-            return
+                email, _ = normalise_email(row.raw_email)
+                if email is not None:
+                    self._held.add(email)
         key = group.key
+        if not rows:
+            # Only rows whose value cannot be read (`49 USD`): reported, and their customer is
+            # left as they are; only a readable "not eligible" deactivates.
+            if key is not None and self._in_order(key):
+                self._catch_up(key)
+            return
         if key is not None and self._in_order(key):
             self._catch_up(key)
             if self._next is not None and self._next.email == key:
@@ -227,6 +237,8 @@ class PlanBuilder:
         if failure is not None:
             self._failures_seen.add(email)
         action = _decide(customer, tracked)
+        if action is Action.DEACTIVATE and email in self._held:
+            action = Action.NOTHING
         if action is not Action.NOTHING and action is not Action.DEACTIVATE and failure:
             if failure.parked:
                 action = Action.PARKED

@@ -224,3 +224,17 @@ def test_what_a_tracking_row_keeps_of_the_crm_sales_is_bounded() -> None:
     assert customer.lead_id is not None
     assert len(customer.lead_id) <= MAX_LEAD_ID_LENGTH
     assert len(json.dumps(details)) < 2000
+
+
+def test_a_customer_whose_rows_cannot_be_read_is_reported_and_left_as_they_are() -> None:
+    """Issue 19, item 5: `49 USD` in a text column is an invalid row, not a refund: the
+    enrolled customer is not deactivated for it; only a readable "not eligible" deactivates."""
+    builder = PlanBuilder(
+        [tracked("gone@x.co"), tracked("typo@x.co"), tracked("zed@x.co")], {}, NOW
+    )
+    builder.add_group(CrmGroup("typo@x.co", (CrmRow("Typo@x.co", "49 USD", readable=False),)))
+    builder.add_group(group("zed@x.co", "zed@x.co"))
+    plan = builder.finish({})
+    assert [(s.email, s.action) for s in plan.steps] == [("gone@x.co", Action.DEACTIVATE)]
+    assert [row.raw_email for row in builder.tally.invalid] == ["Typo@x.co"]
+    assert plan.counts()["nothing"] == 2
