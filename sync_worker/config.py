@@ -225,6 +225,9 @@ class Settings(VerifySettings):
     sync_deactivation_limit: int = Field(default=10, ge=0)
     sync_deactivation_max_percent: float = Field(default=10.0, ge=0, le=100)
     health_port: int = Field(default=8080, ge=0, le=65535)
+    # Where /healthz, /readyz and /metrics listen: every interface by default, since a pod's
+    # probes and Prometheus reach it on the pod's own address; 127.0.0.1 outside a container.
+    health_host: str = "0.0.0.0"  # noqa: S104
     # Not in DESIGN.md's table: how long a lease lives without a heartbeat (a crashed holder is
     # taken over after this), and how long the daemon lets calls in flight finish on SIGTERM.
     sync_lease_ttl_seconds: int = Field(default=60, ge=3, le=3600)

@@ -151,6 +151,7 @@ class Daemon:
                     alive=self.alive,
                     ready=self.ready,
                     metrics=self.metrics.exposition,
+                    host=settings.health_host,
                 ).start()
             scheduler = BackgroundScheduler(
                 executors={"default": ThreadPoolExecutor(1)},

@@ -1,17 +1,32 @@
 """The daemon's HTTP endpoints: /healthz (alive), /readyz (serving), /metrics (Prometheus).
 
-A small standard-library server in a background thread; it exposes no data but these.
+One event loop in one background thread serves every connection, so clients cannot exhaust
+the process whatever they do: a connection costs a coroutine, not a thread; a request must
+arrive within `REQUEST_TIMEOUT` seconds; at most `MAX_CONNECTIONS` are open, and a new one
+closes the oldest still waiting for its request, so a probe always gets through. HTTP/1.1 is
+parsed by h11 (httpx's own parser); every answer closes its connection. The readiness check,
+which may wait on the CRM and Supabase, runs on one worker thread of its own, so it never
+holds up /healthz. It exposes no data but these.
 """
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from concurrent.futures import ThreadPoolExecutor
+from http import HTTPStatus
 
+import h11
 import structlog
 
 log = structlog.get_logger("crm_sync.health")
+
+REQUEST_TIMEOUT = 5.0  # seconds for a client to send its whole request
+MAX_CONNECTIONS = 256
+MAX_REQUEST_BYTES = 8192
+_TEXT = "text/plain; charset=utf-8"
+_METRICS = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class HealthServer:
@@ -24,52 +39,132 @@ class HealthServer:
         alive: Callable[[], bool],
         ready: Callable[[], tuple[bool, str]],
         metrics: Callable[[], bytes],
-        host: str = "0.0.0.0",  # noqa: S104 (a container's probe reaches it from outside)
+        host: str = "0.0.0.0",  # noqa: S104 (a pod's probes reach it on the pod's address)
+        request_timeout: float = REQUEST_TIMEOUT,
+        max_connections: int = MAX_CONNECTIONS,
     ) -> None:
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                path = self.path.split("?", 1)[0]
-                if path == "/healthz":
-                    ok = outer.alive()
-                    self._answer(200 if ok else 503, b"ok\n" if ok else b"scheduler stopped\n")
-                elif path == "/readyz":
-                    ok, reason = outer.ready()
-                    self._answer(200 if ok else 503, (reason + "\n").encode())
-                elif path == "/metrics":
-                    self._answer(200, outer.metrics(), "text/plain; version=0.0.4; charset=utf-8")
-                else:
-                    self._answer(404, b"not found\n")
-
-            def _answer(self, status: int, body: bytes, kind: str = "text/plain") -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", kind)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: object) -> None:
-                pass  # probes every few seconds would drown the real log
-
         self.alive = alive
         self.ready = ready
         self.metrics = metrics
-        self._server = ThreadingHTTPServer((host, port), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, name="crm-sync-health", daemon=True
+        self._host = host
+        self._port = port
+        self._timeout = request_timeout
+        self._max = max_connections
+        self._loop = asyncio.new_event_loop()
+        self._checks = ThreadPoolExecutor(max_workers=1, thread_name_prefix="crm-sync-readyz")
+        # Connections still waiting for their request, oldest first (dicts keep order).
+        self._waiting: dict[asyncio.StreamWriter, None] = {}
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._server: asyncio.Server | None = None
+        self._thread = threading.Thread(target=self._loop.run_forever, name="crm-sync-health")
+        self._thread.daemon = True
+        # Bound now, so a port in use fails the daemon's start, not a background thread.
+        self._server = self._loop.run_until_complete(
+            asyncio.start_server(self._serve, host, port, limit=MAX_REQUEST_BYTES)
         )
 
     @property
     def port(self) -> int:
-        return int(self._server.server_address[1])
+        assert self._server is not None
+        return int(self._server.sockets[0].getsockname()[1])
+
+    @property
+    def connections(self) -> int:
+        """Connections open now (for tests and the curious)."""
+        return len(self._writers)
 
     def start(self) -> HealthServer:
         self._thread.start()
-        log.info("health_server_started", port=self.port)
+        log.info("health_server_started", host=self._host, port=self.port)
         return self
 
     def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        async def close() -> None:
+            if self._server is not None:
+                self._server.close()
+            others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for writer in list(self._writers):
+                writer.transport.abort()  # each connection's task then ends by itself
+            if others:
+                await asyncio.wait(others, timeout=2)
+
+        if self._thread.is_alive():
+            asyncio.run_coroutine_threadsafe(close(), self._loop).result(timeout=5)
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=5)
+        self._checks.shutdown(wait=False, cancel_futures=True)
+        if not self._thread.is_alive():
+            self._loop.close()
+
+    # -- one connection ------------------------------------------------------------------
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.add(writer)
+        if len(self._writers) > self._max and self._waiting:
+            oldest = next(iter(self._waiting))
+            del self._waiting[oldest]
+            oldest.transport.abort()
+        self._waiting[writer] = None
+        try:
+            target = await asyncio.wait_for(self._request_target(reader), self._timeout)
+            self._waiting.pop(writer, None)
+            if target is not None:
+                status, body, kind = await self._answer(target)
+                writer.write(_response(status, body, kind))
+                await asyncio.wait_for(writer.drain(), self._timeout)
+        except (TimeoutError, ConnectionError, h11.RemoteProtocolError, asyncio.LimitOverrunError):
+            pass
+        finally:
+            self._waiting.pop(writer, None)
+            self._writers.discard(writer)
+            writer.close()
+
+    async def _request_target(self, reader: asyncio.StreamReader) -> str | None:
+        """The path of the request (without its query), or None when the client left."""
+        connection = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST_BYTES)
+        while True:
+            event = connection.next_event()
+            if event is h11.NEED_DATA:
+                data = await reader.read(MAX_REQUEST_BYTES)
+                connection.receive_data(data)
+                if not data:
+                    return None
+                continue
+            if isinstance(event, h11.Request):
+                return event.target.decode("ascii", "replace").split("?", 1)[0]
+            return None
+
+    async def _answer(self, path: str) -> tuple[int, bytes, str]:
+        if path == "/healthz":
+            ok = self.alive()
+            return (200, b"ok\n", _TEXT) if ok else (503, b"scheduler stopped\n", _TEXT)
+        if path == "/readyz":
+            loop = asyncio.get_running_loop()
+            ok, reason = await loop.run_in_executor(self._checks, self.ready)
+            return 200 if ok else 503, (reason + "\n").encode(), _TEXT
+        if path == "/metrics":
+            return 200, self.metrics(), _METRICS
+        return 404, b"not found\n", _TEXT
+
+
+def _response(status: int, body: bytes, kind: str) -> bytes:
+    """One complete HTTP/1.1 answer that closes the connection, written by h11."""
+    connection = h11.Connection(h11.SERVER)
+    # h11 answers only a request it has seen; a minimal one stands for the client's.
+    connection.receive_data(b"GET / HTTP/1.1\r\nHost: health\r\n\r\n")
+    connection.next_event()
+    headers = [
+        ("Content-Type", kind),
+        ("Content-Length", str(len(body))),
+        ("Connection", "close"),
+    ]
+    return b"".join(
+        (
+            connection.send(
+                h11.Response(status_code=status, headers=headers, reason=HTTPStatus(status).phrase)
+            )
+            or b"",
+            connection.send(h11.Data(data=body)) or b"",
+            connection.send(h11.EndOfMessage()) or b"",
+        )
+    )
