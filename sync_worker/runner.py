@@ -33,14 +33,14 @@ def run_guarded_cycle(
     if dry_run:
         return run_cycle(live.options, live.for_cycle(should_stop), dry_run=True, run_id=run_id)
     lease = SyncLease(live.api, worker, lease_ttl_seconds, shard=live.options.shard)
-    history = RunHistory(live.api, worker)
+    history = RunHistory(live.api, worker, live.options.shard)
 
     def stop() -> bool:
         return should_stop() or lease.lost.is_set() or lease.expiring()
 
     try:
         with lease.held():
-            history.close_abandoned(datetime.now(UTC))
+            history.close_abandoned()
             history_id = history.start(run_id, datetime.now(UTC))
             try:
                 report = run_cycle(live.options, live.for_cycle(stop), run_id=run_id)

@@ -21,16 +21,20 @@ ABANDONED = "abandoned"
 class RunHistory:
     """Writes the run history; a failure to write it never fails the cycle itself."""
 
-    def __init__(self, api: SupabaseApi, worker: str) -> None:
+    def __init__(self, api: SupabaseApi, worker: str, shard: tuple[int, int] = (0, 1)) -> None:
         self._api = api
         self.worker = worker
+        self.shard = None if shard[1] <= 1 else f"{shard[0]}/{shard[1]}"
 
     def start(self, run_id: str, started: datetime) -> str | None:
+        """Opens the run's row, keyed by its run id (the one every log line carries)."""
         # The id is ours, and a repeated insert is ignored: a retry after a lost answer
         # cannot leave a second row "running" forever.
         history_id = str(uuid.uuid4())
         row = {
             "id": history_id,
+            "run_id": run_id,
+            "shard": self.shard,
             "worker_id": self.worker,
             "started_at": started.isoformat(),
             "status": "running",
@@ -39,7 +43,7 @@ class RunHistory:
             self._api.upsert(
                 "crm_sync_runs",
                 row,
-                on_conflict="id",
+                on_conflict="run_id",
                 ignore_duplicates=True,
                 operation="start run",
             )
@@ -48,22 +52,20 @@ class RunHistory:
             return None
         return history_id
 
-    def close_abandoned(self, now: datetime) -> None:
-        """Closes the rows of runs that never finished (killed processes). Call only while
-        holding the lease: then no other run is active."""
+    def close_abandoned(self) -> None:
+        """Closes the rows of runs that never finished (killed processes): those whose worker
+        holds no lease any more. A sibling shard's live run keeps its lease, and its row."""
         try:
-            self._api.update(
-                "crm_sync_runs",
-                {
-                    "status": ABANDONED,
-                    "finished_at": now.isoformat(),
-                    "error": "the process running this cycle stopped without finishing it",
-                },
-                where={"status": "running"},
+            closed = self._api.rpc(
+                "crm_sync_close_abandoned_runs",
+                {"p_error": "the process running this cycle stopped without finishing it"},
                 operation="close abandoned runs",
             )
         except SupabaseError as exc:
             log.warning("run_history_unavailable", error=str(exc))
+            return
+        if closed:
+            log.warning("abandoned_runs_closed", count=closed)
 
     def finish(
         self,

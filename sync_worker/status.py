@@ -21,10 +21,10 @@ from sync_worker.state import parse_timestamp, read_failures
 from sync_worker.supabase_api import SupabaseApi
 
 SHOWN_ROWS = 50
-RENDER_WIDTH = 140
+RENDER_WIDTH = 160  # wide enough for a run id, its counts and a one-line error
 MIN_WIDTH = 100
 
-_RUN_COLUMNS = "id,worker_id,started_at,finished_at,status,dry_run,counts,error"
+_RUN_COLUMNS = "id,run_id,shard,worker_id,started_at,finished_at,status,dry_run,counts,error"
 _PENDING_COLUMNS = "email,user_id,full_name,created_at,last_sync_at"
 # What a run's counts say, in the order an operator reads them (keys of CycleReport.log_fields).
 _SUMMARY_KEYS = (
@@ -46,6 +46,8 @@ class RunLine(BaseModel):
     """One row of the run history."""
 
     id: str
+    run_id: str | None = None  # the id every log line of the run carries
+    shard: str | None = None  # "index/count" for a shard's run
     worker_id: str
     started_at: datetime
     finished_at: datetime | None = None
@@ -108,6 +110,8 @@ def _run_line(row: dict[str, Any]) -> RunLine:
     counts: dict[str, Any] = row.get("counts") or {}
     return RunLine(
         id=str(row["id"]),
+        run_id=row.get("run_id") or counts.get("run_id"),
+        shard=row.get("shard"),
         worker_id=row["worker_id"],
         started_at=started,
         finished_at=finished,
@@ -211,16 +215,17 @@ def render_status(report: StatusReport, *, width: int = RENDER_WIDTH) -> str:
 
     count = len(report.runs)
     runs = titled_table(f"Last {count} run{'' if count == 1 else 's'} (newest first)")
-    for column in ("started", "finished", "duration", "status"):
+    # The finish time is the start plus the duration (the JSON form keeps both).
+    for column in ("run", "started", "duration", "status"):
         runs.add_column(column, no_wrap=True)
     runs.add_column("worker", overflow="fold")
-    runs.add_column("counts", min_width=24)
+    runs.add_column("counts", min_width=36)
     runs.add_column("error", overflow="fold")
     for run in report.runs:
         add_text_row(
             runs,
+            (run.run_id or "-") + (f" (shard {run.shard})" if run.shard else ""),
             _shown(run.started_at),
-            _shown(run.finished_at),
             f"{run.duration_seconds:.1f} s" if run.duration_seconds is not None else "-",
             run.status + (" (dry run)" if run.dry_run else ""),
             run.worker_id,

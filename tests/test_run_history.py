@@ -15,6 +15,7 @@ from sync_worker import runner
 from sync_worker.logs import mask_secrets
 from sync_worker.runner import run_guarded_cycle
 from sync_worker.services import LiveServices
+from sync_worker.status import collect_status, render_status
 from tests.stack import FAST, add_sales, crm_database, settings_for
 
 
@@ -159,3 +160,50 @@ def test_the_database_and_the_worker_agree_on_every_shard(sandbox: Sandbox) -> N
                 (count, emails),
             ).fetchall()
             assert rows == [(e, shard_of(e, count)) for e in emails]
+
+
+def test_a_shards_start_leaves_its_live_siblings_running_and_keys_each_run_by_its_run_id(
+    sandbox: Sandbox, crm_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 19, item 4: a sibling's run whose worker still holds its lease is not abandoned,
+    and the run id every log line carries finds the run, a crashed one included."""
+    add_sales(crm_url, ("s@example.com", None, 1))
+    with psycopg.connect(sandbox.db_url, autocommit=True) as conn:
+        conn.execute("delete from public.crm_sync_runs")
+        # Shard 1's worker is in the middle of its cycle: lease held, row running.
+        conn.execute(
+            "select public.acquire_sync_lease('sibling:1', 60, 1, 2)",
+        )
+        conn.execute(
+            "insert into public.crm_sync_runs (worker_id, run_id, shard, started_at)"
+            " values ('sibling:1', 'sibling-run', '1/2', now())"
+        )
+    run_id = uuid.uuid4().hex[:12]
+
+    def crash(*_args: object, **_kwargs: object) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(runner, "run_cycle", crash)
+    settings = settings_for(sandbox, crm_url, sync_shard_index=0, sync_shard_count=2)
+    try:
+        with LiveServices(settings, policy=FAST) as live, pytest.raises(RuntimeError):
+            run_guarded_cycle(live, worker="shard-zero:2", run_id=run_id)
+        with psycopg.connect(sandbox.db_url) as conn:
+            rows = conn.execute(
+                "select run_id, shard, worker_id, status from public.crm_sync_runs"
+                " order by started_at"
+            ).fetchall()
+    finally:
+        with psycopg.connect(sandbox.db_url, autocommit=True) as conn:
+            conn.execute("select public.release_sync_lease('sibling:1')")
+    assert rows == [
+        ("sibling-run", "1/2", "sibling:1", "running"),
+        (run_id, "0/2", "shard-zero:2", "failed"),
+    ]
+    with LiveServices(settings, policy=FAST) as live:
+        status = collect_status(live.api)
+    assert [(r.run_id, r.shard, r.status) for r in status.runs] == [
+        (run_id, "0/2", "failed"),
+        ("sibling-run", "1/2", "running"),
+    ]
+    assert run_id in render_status(status)

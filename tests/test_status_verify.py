@@ -160,7 +160,8 @@ def test_status_text_shows_runs_pending_failed_and_the_monitoring_queries(
     assert "Last 2 runs (newest first)" in out
     runs = out[out.index("Last 2 runs") : out.index("Customers pending")]
     assert runs.index("worker-b") < runs.index("worker-a")
-    assert has_row(runs, "failed", "worker-b", "eligible 5, created 1,", "mail is unreachable")
+    assert has_row(runs, "failed", "worker-b", "eligible 5, created 1,")
+    assert "mail is unreachable" in runs[runs.index("worker-b") : runs.index("worker-a")]
     assert has_row(runs, "partial", "worker-a", "eligible 4, created 3,")
     assert "emailed 3, failed" in runs.split("worker-a", 1)[1]
 
