@@ -280,6 +280,28 @@ class AuthAccount:
 
 
 @dataclass(frozen=True, slots=True)
+class ShardFigures:
+    """One shard's figures for the mass-deactivation guard, as its cycle planned them."""
+
+    active: int
+    eligible: int
+    deactivating: int
+
+
+@dataclass(frozen=True, slots=True)
+class LayoutFigures:
+    """The figures of every shard of a layout (sums over each shard's latest record), how
+    many shards recorded since this shard's previous record, and what that record planned."""
+
+    shards: int
+    shards_since_previous: int
+    active: int
+    eligible: int
+    deactivating: int
+    previously_planned: int
+
+
+@dataclass(frozen=True, slots=True)
 class IdentityHolder:
     """An email Supabase Auth counts as taken because an identity (`provider`) of another
     account carries it, while that account's own email is another one."""

@@ -30,6 +30,7 @@ from sync_worker.customers import (
     CustomerFailure,
     Enrolment,
     EnrolmentResult,
+    LayoutFigures,
     Step,
     TrackedCustomer,
     shard_of,
@@ -45,7 +46,14 @@ from sync_worker.errors import (
 )
 from sync_worker.logs import mask_secrets
 from sync_worker.mailers import Mailer
-from sync_worker.plan import Action, CustomerStep, PlanBuilder, SyncPlan, mass_deactivation
+from sync_worker.plan import (
+    Action,
+    CustomerStep,
+    PlanBuilder,
+    SyncPlan,
+    deactivation_guard,
+    shard_figures,
+)
 from sync_worker.progress import ProgressReporter
 from sync_worker.provision import (
     ProvisionedAccount,
@@ -150,14 +158,19 @@ def run_cycle(
             _read_state("tracking rows", lambda: services.lookup_tracking(aside)) if aside else {}
         )
         report = CycleReport.begin(run_id, started, dry_run, builder.tally, plan)
-        guard = mass_deactivation(
+        guard = deactivation_guard(
             plan,
             limit=options.deactivation_limit,
             max_percent=options.deactivation_max_percent,
+            shard_count=count,
+            layout=_layout_figures(options, services, plan, run_id, dry_run),
         )
-        if guard and not options.allow_mass_deactivation:
-            log.warning("deactivation_held_back", reason=guard)
-            report.deactivation_blocked = guard
+        if guard.held and not options.allow_mass_deactivation:
+            log.warning("deactivation_held_back", reason=guard.held)
+            report.deactivation_blocked = guard.held
+        elif guard.deferred and not options.allow_mass_deactivation:
+            log.info("deactivation_deferred", reason=guard.deferred)
+            report.deactivation_deferred = guard.deferred
         for row in builder.tally.invalid:
             log.warning("crm_row_invalid", email=row.raw_email, reason=row.reason)
         if dry_run:
@@ -168,7 +181,7 @@ def run_cycle(
         try:
             _new_customers_phase(options, services, plan, tally)
             _existing_customers_phase(options, services, plan, tally)
-            if report.deactivation_blocked is None:
+            if report.deactivation_blocked is None and report.deactivation_deferred is None:
                 _deactivate_phase(services, plan, tally)
         finally:
             services.mailer.close()
@@ -178,6 +191,22 @@ def run_cycle(
         report.finish(services.clock(), time.monotonic() - began)
         log.info("cycle_finished", **report.log_fields())
         return report
+
+
+def _layout_figures(
+    options: CycleOptions, services: CycleServices, plan: SyncPlan, run_id: str, dry_run: bool
+) -> LayoutFigures | None:
+    """A shard's figures recorded (not in a dry run) and its layout's read; None unsharded,
+    or when they cannot be had (the guard then defers, and says so)."""
+    if options.shard[1] <= 1:
+        return None
+    try:
+        return services.store.layout_figures(
+            options.shard, run_id, shard_figures(plan), record=not dry_run
+        )
+    except SupabaseError as exc:
+        log.warning("shard_figures_unavailable", error=str(exc))
+        return None
 
 
 @contextmanager

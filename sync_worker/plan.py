@@ -23,6 +23,8 @@ from sync_worker.customers import (
     CrmGroup,
     CustomerFailure,
     InvalidCrmRow,
+    LayoutFigures,
+    ShardFigures,
     TrackedCustomer,
     customer_from_rows,
     normalise_email,
@@ -303,6 +305,60 @@ def next_attempt_delay(attempts: int, base: timedelta = timedelta(minutes=5)) ->
     return min(delay, timedelta(hours=6))
 
 
+@dataclass(frozen=True, slots=True)
+class GuardDecision:
+    """Whether this cycle's deactivations go ahead: `held` when they look like a mistake (the
+    guard tripped: nobody is deactivated, the run says why and exits 1), `deferred` when a
+    sharded layout has not yet reported the figures to decide over (a later cycle decides)."""
+
+    held: str | None = None
+    deferred: str | None = None
+
+
+def shard_figures(plan: SyncPlan) -> ShardFigures:
+    return ShardFigures(plan.active, plan.eligible, len(plan.of(Action.DEACTIVATE)))
+
+
+def deactivation_guard(
+    plan: SyncPlan,
+    *,
+    limit: int,
+    max_percent: float,
+    shard_count: int = 1,
+    layout: LayoutFigures | None = None,
+) -> GuardDecision:
+    """The mass-deactivation guard over the whole CRM, whatever the shard layout.
+
+    Unsharded, the plan is the whole CRM. A shard decides over the sum of every shard's
+    latest figures (`layout`), and only once every shard recorded figures since this shard's
+    previous record, which already planned these deactivations: then every shard's figures
+    include the change (shards run side by side, so on the first cycle a sibling's figures may
+    still be the ones from before it).
+    """
+    if shard_count <= 1:
+        return GuardDecision(held=mass_deactivation(plan, limit=limit, max_percent=max_percent))
+    own = len(plan.of(Action.DEACTIVATE))
+    if not own:
+        return GuardDecision()
+    if layout is None or layout.shards < shard_count:
+        reported = 0 if layout is None else layout.shards
+        return GuardDecision(
+            deferred=f"{own} deactivations wait until every shard has reported its figures"
+            f" ({reported} of {shard_count} have)"
+        )
+    held = _too_many(
+        layout.deactivating, layout.active, layout.eligible, limit=limit, max_percent=max_percent
+    )
+    if held:
+        return GuardDecision(held=held + " (over every shard)")
+    if not layout.previously_planned or layout.shards_since_previous < shard_count:
+        return GuardDecision(
+            deferred=f"{own} deactivations wait for every shard's figures of this change"
+            f" ({layout.shards_since_previous} of {shard_count} shards have reported since)"
+        )
+    return GuardDecision()
+
+
 def mass_deactivation(plan: SyncPlan, *, limit: int, max_percent: float) -> str | None:
     """Why this plan's deactivations look like a mistake rather than churn, or None.
 
@@ -315,7 +371,14 @@ def mass_deactivation(plan: SyncPlan, *, limit: int, max_percent: float) -> str 
     deactivating = len(plan.of(Action.DEACTIVATE))
     if not deactivating:
         return None
-    active, eligible = plan.active, plan.eligible
+    return _too_many(deactivating, plan.active, plan.eligible, limit=limit, max_percent=max_percent)
+
+
+def _too_many(
+    deactivating: int, active: int, eligible: int, *, limit: int, max_percent: float
+) -> str | None:
+    if not deactivating:
+        return None
     how = "; nobody was deactivated (run once with --allow-mass-deactivation if it is right)"
     if eligible == 0:
         return (

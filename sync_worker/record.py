@@ -13,6 +13,8 @@ from sync_worker.customers import (
     Enrolment,
     EnrolmentResult,
     EnrolOutcome,
+    LayoutFigures,
+    ShardFigures,
 )
 from sync_worker.supabase_api import SupabaseApi
 
@@ -44,6 +46,10 @@ class EnrolmentStore(Protocol):
     def record_failures(self, failures: Sequence[CustomerFailure]) -> None: ...
 
     def clear_failures(self, emails: Sequence[str]) -> None: ...
+
+    def layout_figures(
+        self, shard: tuple[int, int], run_id: str, figures: ShardFigures, *, record: bool
+    ) -> LayoutFigures: ...
 
 
 def enrolment_result(row: dict[str, Any]) -> EnrolmentResult:
@@ -82,6 +88,33 @@ class SupabaseStore:
 
     def __init__(self, api: SupabaseApi) -> None:
         self._api = api
+
+    def layout_figures(
+        self, shard: tuple[int, int], run_id: str, figures: ShardFigures, *, record: bool
+    ) -> LayoutFigures:
+        """Records this shard's figures (unless `record` is false) and reads its layout's
+        (migration 0017)."""
+        answer = self._api.rpc(
+            "crm_sync_shard_figures",
+            {
+                "p_shard_index": shard[0],
+                "p_shard_count": shard[1],
+                "p_run_id": run_id,
+                "p_active": figures.active,
+                "p_eligible": figures.eligible,
+                "p_deactivating": figures.deactivating,
+                "p_record": record,
+            },
+            operation="record shard figures",
+        )
+        return LayoutFigures(
+            shards=int(answer["shards"]),
+            shards_since_previous=int(answer["shards_since_previous"]),
+            active=int(answer["active"]),
+            eligible=int(answer["eligible"]),
+            deactivating=int(answer["deactivating"]),
+            previously_planned=int(answer["previously_planned"]),
+        )
 
     def enrol(self, batch: Sequence[Enrolment], initial_credits: int) -> list[EnrolmentResult]:
         """Enrols `batch` in one call (the caller keeps it to `ENROL_BATCH_SIZE`); each

@@ -57,6 +57,8 @@ class CycleReport(BaseModel):
     interrupted: bool = False
     # Why this cycle deactivated nobody though the plan said to (the mass-deactivation guard).
     deactivation_blocked: str | None = None
+    # Why a shard's deactivations wait for a later cycle (its layout's figures are not in yet).
+    deactivation_deferred: str | None = None
     preview: dict[str, list[str]] = Field(default_factory=dict)
 
     @classmethod
@@ -143,6 +145,7 @@ class CycleReport(BaseModel):
             "interrupted": self.interrupted,
             "outcome": self.outcome.value,
             "deactivation_blocked": self.deactivation_blocked,
+            "deactivation_deferred": self.deactivation_deferred,
             "duration_seconds": self.duration_seconds,
         }
 
@@ -182,6 +185,8 @@ class CycleReport(BaseModel):
             lines.append(f"  ABORTED: {printable(self.aborted)}")
         if self.deactivation_blocked:
             lines.append(f"  DEACTIVATION HELD BACK: {self.deactivation_blocked}")
+        if self.deactivation_deferred:
+            lines.append(f"  deactivation deferred: {self.deactivation_deferred}")
         if self.interrupted:
             lines.append("  INTERRUPTED: stopped on a signal; the next run finishes the rest")
         return printable("\n".join(lines), keep="\n")

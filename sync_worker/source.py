@@ -59,9 +59,9 @@ def eligible_rows_query(columns: CrmColumns, shard: Shard = (0, 1)) -> sql.Compo
     every name quoted, nothing formatted into SQL text. The last column says whether the value
     is a plain decimal (eligible, > 0) or unreadable (reported as invalid).
 
-    With a shard (index, count), only the rows whose order key hashes to it, and those whose
-    key is not plain ASCII (their email is known only once normalised; the worker keeps its
-    own).
+    With a shard (index, count), only the rows whose order key hashes to it, those whose key
+    is not plain ASCII (their email is known only once normalised; the worker keeps its own),
+    and for shard 0 the rows without an email (reported once, by it).
     """
     table = sql.SQL(".").join(sql.Identifier(part) for part in columns.table.split("."))
     value = sql.SQL("{}::text").format(sql.Identifier(columns.eligibility))
@@ -72,9 +72,11 @@ def eligible_rows_query(columns: CrmColumns, shard: Shard = (0, 1)) -> sql.Compo
     index, count = shard
     sharding: sql.Composable = sql.SQL("")
     if count > 1:
+        # A row without an email hashes to no shard: shard 0 reports it.
         sharding = sql.SQL(
             " where mod(('x' || substr(md5(order_key), 1, 8))::bit(32)::bigint, {count}) = {index}"
             " or order_key !~ '^[ -~]*$'"
+            " or (order_key is null and {index} = 0)"
         ).format(count=sql.Literal(count), index=sql.Literal(index))
     # CASE, not AND: PostgreSQL may evaluate AND operands in any order, so the cast must only
     # run once the pattern matched. COLLATE "C": byte order, as Python compares the keys.

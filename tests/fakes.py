@@ -21,6 +21,8 @@ from sync_worker.customers import (
     EnrolmentResult,
     EnrolOutcome,
     IdentityHolder,
+    LayoutFigures,
+    ShardFigures,
     TrackedCustomer,
     shard_of,
 )
@@ -146,6 +148,35 @@ class FakeStore:
     record_email_error: dict[str, SupabaseError] = field(default_factory=dict)
     deactivate_error: SupabaseError | None = None
     writes: list[str] = field(default_factory=list)
+    # crm_sync_shard_figures: (count, index) -> (when recorded, as a sequence number, figures)
+    shard_figures: dict[tuple[int, int], tuple[int, ShardFigures]] = field(default_factory=dict)
+    _recorded: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+
+    def layout_figures(
+        self, shard: tuple[int, int], run_id: str, figures: ShardFigures, *, record: bool
+    ) -> LayoutFigures:
+        index, count = shard
+        previous = self.shard_figures.get((count, index))
+        if record:
+            self.shard_figures[(count, index)] = (next(self._recorded), figures)
+        layout = [v for (c, _), v in self.shard_figures.items() if c == count]
+        since = (
+            0
+            if previous is None
+            else sum(
+                1
+                for (c, i), (at, _) in self.shard_figures.items()
+                if c == count and (i == index or at > previous[0])
+            )
+        )
+        return LayoutFigures(
+            shards=len(layout),
+            shards_since_previous=since,
+            active=sum(f.active for _, f in layout),
+            eligible=sum(f.eligible for _, f in layout),
+            deactivating=sum(f.deactivating for _, f in layout),
+            previously_planned=0 if previous is None else previous[1].deactivating,
+        )
 
     def enrol(self, batch: Sequence[Enrolment], initial_credits: int) -> list[EnrolmentResult]:
         self.writes.append("enrol")

@@ -739,3 +739,68 @@ def test_an_enrolment_call_refused_fails_only_the_customers_it_carried() -> None
     failed = {f.email for f in report.failures}
     assert failed == {f"c{i:03}@example.com" for i in range(200, 250)}
     assert report.refreshed == 200
+
+
+def _round_of_shards(project: FakeProject, count: int, tag: str) -> list[CycleReport]:
+    """One cycle of every shard of a layout, one after another, as side-by-side workers."""
+    return [
+        run_cycle(
+            dataclasses.replace(OPTIONS, shard=(index, count), deactivation_limit=10),
+            project.services(shard=(index, count)),
+            run_id=f"{tag}-{index}",
+        )
+        for index in range(count)
+    ]
+
+
+def test_a_mass_deactivation_is_held_back_over_every_shard() -> None:
+    """Issue 19, item 2: 40 of 100 customers gone at once, 4 shards of about 10 each: decided
+    per shard each was "not more than 10"; decided over the whole CRM, nobody goes."""
+    project = _enrolled_project(100)
+    for email in sorted(project.crm)[:40]:
+        del project.crm[email]
+    first = _round_of_shards(project, 4, "first")
+    second = _round_of_shards(project, 4, "second")
+    assert sum(r.planned["deactivate"] for r in second) == 40
+    assert sum(r.deactivated for r in first + second) == 0
+    assert all(row.is_active for row in project.store.tracking.values())
+    held = [r.deactivation_blocked for r in second if r.planned["deactivate"]]
+    assert held
+    assert all(h is not None and "40 of 100" in h and "over every shard" in h for h in held)
+    assert all(r.exit_code is ExitCode.CUSTOMERS_FAILED for r in second if r.planned["deactivate"])
+
+
+def test_churn_in_shards_is_deactivated_once_every_shard_has_reported() -> None:
+    """One customer leaving a shard where nobody else is eligible is churn, not an empty CRM:
+    deferred for a cycle until every shard's figures include it, then deactivated."""
+    project = _enrolled_project(8)
+    count = 8
+    shards = [shard_of(email, count) for email in sorted(project.crm)]
+    gone = next(e for e in sorted(project.crm) if shards.count(shard_of(e, count)) == 1)
+    index = shard_of(gone, count)
+    del project.crm[gone]
+    first = _round_of_shards(project, count, "first")
+    assert first[index].deactivated == 0
+    assert first[index].deactivation_blocked is None
+    assert first[index].deactivation_deferred is not None
+    assert first[index].exit_code is ExitCode.OK
+    second = _round_of_shards(project, count, "second")
+    assert [r.deactivated for r in second] == [1 if i == index else 0 for i in range(count)]
+    assert all(r.deactivation_blocked is None for r in second)
+    assert not project.store.tracking[gone].is_active
+
+
+def test_a_shard_whose_siblings_have_not_reported_deactivates_nobody() -> None:
+    project = _enrolled_project(20)
+    gone = sorted(project.crm)[0]
+    del project.crm[gone]
+    index = shard_of(gone, 4)
+    for _ in range(3):  # only this shard ever runs
+        report = run_cycle(
+            dataclasses.replace(OPTIONS, shard=(index, 4)),
+            project.services(shard=(index, 4)),
+            run_id="alone",
+        )
+        assert report.deactivated == 0
+        assert report.deactivation_deferred is not None
+        assert "1 of 4" in report.deactivation_deferred

@@ -459,3 +459,30 @@ def test_the_auth_account_of_an_email_is_found_exactly(db: psycopg.Connection[An
     # The holder's own email is a user match, not an identity one as well.
     assert [row[0] for row in find("holder@example.com")] == ["user"]
     assert find("nobody@example.com") == []
+
+
+def test_shards_record_their_figures_and_read_the_layouts(db: psycopg.Connection[Any]) -> None:
+    """Issue 19, item 2 (migration 0017): the guard's figures over every shard of a layout."""
+
+    def record(index: int, active: int, eligible: int, deactivating: int, *, save: bool = True):
+        return db.execute(
+            "select public.crm_sync_shard_figures(%s, 2, %s, %s, %s, %s, %s)",
+            (index, f"run-{index}", active, eligible, deactivating, save),
+        ).fetchone()[0]  # type: ignore[index]
+
+    first = record(0, 25, 15, 10)
+    assert (first["shards"], first["shards_since_previous"], first["previously_planned"]) == (
+        1,
+        0,
+        0,
+    )
+    record(1, 25, 20, 5)
+    second = record(0, 25, 15, 10)
+    assert (second["active"], second["eligible"], second["deactivating"]) == (50, 35, 15)
+    assert (second["shards"], second["shards_since_previous"]) == (2, 2)
+    assert second["previously_planned"] == 10
+    # A dry run reads and records nothing; shard 1 has not recorded since shard 0's last.
+    dry = record(0, 25, 0, 25, save=False)
+    assert (dry["deactivating"], dry["shards_since_previous"]) == (15, 1)
+    with pytest.raises(psycopg.errors.InsufficientPrivilege), acting_as(db, "authenticated"):
+        db.execute("select public.crm_sync_shard_figures(0, 2, 'x', 0, 0, 0, true)")

@@ -12,7 +12,7 @@ import pytest
 from supabase_sandbox import database
 from sync_worker.customers import CrmRow
 from sync_worker.errors import CrmSourceError, DependencyUnavailable
-from sync_worker.source import CrmColumns, merge_rows, read_snapshot
+from sync_worker.source import CrmColumns, merge_rows, read_snapshot, stream_groups
 
 LIVE = CrmColumns(
     table="sales_closure",
@@ -248,3 +248,18 @@ def test_one_customer_in_two_normal_forms_is_one_customer() -> None:
     )
     assert list(snapshot.customers) == ["ann@xn--bcher-kva.example"]
     assert snapshot.customers["ann@xn--bcher-kva.example"].sale_rows == 2
+
+
+def test_a_row_without_an_email_is_reported_by_exactly_one_shard(crm_url: str) -> None:
+    """Issue 19, item 2: a NULL email hashes to no shard; shard 0 reports it, the others not."""
+    no_email = [
+        [g for g in stream_groups(crm_url, LIVE, (index, 4)) if g.key is None] for index in range(4)
+    ]
+    assert [len(groups) for groups in no_email] == [1, 0, 0, 0]
+    [group] = no_email[0]
+    assert [row.lead_id for row in group.rows] == ["AWL-7"]
+    # Every other row reaches exactly one shard too.
+    keys = [g.key for index in range(4) for g in stream_groups(crm_url, LIVE, (index, 4))]
+    assert sorted(k for k in keys if k) == sorted(
+        g.key for g in stream_groups(crm_url, LIVE) if g.key
+    )
