@@ -206,6 +206,12 @@ class Settings(VerifySettings):
     # The app's page that redeems a setup link (`verifyOtp({ token_hash, type })` on a button
     # press); empty: APP_LOGIN_URL.
     app_setup_url: str = ""
+    # The key temporary passwords are derived from (so every email that carries one carries
+    # the same); empty: derived from SUPABASE_SERVICE_ROLE_KEY.
+    credentials_secret: Secret | None = None
+    # A setup link re-sent within this many seconds of the one before is the same link (keep
+    # it under half the project's Email OTP Expiration, 3600 s by default); 0: always new.
+    setup_link_reuse_seconds: int = Field(default=1800, ge=0, le=86400)
 
     email_backend: EmailBackend = EmailBackend.SMTP
     email_from: str = ""

@@ -16,7 +16,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TypeVar
 
@@ -86,6 +86,9 @@ class CycleOptions:
     login_url: str = ""
     password_reset_url: str = ""
     setup_url: str = ""  # the app's page that redeems a setup link
+    # Derives temporary passwords (CREDENTIALS_SECRET); never shown.
+    credential_key: bytes = field(default=b"", repr=False)
+    setup_link_reuse_seconds: int = 1800
     initial_credits: int = 4
     credentials_mode: CredentialsMode = CredentialsMode.TEMPORARY_PASSWORD
     send_email: bool = True
@@ -315,7 +318,10 @@ def _provision_accounts(
         assert step.customer is not None
         try:
             result = provision_account(
-                services.provisioner, step.customer, options.credentials_mode
+                services.provisioner,
+                step.customer,
+                options.credentials_mode,
+                options.credential_key,
             )
         except SyncError as exc:
             log.warning("account_failed", email=step.email, error=str(exc))
@@ -484,6 +490,8 @@ def _send(
                     mode=options.credentials_mode,
                     fresh_password=fresh.password if fresh else None,
                     setup_url=options.setup_url or options.login_url,
+                    key=options.credential_key,
+                    setup_link_reuse_seconds=options.setup_link_reuse_seconds,
                 )
                 message = WelcomeEmail(
                     to=item.email,

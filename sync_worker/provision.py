@@ -14,7 +14,9 @@ that carries it, never on an account its owner already signed in to.
 
 from __future__ import annotations
 
-import secrets
+import hmac
+import itertools
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -40,6 +42,9 @@ CREATED_BY = "crm-sync"
 PASSWORD_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnpqrstuvwxyz23456789"  # noqa: S105
 PASSWORD_SYMBOLS = 20  # 20 x log2(56) = 116 bits
 PASSWORD_GROUP = 5
+# The credential version of a new account (`app_metadata.credential_version`): part of what
+# its temporary password is derived from.
+FIRST_CREDENTIAL_VERSION = 1
 
 
 class AccountExists(SupabaseError):
@@ -61,15 +66,24 @@ class Provisioner(Protocol):
 
     def delete_account(self, user_id: str) -> None: ...
 
-    def recovery_token_hash(self, email: str) -> str: ...
+    def recovery_token_hash(self, email: str, user_id: str, *, reuse_seconds: int) -> str: ...
 
 
-def new_temporary_password() -> str:
-    """A random password from `secrets`: `PASSWORD_SYMBOLS` symbols of `PASSWORD_ALPHABET`
-    with lower case, upper case and a digit, in hyphenated groups (the hyphens satisfy a
-    project that also asks for a symbol)."""
-    while True:
-        symbols = "".join(secrets.choice(PASSWORD_ALPHABET) for _ in range(PASSWORD_SYMBOLS))
+def temporary_password(key: bytes, email: str, version: int = 1) -> str:
+    """The customer's temporary password: derived, not drawn, so that every welcome email
+    that carries one carries the same, and a re-sent email never kills the password of one
+    that may have arrived (SMTP is at-least-once). `PASSWORD_SYMBOLS` symbols of
+    `PASSWORD_ALPHABET`, with lower case, upper case and a digit, in hyphenated groups (the
+    hyphens satisfy a project that also asks for a symbol), drawn without bias from an
+    HMAC-SHA256 stream keyed by `key` (`CREDENTIALS_SECRET`) over the normalised email and the
+    account's credential version. Nothing secret is stored; whoever holds the key can work a
+    password out, as whoever holds the service-role key can already set one.
+    """
+    if not key:
+        raise ValueError("temporary passwords need a key (CREDENTIALS_SECRET)")
+    label = f"crm-sync temporary password\x00{email.strip().lower()}\x00{version}".encode()
+    for attempt in itertools.count():
+        symbols = "".join(_draw(key, label, attempt, PASSWORD_SYMBOLS))
         if (
             any(c.islower() for c in symbols)
             and any(c.isupper() for c in symbols)
@@ -78,6 +92,23 @@ def new_temporary_password() -> str:
             return "-".join(
                 symbols[i : i + PASSWORD_GROUP] for i in range(0, PASSWORD_SYMBOLS, PASSWORD_GROUP)
             )
+    raise AssertionError("unreachable")
+
+
+def _draw(key: bytes, label: bytes, attempt: int, count: int) -> Iterator[str]:
+    """`count` symbols of the alphabet from HMAC blocks, by rejection sampling (a byte above
+    the largest multiple of the alphabet's size is skipped, so every symbol is equally likely)."""
+    size = len(PASSWORD_ALPHABET)
+    bound = 256 - 256 % size
+    drawn = 0
+    for block in itertools.count():
+        digest = hmac.digest(key, label + f"\x00{attempt}\x00{block}".encode(), "sha256")
+        for byte in digest:
+            if byte < bound:
+                yield PASSWORD_ALPHABET[byte % size]
+                drawn += 1
+                if drawn == count:
+                    return
 
 
 def account_from(data: dict[str, Any]) -> AuthAccount:
@@ -90,7 +121,12 @@ def account_from(data: dict[str, Any]) -> AuthAccount:
         has_signed_in=data.get("last_sign_in_at") is not None,
         email_confirmed=data.get("email_confirmed_at") is not None,
         taken_over_by_crm_sync=app_metadata.get("taken_over_by") == CREATED_BY,
+        credential_version=_version(app_metadata.get("credential_version")),
     )
+
+
+def _version(value: object) -> int:
+    return value if isinstance(value, int) and value >= 1 else FIRST_CREDENTIAL_VERSION
 
 
 def setup_link_url(page: str, token_hash: str) -> str:
@@ -132,14 +168,19 @@ class ProvisionedAccount:
 
 
 def provision_account(
-    provisioner: Provisioner, customer: CrmCustomer, mode: CredentialsMode
+    provisioner: Provisioner, customer: CrmCustomer, mode: CredentialsMode, key: bytes
 ) -> ProvisionedAccount:
-    """Creates the customer's account, or finds the one they have and links it.
+    """Creates the customer's account, or finds the one they have and links it; `key`
+    derives its temporary password (`temporary_password`).
 
     Raises:
         SupabaseError: the Auth API failed (after retries).
     """
-    password = new_temporary_password() if mode is CredentialsMode.TEMPORARY_PASSWORD else None
+    password = (
+        temporary_password(key, customer.email, FIRST_CREDENTIAL_VERSION)
+        if mode is CredentialsMode.TEMPORARY_PASSWORD
+        else None
+    )
     try:
         account = provisioner.create_account(customer, password)
         return ProvisionedAccount(customer, account, AccountOrigin.CREATED, password)
@@ -195,6 +236,8 @@ def issue_credentials(
     mode: CredentialsMode,
     fresh_password: str | None,
     setup_url: str,
+    key: bytes,
+    setup_link_reuse_seconds: int = 0,
 ) -> Credentials:
     """The credentials a welcome email carries, set on the account right before it is sent.
 
@@ -206,6 +249,9 @@ def issue_credentials(
         mode: a temporary password or a setup link.
         fresh_password: the password this cycle set on the account, if it did.
         setup_url: the app's page that redeems a setup link (`APP_SETUP_URL`).
+        key: derives the temporary password (`CREDENTIALS_SECRET`).
+        setup_link_reuse_seconds: a recovery token issued this recently is sent again rather
+            than replaced (a new one would void a link that may have arrived).
 
     Raises:
         SupabaseError: the Auth API failed (after retries).
@@ -213,15 +259,19 @@ def issue_credentials(
     if origin is AccountOrigin.LINKED:
         return Credentials("credits_added")
     if mode is CredentialsMode.SETUP_LINK:
-        token_hash = provisioner.recovery_token_hash(email)
+        token_hash = provisioner.recovery_token_hash(
+            email, user_id, reuse_seconds=setup_link_reuse_seconds
+        )
         return Credentials("new_account", setup_link=setup_link_url(setup_url, token_hash))
     if fresh_password is not None:
         return Credentials("new_account", temporary_password=fresh_password)
-    if provisioner.get_account(user_id).owner_signed_in:
+    account = provisioner.get_account(user_id)
+    if account.owner_signed_in:
         # They already have working credentials: never reset a used account's password.
         return Credentials("credits_added")
-    # A retried email carries a password that works: set a new one right before.
-    password = new_temporary_password()
+    # A retried email carries the password an earlier one may have delivered: the same one,
+    # set again right before (an account of an earlier version had a random one).
+    password = temporary_password(key, email, account.credential_version)
     provisioner.set_temporary_password(user_id, password)
     return Credentials("new_account", temporary_password=password)
 
@@ -242,7 +292,10 @@ class SupabaseProvisioner:
             user_metadata["full_name"] = customer.name
         if password is not None:
             user_metadata["must_change_password"] = True
-        app_metadata = {"created_by": CREATED_BY}
+        app_metadata: dict[str, Any] = {
+            "created_by": CREATED_BY,
+            "credential_version": FIRST_CREDENTIAL_VERSION,
+        }
         if taken_over:
             app_metadata["taken_over_by"] = CREATED_BY
         attributes: dict[str, Any] = {
@@ -299,6 +352,16 @@ class SupabaseProvisioner:
             if exc.status != 404:
                 raise
 
-    def recovery_token_hash(self, email: str) -> str:
-        """A fresh recovery token for the email's account (Supabase sends nothing itself)."""
+    def recovery_token_hash(self, email: str, user_id: str, *, reuse_seconds: int) -> str:
+        """The account's recovery token: the one issued within `reuse_seconds` if there is
+        one (so a re-sent link is the same link, and one that may have arrived still works;
+        Auth keeps only a user's newest token), else a fresh one (Supabase sends nothing)."""
+        if reuse_seconds > 0:
+            issued = self._api.rpc(
+                "crm_sync_recent_recovery_token",
+                {"p_user_id": user_id, "p_max_age_seconds": reuse_seconds},
+                operation="read setup link",
+            )
+            if isinstance(issued, str) and issued:
+                return issued
         return self._api.recovery_token_hash(email)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from types import TracebackType
@@ -42,7 +43,19 @@ def cycle_options(settings: Settings, *, allow_mass_deactivation: bool = False) 
         deactivation_max_percent=settings.sync_deactivation_max_percent,
         allow_mass_deactivation=allow_mass_deactivation,
         shard=(settings.sync_shard_index, settings.sync_shard_count),
+        credential_key=credential_key(settings),
+        setup_link_reuse_seconds=settings.setup_link_reuse_seconds,
     )
+
+
+def credential_key(settings: Settings) -> bytes:
+    """What temporary passwords are derived from: `CREDENTIALS_SECRET`, else a key derived
+    from the service-role key (rotating that key then changes the password of an email sent
+    again afterwards, never of one already delivered to a customer who signed in)."""
+    if settings.credentials_secret is not None:
+        return settings.credentials_secret.get_secret_value().encode()
+    service_key = settings.supabase_service_role_key.get_secret_value().encode()
+    return hmac.digest(service_key, b"crm-sync credentials", "sha256")
 
 
 class LiveServices(AbstractContextManager["LiveServices"]):

@@ -21,7 +21,7 @@ from email import charset
 from email.headerregistry import Address
 from email.mime.multipart import MIMEMultipart
 from email.mime.nonmultipart import MIMENonMultipart
-from email.utils import formataddr, formatdate, make_msgid, parseaddr
+from email.utils import formataddr, formatdate, parseaddr
 from html import escape
 from string import Template
 from typing import Literal
@@ -283,15 +283,23 @@ def render(email: WelcomeEmail, sender: str, *, smtputf8: bool = False) -> bytes
     message["From"] = _address(sender_name, sender_address or sender, smtputf8=smtputf8)
     message["To"] = _address(_clean_name(email.name) or "", email.to, smtputf8=smtputf8)
     message["Date"] = formatdate(usegmt=True)
-    # make_msgid's default domain is socket.getfqdn(), a DNS lookup that can stall in a
-    # container; the sender's domain is what receivers expect anyway.
-    message["Message-ID"] = make_msgid(domain=_domain_of(sender_address))
+    message["Message-ID"] = message_id(email, sender_address)
     for part in parts:
         message.attach(part)
     for name, value in message.items():
         if len(value.splitlines()) > 1:  # never: every value is ours or formatted, one line
             raise ValueError(f"the {name} header would break its line")
     return message.as_bytes(policy=_UTF8_POLICY if smtputf8 else _ASCII_POLICY)
+
+
+def message_id(email: WelcomeEmail, sender_address: str) -> str:
+    """The same for every sending of the same email (recipient, kind, credential, credits), so
+    that mail systems which fold duplicates by Message-ID fold a re-sent one; another email
+    gets another. Only digests, never a credential. The sender's domain is what receivers
+    expect (make_msgid's default, socket.getfqdn(), is a DNS lookup that can stall)."""
+    material = f"{email.idempotency_key}:{email.credits}:{email.credits_granted}"
+    digest = hashlib.sha256(material.encode()).hexdigest()[:32]
+    return f"<crm-welcome.{digest}@{_domain_of(sender_address)}>"
 
 
 def _text_part(body: str, subtype: str) -> MIMENonMultipart:

@@ -33,7 +33,12 @@ from sync_worker.record import SentEmail
 from sync_worker.welcome_email import WelcomeEmail
 
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
-OPTIONS = CycleOptions(login_url="https://app.example/login", concurrency=2, max_attempts=3)
+OPTIONS = CycleOptions(
+    login_url="https://app.example/login",
+    concurrency=2,
+    max_attempts=3,
+    credential_key=b"a key for the fakes only",
+)
 
 
 def outage(operation: str = "create account") -> SupabaseError:
@@ -131,7 +136,7 @@ class FakeProvisioner:
         self._check("delete", account.email)
         del self.accounts[account.email]
 
-    def recovery_token_hash(self, email: str) -> str:
+    def recovery_token_hash(self, email: str, user_id: str, *, reuse_seconds: int) -> str:
         self._check("setup_link", email)
         return f"hash-{email}"
 
@@ -275,6 +280,8 @@ class FakeMailer:
 
     sent: list[WelcomeEmail] = field(default_factory=list)
     failing: dict[str, MailError] = field(default_factory=dict)
+    # Delivered, and then the reply lost: the message arrives, the sender hears an error.
+    lost_reply: dict[str, MailError] = field(default_factory=dict)
     before_send: Callable[[WelcomeEmail], None] = lambda message: None
     closed: int = 0
 
@@ -283,6 +290,8 @@ class FakeMailer:
         if message.to in self.failing:
             raise self.failing[message.to]
         self.sent.append(message)
+        if message.to in self.lost_reply:
+            raise self.lost_reply[message.to]
 
     def close(self) -> None:
         self.closed += 1

@@ -575,3 +575,28 @@ def test_a_ten_kilobyte_name_is_capped_and_the_email_still_goes_out(
     assert name.startswith("Ann LeeLee")
     assert len(name) <= 200
     assert name.isprintable()
+
+
+def test_a_setup_link_sent_again_is_the_same_link_and_still_works(
+    sandbox: Sandbox, crm_url: str
+) -> None:
+    """Issue 19, item 1: a re-sent setup link must not void one that may have arrived."""
+    add_sales(crm_url, ("lia@example.com", "Lia", 1, None))
+    settings = settings_for(sandbox, crm_url, credentials_mode="setup_link")
+    assert run(settings).emails_sent == 1
+    # The record of the email was lost (a kill after the server's 250): it is sent again.
+    with psycopg.connect(sandbox.db_url, autocommit=True) as conn:
+        conn.execute("update public.digital_resume_by_crm set welcome_email_status = 'pending'")
+    assert run(settings).emails_sent == 1
+    first, second = (text_of(m) for m in mail_to(sandbox, "lia@example.com"))
+    [link] = re.findall(r"https?://\S+token_hash=\S+", first)
+    assert re.findall(r"https?://\S+token_hash=\S+", second) == [link]
+    token = parse_qs(urlsplit(link).query)["token_hash"][0]
+    app = create_client(sandbox.url, sandbox.anon_key)
+    assert app.auth.verify_otp({"token_hash": token, "type": "recovery"}).user is not None
+    # With reuse turned off, a re-sent link is a new one (and the one before is void).
+    with psycopg.connect(sandbox.db_url, autocommit=True) as conn:
+        conn.execute("update public.digital_resume_by_crm set welcome_email_status = 'pending'")
+    run(settings_for(sandbox, crm_url, credentials_mode="setup_link", setup_link_reuse_seconds=0))
+    third = text_of(mail_to(sandbox, "lia@example.com")[-1])
+    assert re.findall(r"https?://\S+token_hash=\S+", third) != [link]

@@ -85,22 +85,36 @@ def test_an_account_of_ours_cut_off_before_enrolment_is_resumed_with_a_fresh_pas
     assert message.temporary_password == cut.password != "their-own"
 
 
-def test_a_retried_email_carries_a_password_set_right_before_it() -> None:
+def test_a_retried_email_carries_the_password_of_the_one_it_may_duplicate() -> None:
+    """Issue 19, item 1: the first email may have arrived (the server took it, its reply was
+    lost): the retry carries the same password, set again right before it, so every email
+    the customer holds works."""
     project = FakeProject()
     project.sell("mo@example.com")
-    project.mailer.failing["mo@example.com"] = MailError("452 mailbox busy", retriable=True)
+    project.mailer.lost_reply["mo@example.com"] = MailError("lost reply", retriable=True)
     first = run(project)
     assert [(f.email, f.step) for f in first.failures] == [("mo@example.com", Step.EMAIL)]
-    first_password = project.auth.accounts["mo@example.com"].password
+    [delivered] = project.mailer.sent
 
-    del project.mailer.failing["mo@example.com"]
+    del project.mailer.lost_reply["mo@example.com"]
     project.clock = NOW + timedelta(hours=1)
     second = run(project)
     assert second.planned["resume_email"] == 1
-    [message] = project.mailer.sent
+    [_, again] = project.mailer.sent
     account = project.auth.accounts["mo@example.com"]
-    assert message.temporary_password == account.password != first_password
+    assert again.temporary_password == delivered.temporary_password == account.password
+    assert again.idempotency_key == delivered.idempotency_key
+    assert ("set_password", "mo@example.com") in project.auth.calls
     assert project.store.failures == {}
+
+
+def test_a_resumed_account_of_an_earlier_version_gets_its_derived_password() -> None:
+    project = FakeProject()
+    project.sell("old@example.com")
+    legacy = project.auth.add("old@example.com", ours=True, signed_in=False)  # random password
+    run(project)
+    [message] = project.mailer.sent
+    assert message.temporary_password == legacy.password != "their-own"
 
 
 def test_a_retried_email_to_someone_who_already_signed_in_changes_no_password() -> None:

@@ -226,10 +226,21 @@ def test_idempotency_key_is_deterministic_and_valid_for_resend() -> None:
     assert new_account(name="J. Doe").idempotency_key == key
 
 
-def test_message_ids_are_unique_per_render() -> None:
+def test_a_resent_email_has_the_message_id_of_the_one_it_may_duplicate() -> None:
+    """Issue 19, item 1: the same email (recipient, kind, credential, credits) sent again has
+    the same Message-ID, so mail systems that fold duplicates do; any other email another."""
     first = rendered(new_account())
-    second = rendered(new_account())
-    assert first["Message-ID"] != second["Message-ID"]
+    assert rendered(new_account())["Message-ID"] == first["Message-ID"]
+    assert PASSWORD not in first["Message-ID"]
+    others = [
+        new_account(password="another-password-123"),
+        new_account(password=None, link=SETUP_LINK),
+        credits_added(),
+        credits_added(credits=9),
+    ]
+    ids = {rendered(other)["Message-ID"] for other in others}
+    assert len(ids) == len(others)
+    assert first["Message-ID"] not in ids
 
 
 @pytest.mark.parametrize(
