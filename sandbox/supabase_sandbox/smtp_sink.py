@@ -88,7 +88,7 @@ class _Collector:
     def __init__(self, sink: MailSink) -> None:
         self._sink = sink
 
-    async def handle_DATA(self, _server: Any, _session: Any, envelope: Any) -> str:
+    async def handle_DATA(self, server: Any, _session: Any, envelope: Any) -> str:
         if self._sink.refuse_now():
             # A transient refusal of the whole message (RFC 5321 4.2.1): nothing delivered.
             return "451 4.3.0 Temporary local problem, try again later"
@@ -97,6 +97,10 @@ class _Collector:
         self._sink.keep(
             data, Envelope(str(envelope.mail_from), tuple(str(r) for r in envelope.rcpt_tos))
         )
+        if self._sink.lose_reply_now(tuple(str(r) for r in envelope.rcpt_tos)):
+            # Delivered, and the connection lost before the 250 reached the sender: the
+            # message arrives, the sender cannot know it did ("delivery uncertain").
+            server.transport.abort()
         return "250 Message accepted for delivery"
 
 
@@ -132,12 +136,31 @@ class MailSink:
         self._refusal_rate = 0.0
         self._random = random.Random(0)  # noqa: S311 (seeded faults, not secrets)
         self.refused = 0
+        self._lost_rate = 0.0
+        self._lost_random = random.Random(1)  # noqa: S311 (seeded faults, not secrets)
+        self.lost_replies = 0
+        self.lost_reply_to: list[str] = []  # the recipients of messages whose reply was lost
 
     def refuse(self, rate: float, seed: int = 0) -> None:
         """From now on, answer this share of messages with a transient 451 (seeded)."""
         with self._lock:
             self._refusal_rate = rate
             self._random = random.Random(seed)  # noqa: S311 (seeded faults, not secrets)
+
+    def lose_replies(self, rate: float, seed: int = 0) -> None:
+        """From now on, deliver this share of messages and drop the connection before the
+        reply (seeded)."""
+        with self._lock:
+            self._lost_rate = rate
+            self._lost_random = random.Random(seed + 1)  # noqa: S311 (seeded faults)
+
+    def lose_reply_now(self, recipients: tuple[str, ...] = ()) -> bool:
+        with self._lock:
+            lost = self._lost_rate > 0 and self._lost_random.random() < self._lost_rate
+            self.lost_replies += lost
+            if lost:
+                self.lost_reply_to.extend(recipients)
+            return lost
 
     def refuse_now(self) -> bool:
         with self._lock:

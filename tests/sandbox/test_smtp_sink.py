@@ -61,3 +61,15 @@ def test_the_mailbox_reads_like_a_list_and_parses_each_message_once() -> None:
         assert box != []
         with pytest.raises(IndexError):
             box[3]
+
+
+def test_a_lost_reply_delivers_the_message_and_leaves_the_sender_unsure() -> None:
+    with MailSink() as sink:
+        sink.lose_replies(1.0)
+        with (
+            pytest.raises(smtplib.SMTPServerDisconnected),
+            smtplib.SMTP(sink.host, sink.port, timeout=5) as smtp,
+        ):
+            smtp.send_message(message("u@example.com", "Maybe"))
+        assert [m["Subject"] for m in sink.messages] == ["Maybe"]
+        assert sink.lost_replies == 1
