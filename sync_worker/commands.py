@@ -19,6 +19,7 @@ from sync_worker.lease import worker_id
 from sync_worker.logs import configure_logging, mask_secrets
 from sync_worker.runner import run_guarded_cycle
 from sync_worker.services import LiveServices
+from sync_worker.shutdown import InFlightRun, run_within_grace
 from sync_worker.signals import StopSignals
 
 log = structlog.get_logger("crm_sync.cli")
@@ -64,15 +65,26 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return Daemon(settings).run()
     # A cron or CronJob run is stopped like the daemon: finish in-flight calls, record,
     # release the lease; a second signal exits at once.
+    # Past the grace, what the run owes is settled and the process exits 1 (`shutdown`).
     stop = StopSignals().install()
+    worker = worker_id()
     with LiveServices(settings, allow_mass_deactivation=args.allow_mass_deactivation) as services:
-        report = run_guarded_cycle(
-            services,
-            worker=worker_id(),
-            run_id=args.run_id,
-            dry_run=args.dry_run,
-            should_stop=stop.requested.is_set,
-            lease_ttl_seconds=settings.sync_lease_ttl_seconds,
+        in_flight = InFlightRun(args.run_id, worker, services.options.shard)
+        report = run_within_grace(
+            lambda: run_guarded_cycle(
+                services,
+                worker=worker,
+                run_id=args.run_id,
+                dry_run=args.dry_run,
+                should_stop=stop.requested.is_set,
+                lease_ttl_seconds=settings.sync_lease_ttl_seconds,
+                in_flight=in_flight,
+            ),
+            stop=stop.requested,
+            grace=settings.sync_shutdown_grace_seconds,
+            in_flight=in_flight,
+            url=settings.supabase_url,
+            service_role_key=settings.supabase_service_role_key.get_secret_value(),
         )
     print(report.render())
     return report.exit_code

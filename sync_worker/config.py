@@ -237,7 +237,8 @@ class Settings(VerifySettings):
     # Not in DESIGN.md's table: how long a lease lives without a heartbeat (a crashed holder is
     # taken over after this), and how long the daemon lets calls in flight finish on SIGTERM.
     sync_lease_ttl_seconds: int = Field(default=60, ge=3, le=3600)
-    sync_shutdown_grace_seconds: float = Field(default=8.0, ge=0, le=300)
+    # With the cut-off's 3 s margin (shutdown.py), under Docker's 10 s kill timer.
+    sync_shutdown_grace_seconds: float = Field(default=6.0, ge=0, le=300)
     # Several workers share the customers by a stable hash of the email: this one takes shard
     # SYNC_SHARD_INDEX of SYNC_SHARD_COUNT (in a Kubernetes Indexed Job the index defaults to
     # JOB_COMPLETION_INDEX). Each shard has its own lease; an unsharded run excludes them all.

@@ -114,6 +114,9 @@ class CycleServices:
     mailer: Mailer
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
     should_stop: Callable[[], bool] = lambda: False
+    # Told of the recorder of accepted emails while it is open (None once it closed), so that
+    # a shutdown past its grace can record what it holds (`shutdown.cut_off`).
+    on_recorder: Callable[[SentEmailRecorder | None], None] = lambda recorder: None
 
 
 @dataclass(frozen=True, slots=True)
@@ -475,6 +478,7 @@ def _send(
     # Accepted emails are recorded in the background while the next ones are sent, those
     # accepted meanwhile together with the next call.
     with SentEmailRecorder(services.store.record_welcome_emails) as recorder:
+        services.on_recorder(recorder)
         for item in owed:
             if _stopping(services, tally):
                 break

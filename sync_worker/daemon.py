@@ -8,7 +8,6 @@ handlers of its own).
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 import uuid
@@ -29,6 +28,7 @@ from sync_worker.retrying import RETRY_LISTENERS, RetryPolicy
 from sync_worker.runner import run_guarded_cycle
 from sync_worker.schedule import trigger_for
 from sync_worker.services import LiveServices
+from sync_worker.shutdown import InFlightRun, cut_off, exit_cut_off
 from sync_worker.signals import StopSignals
 
 log = structlog.get_logger("crm_sync.daemon")
@@ -54,6 +54,7 @@ class Daemon:
         self._scheduler: BackgroundScheduler | None = None
         self._live: LiveServices | None = None
         self._readiness: tuple[float, bool, str] = (0.0, False, "no cycle yet")
+        self._in_flight: InFlightRun | None = None
 
     # -- the job -----------------------------------------------------------------------------
 
@@ -63,6 +64,8 @@ class Daemon:
             self._idle.set()
             return
         run_id = uuid.uuid4().hex[:12]
+        in_flight = InFlightRun(run_id, self.worker, self._live.options.shard)
+        self._in_flight = in_flight
         try:
             with structlog.contextvars.bound_contextvars(run_id=run_id, worker=self.worker):
                 report = run_guarded_cycle(
@@ -71,6 +74,7 @@ class Daemon:
                     run_id=run_id,
                     should_stop=self.stop_requested.is_set,
                     lease_ttl_seconds=self.settings.sync_lease_ttl_seconds,
+                    in_flight=in_flight,
                 )
                 self.metrics.observe_cycle(report)
                 self._last_outcome = report.outcome.value
@@ -82,6 +86,7 @@ class Daemon:
             self.metrics.cycles.labels("failed").inc()
             self._last_outcome = "failed"
         finally:
+            self._in_flight = None
             self._idle.set()
 
     def _on_job_error(self, event: JobExecutionEvent) -> None:
@@ -181,8 +186,15 @@ class Daemon:
             if health is not None:
                 health.stop()
             if not finished:
-                # The lease runs out by itself; what was cut off is resumed by the next run.
+                # A call stuck past the grace cannot be interrupted: settle the run around it
+                # (accepted emails recorded, the run interrupted, the lease released) within a
+                # bounded margin, and exit 1: work was cut off; the next run resumes it.
                 log.warning("daemon_grace_expired")
-                os._exit(0)
+                cut_off(
+                    self._in_flight,
+                    settings.supabase_url,
+                    settings.supabase_service_role_key.get_secret_value(),
+                )
+                exit_cut_off()
         log.info("daemon_stopped")
         return 0

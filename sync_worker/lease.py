@@ -66,17 +66,19 @@ class SyncLease:
             extra={"p_shard_index": index, "p_shard_count": count},
         )
 
-    def release(self) -> None:
+    def release(self, policy: RetryPolicy | None = None) -> None:
+        """Releases the lease; `policy` overrides the patient default (a cut-off's margin)."""
         try:
             # Not released, the lease blocks every other run for its whole time-to-live (the
             # next cron run exits 75): worth a few more tries, within a shutdown's grace.
-            policy = self._api.policy
-            patient = replace(policy, attempts=max(policy.attempts, 8), deadline=5.0)
+            if policy is None:
+                usual = self._api.policy
+                policy = replace(usual, attempts=max(usual.attempts, 8), deadline=5.0)
             self._api.rpc(
                 "release_sync_lease",
                 {"p_holder": self.holder},
                 operation="release lease",
-                policy=patient,
+                policy=policy,
             )
         except SupabaseError as exc:
             # It runs out by itself after its time-to-live.

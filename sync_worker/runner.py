@@ -13,6 +13,7 @@ from sync_worker.lease import SyncLease
 from sync_worker.report import CycleReport
 from sync_worker.runs import RunHistory
 from sync_worker.services import LiveServices
+from sync_worker.shutdown import InFlightRun
 
 
 def run_guarded_cycle(
@@ -23,8 +24,10 @@ def run_guarded_cycle(
     dry_run: bool = False,
     should_stop: Callable[[], bool] = lambda: False,
     lease_ttl_seconds: int = 60,
+    in_flight: InFlightRun | None = None,
 ) -> CycleReport:
     """One cycle under the lease. A dry run writes nothing, so it takes no lease either.
+    `in_flight` is kept up to date with what a shutdown past its grace must settle.
 
     Raises:
         LeaseHeld: another run holds the lease (exit 75).
@@ -42,8 +45,12 @@ def run_guarded_cycle(
         with lease.held():
             history.close_abandoned()
             history_id = history.start(run_id, datetime.now(UTC))
+            services = live.for_cycle(stop)
+            if in_flight is not None:
+                in_flight.history_id = history_id
+                services.on_recorder = in_flight.watch
             try:
-                report = run_cycle(live.options, live.for_cycle(stop), run_id=run_id)
+                report = run_cycle(live.options, services, run_id=run_id)
             except Exception as exc:
                 # A crash (a bug included) is recorded as a failed run, never left 'running'.
                 error = str(exc) if isinstance(exc, SyncError) else f"{type(exc).__name__}: {exc}"

@@ -49,6 +49,7 @@ class SentEmailRecorder:
         self._batch_size = batch_size
         self._linger = linger
         self._queue: list[SentEmail] = []
+        self._in_flight: list[SentEmail] = []
         self._oldest = 0.0  # when the first email still queued was added
         self._results: list[tuple[SentEmail, SyncError | None]] = []
         self._closed = False
@@ -102,6 +103,13 @@ class SentEmailRecorder:
         if self._crash is not None:
             raise self._crash
 
+    def unrecorded(self) -> list[SentEmail]:
+        """Every email accepted and not known to be recorded: queued, or in the call in flight
+        (which may or may not land; recording one twice records it once). For a shutdown
+        that cannot wait for this recorder any more."""
+        with self._changed:
+            return [*self._in_flight, *self._queue]
+
     @property
     def results(self) -> list[tuple[SentEmail, SyncError | None]]:
         """Each email added and its record's error (None: recorded), once closed."""
@@ -131,9 +139,11 @@ class SentEmailRecorder:
                 batch = self._queue[: self._batch_size]
                 del self._queue[: self._batch_size]
                 self._oldest = time.monotonic()
+                self._in_flight = batch
             outcome = self._record_batch(batch)
             with self._changed:
                 self._results.extend(outcome)
+                self._in_flight = []
 
     def _record_batch(self, batch: list[SentEmail]) -> list[tuple[SentEmail, SyncError | None]]:
         try:
