@@ -23,7 +23,9 @@ Provision CareerCast (Supabase) accounts for CRM customers with a Digital Resume
 commands:
   run [--once] [--dry-run]   daemon (scheduler + health server) until SIGTERM; --once: one cycle
   migrate [--dry-run]        apply the SQL migrations to SUPABASE_DB_URL
-  status [--json]            last runs, pending and failed customers, monitoring queries
+  status [EMAIL] [--json]    last runs, pending and failed customers, monitoring queries;
+                             with EMAIL: that customer's story (account, enrolment, emails)
+  resend EMAIL               send a customer's welcome email again (it never arrived)
   verify [--repair]          check credits, stats and isolation; --repair fixes stats and mirrors
   config                     print the effective configuration, secrets masked
 
@@ -64,7 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     status = commands.add_parser("status", help="last runs and pending/failed customers")
+    status.add_argument("email", nargs="?", help="one customer's story instead")
     status.add_argument("--json", action="store_true", help="machine-readable output")
+
+    resend = commands.add_parser("resend", help="send a customer's welcome email again")
+    resend.add_argument("email", help="the customer's email")
 
     verify = commands.add_parser("verify", help="check the success metrics")
     verify.add_argument("--repair", action="store_true", help="fix stats and mirrors")

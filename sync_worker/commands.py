@@ -95,7 +95,24 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
     settings = config.load(config.SupabaseSettings)
     _configure(settings, *settings.secret_values())
-    return status_command(settings, as_json=args.json)
+    return status_command(settings, as_json=args.json, email=args.email)
+
+
+def _cmd_resend(args: argparse.Namespace) -> int:
+    from sync_worker.support import resend  # noqa: PLC0415 (this command's own)
+
+    settings = config.load(config.Settings)
+    _configure(settings, *settings.secret_values())
+    with LiveServices(settings) as services:
+        kind = resend(
+            services,
+            args.email,
+            worker=worker_id(),
+            run_id=args.run_id,
+            ttl=settings.sync_lease_ttl_seconds,
+        )
+    print(f"welcome email ({kind}) sent again to {printable(args.email.strip())}")
+    return ExitCode.OK
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
@@ -113,6 +130,7 @@ def _configure(settings: config.LoggingSettings, *secrets: str) -> None:
 _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "config": _cmd_config,
     "migrate": _cmd_migrate,
+    "resend": _cmd_resend,
     "run": _cmd_run,
     "status": _cmd_status,
     "verify": _cmd_verify,

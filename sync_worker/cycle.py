@@ -65,7 +65,7 @@ from sync_worker.record import ENROL_BATCH_SIZE, EnrolmentStore, SentEmail
 from sync_worker.report import CycleReport
 from sync_worker.sent_emails import SentEmailRecorder
 from sync_worker.settle import OUTAGE_THRESHOLD, CycleTally, Settlement, settle
-from sync_worker.welcome_email import WelcomeEmail
+from sync_worker.welcome_email import compose, message_id
 
 log = structlog.get_logger("crm_sync.cycle")
 # New accounts are enrolled and emailed in batches of this many per concurrent call (at least
@@ -89,6 +89,7 @@ class CycleOptions:
     # Derives temporary passwords (CREDENTIALS_SECRET); never shown.
     credential_key: bytes = field(default=b"", repr=False)
     setup_link_reuse_seconds: int = 1800
+    message_domain: str = ""  # the sender's domain, for Message-IDs
     initial_credits: int = 4
     credentials_mode: CredentialsMode = CredentialsMode.TEMPORARY_PASSWORD
     send_email: bool = True
@@ -183,7 +184,7 @@ def run_cycle(
             report.finish(services.clock(), time.monotonic() - began, plan_preview=plan)
             log.info("cycle_finished", **report.log_fields())
             return report
-        tally = CycleTally(outage_threshold=options.outage_threshold)
+        tally = CycleTally(outage_threshold=options.outage_threshold, run_id=run_id)
         try:
             _new_customers_phase(options, services, plan, tally)
             _existing_customers_phase(options, services, plan, tally)
@@ -497,20 +498,14 @@ def _send(
                     key=options.credential_key,
                     setup_link_reuse_seconds=options.setup_link_reuse_seconds,
                 )
-                message = WelcomeEmail(
+                message = compose(
                     to=item.email,
                     name=item.name,
-                    kind=credentials.kind,
-                    login_url=options.login_url,
+                    credentials=credentials,
                     credits=item.credits,
-                    temporary_password=credentials.temporary_password,
-                    setup_link=credentials.setup_link,
-                    credits_granted=(
-                        options.initial_credits if credentials.kind == "credits_added" else None
-                    ),
-                    password_reset_url=(
-                        options.password_reset_url if credentials.kind == "credits_added" else None
-                    ),
+                    login_url=options.login_url,
+                    password_reset_url=options.password_reset_url,
+                    initial_credits=options.initial_credits,
                 )
                 services.mailer.send(message)
             except MailUnavailable as exc:
@@ -522,8 +517,15 @@ def _send(
                 log.warning("welcome_email_failed", email=item.email, error=str(exc))
                 tally.fail(_failure(item.email, Step.EMAIL, exc))
                 continue
-            recorder.add(SentEmail(item.email, message.kind))
-    for (email, kind), error in recorder.results:
+            recorder.add(
+                SentEmail(
+                    item.email,
+                    message.kind,
+                    tally.run_id,
+                    message_id(message, options.message_domain),
+                )
+            )
+    for (email, kind, *_), error in recorder.results:
         if error is not None:
             # Sent but not recorded: the next cycle sends again (better twice than never).
             log.error("welcome_email_not_recorded", email=email, error=str(error))

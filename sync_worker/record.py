@@ -28,10 +28,13 @@ FAILURES_TABLE = "crm_sync_failures"
 
 
 class SentEmail(NamedTuple):
-    """A welcome email the mail server accepted: to whom, and which kind."""
+    """A welcome email the mail server accepted: to whom, which kind, in which run, and its
+    Message-ID (kept in the history, `crm_sync_welcome_emails`)."""
 
     email: str
     kind: str
+    run_id: str | None = None
+    message_id: str | None = None
 
 
 class EnrolmentStore(Protocol):

@@ -74,6 +74,8 @@ class RunHistory:
         status: Outcome,
         report: CycleReport | None,
         error: str | None = None,
+        *,
+        counts: dict[str, Any] | None = None,
     ) -> None:
         if history_id is None:
             return
@@ -82,7 +84,7 @@ class RunHistory:
             "status": status.value,
             # An error's text may quote what a server said back; no secret is ever stored.
             "error": mask_secrets.mask_text(error) if error else None,
-            "counts": report.log_fields() | {"run_id": report.run_id} if report else {},
+            "counts": report.log_fields() | {"run_id": report.run_id} if report else counts or {},
         }
         try:
             self._api.update(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hmac
 from collections.abc import Callable
 from contextlib import AbstractContextManager
+from email.utils import parseaddr
 from types import TracebackType
 
 from sync_worker.config import CrmSettings, EmailBackend, Settings
@@ -45,6 +46,7 @@ def cycle_options(settings: Settings, *, allow_mass_deactivation: bool = False) 
         shard=(settings.sync_shard_index, settings.sync_shard_count),
         credential_key=credential_key(settings),
         setup_link_reuse_seconds=settings.setup_link_reuse_seconds,
+        message_domain=parseaddr(settings.email_from)[1].rpartition("@")[2],
     )
 
 

@@ -39,6 +39,7 @@ class CycleTally:
     """What happened to whom in this cycle, collected while the phases run."""
 
     outage_threshold: int = OUTAGE_THRESHOLD
+    run_id: str | None = None  # the run every accepted email is recorded under
     created: list[str] = field(default_factory=list)
     linked: list[str] = field(default_factory=list)
     taken_over: list[str] = field(default_factory=list)

@@ -295,14 +295,22 @@ def render_status(report: StatusReport, *, width: int = RENDER_WIDTH) -> str:
     return plain_text(buffer)
 
 
-def status_command(settings: SupabaseSettings, *, as_json: bool) -> int:
-    """`crm-sync status [--json]`: prints the status and returns exit code 0.
+def status_command(settings: SupabaseSettings, *, as_json: bool, email: str | None = None) -> int:
+    """`crm-sync status [EMAIL] [--json]`: prints the status (or one customer's story) and
+    returns exit code 0.
 
     Raises:
+        ConfigError: EMAIL is not an email address (exit 2).
         DependencyUnavailable: Supabase could not be read (exit 69).
     """
     api = SupabaseApi(settings.supabase_url, settings.supabase_service_role_key.get_secret_value())
     try:
+        if email is not None:
+            from sync_worker.support import render_story, story  # noqa: PLC0415
+
+            found = story(api, email)
+            print(found.model_dump_json(indent=2) if as_json else render_story(found))
+            return ExitCode.OK
         report = collect_status(api)
     except SupabaseError as exc:
         raise unavailable(exc) from exc

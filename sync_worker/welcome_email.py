@@ -27,7 +27,7 @@ from string import Template
 from typing import Literal
 
 from sync_worker.config import MASK
-from sync_worker.customers import clean_name
+from sync_worker.customers import Credentials, clean_name
 
 __all__ = [
     "MORE_CREDITS",
@@ -217,6 +217,32 @@ who can read this inbox can do that.</p>
 page once you are signed in.</p>""")
 
 
+def compose(
+    *,
+    to: str,
+    name: str | None,
+    credentials: Credentials,
+    credits: int,
+    login_url: str,
+    password_reset_url: str,
+    initial_credits: int,
+) -> WelcomeEmail:
+    """The welcome email of one customer (pure): their credentials, or the credits added to
+    an account they already use, with the reset path for such an account."""
+    added = credentials.kind == "credits_added"
+    return WelcomeEmail(
+        to=to,
+        name=name,
+        kind=credentials.kind,
+        login_url=login_url,
+        credits=credits,
+        temporary_password=credentials.temporary_password,
+        setup_link=credentials.setup_link,
+        credits_granted=initial_credits if added else None,
+        password_reset_url=password_reset_url if added else None,
+    )
+
+
 def render_subject(email: WelcomeEmail) -> str:
     """The subject line for `email`."""
     if email.kind == "new_account":
@@ -283,7 +309,7 @@ def render(email: WelcomeEmail, sender: str, *, smtputf8: bool = False) -> bytes
     message["From"] = _address(sender_name, sender_address or sender, smtputf8=smtputf8)
     message["To"] = _address(_clean_name(email.name) or "", email.to, smtputf8=smtputf8)
     message["Date"] = formatdate(usegmt=True)
-    message["Message-ID"] = message_id(email, sender_address)
+    message["Message-ID"] = message_id(email, _domain_of(sender_address))
     for part in parts:
         message.attach(part)
     for name, value in message.items():
@@ -292,14 +318,14 @@ def render(email: WelcomeEmail, sender: str, *, smtputf8: bool = False) -> bytes
     return message.as_bytes(policy=_UTF8_POLICY if smtputf8 else _ASCII_POLICY)
 
 
-def message_id(email: WelcomeEmail, sender_address: str) -> str:
+def message_id(email: WelcomeEmail, domain: str) -> str:
     """The same for every sending of the same email (recipient, kind, credential, credits), so
     that mail systems which fold duplicates by Message-ID fold a re-sent one; another email
-    gets another. Only digests, never a credential. The sender's domain is what receivers
+    gets another. Only digests, never a credential. `domain` is the sender's, as receivers
     expect (make_msgid's default, socket.getfqdn(), is a DNS lookup that can stall)."""
     material = f"{email.idempotency_key}:{email.credits}:{email.credits_granted}"
     digest = hashlib.sha256(material.encode()).hexdigest()[:32]
-    return f"<crm-welcome.{digest}@{_domain_of(sender_address)}>"
+    return f"<crm-welcome.{digest}@{domain or 'crm-sync.localhost'}>"
 
 
 def _text_part(body: str, subtype: str) -> MIMENonMultipart:

@@ -250,11 +250,11 @@ class FakeStore:
     def record_welcome_emails(self, sent: Sequence[SentEmail]) -> list[str]:
         """One call: refused as a whole when any of its emails has a `record_email_error`."""
         self.writes.append("record_welcome_emails")
-        for email, _ in sent:
+        for email, *_ in sent:
             if email in self.record_email_error:
                 raise self.record_email_error[email]
         recorded = []
-        for email, _ in sent:
+        for email, *_ in sent:
             row = self.tracking[email]
             if row.welcome_email_status != "sent":
                 self.tracking[email] = replace(row, welcome_email_status="sent")

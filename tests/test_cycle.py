@@ -600,3 +600,59 @@ def test_a_setup_link_sent_again_is_the_same_link_and_still_works(
     run(settings_for(sandbox, crm_url, credentials_mode="setup_link", setup_link_reuse_seconds=0))
     third = text_of(mail_to(sandbox, "lia@example.com")[-1])
     assert re.findall(r"https?://\S+token_hash=\S+", third) != [link]
+
+
+def test_support_resends_a_welcome_email_and_tells_a_customers_story(
+    sandbox: Sandbox, crm_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 19, item 7: `crm-sync resend EMAIL` and `crm-sync status EMAIL`."""
+    from sync_worker.errors import ConfigError
+    from sync_worker.support import resend
+
+    add_sales(crm_url, ("sue@example.com", "Sue", 1, None))
+    settings = settings_for(sandbox, crm_url)
+    first_run = run(settings)
+    [first] = mail_to(sandbox, "sue@example.com")
+    with LiveServices(settings, policy=FAST) as live:
+        # Never signed in: the same credentials again, so the first email still works.
+        assert resend(live, " Sue@Example.com", worker="support", run_id="resend-1", ttl=5) == (
+            "new_account"
+        )
+        with pytest.raises(ConfigError, match="not an enrolled customer"):
+            resend(live, "nobody@example.com", worker="support", run_id="resend-x", ttl=5)
+        with pytest.raises(ConfigError, match="EMAIL"):
+            resend(live, "not an email", worker="support", run_id="resend-y", ttl=5)
+    again = mail_to(sandbox, "sue@example.com")[-1]
+    assert password_in(again) == password_in(first)
+    assert again["Message-ID"] == first["Message-ID"]
+    sign_in(sandbox, "sue@example.com", password_in(first))
+    # Signed in now: a re-send adds no credentials, it says where the credits went.
+    with LiveServices(settings, policy=FAST) as live:
+        assert resend(live, "sue@example.com", worker="support", run_id="resend-2", ttl=5) == (
+            "credits_added"
+        )
+    assert len(mail_to(sandbox, "sue@example.com")) == 3
+    assert query(
+        sandbox, "select run_id, status from public.crm_sync_runs order by started_at"
+    ) == [
+        ("resend-1", "succeeded"),
+        ("resend-x", "failed"),
+        ("resend-2", "succeeded"),
+    ]
+    capsys.readouterr()
+    assert status_command(settings, as_json=True, email="sue@example.com") == 0
+    story = json.loads(capsys.readouterr().out)
+    assert story["account"]["created_by_crm_sync"] is True
+    assert story["account"]["last_sign_in_at"] is not None
+    assert story["tracking"]["account_origin"] == "created"
+    assert [(e["kind"], e["run_id"]) for e in story["welcome_emails"]] == [
+        ("new_account", first_run.run_id),
+        ("new_account", "resend-1"),
+        ("credits_added", "resend-2"),
+    ]
+    ids = [e["message_id"] for e in story["welcome_emails"]]
+    assert ids[0] == ids[1] == first["Message-ID"] != ids[2]
+    assert status_command(settings, as_json=False, email="sue@example.com") == 0
+    text = capsys.readouterr().out
+    assert "created by crm-sync" in text
+    assert "resend-2" in text

@@ -1,0 +1,220 @@
+"""Support commands about one customer: `crm-sync resend EMAIL` and `crm-sync status EMAIL`.
+
+`resend` sends a customer's welcome email again on demand (it never arrived, a setup link
+expired): under the lease and in the run history like any run, with the credentials a welcome
+email would carry now (the same temporary password as before while they never signed in; the
+"credits added" email once they have). `story` reads what is stored about one customer, so
+support can answer "I never got my login" without reading logs.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+from pydantic import BaseModel, Field
+
+from sync_worker.customers import Outcome, normalise_email
+from sync_worker.display import printable
+from sync_worker.errors import ConfigError
+from sync_worker.lease import SyncLease
+from sync_worker.provision import issue_credentials
+from sync_worker.record import SentEmail
+from sync_worker.runs import RunHistory
+from sync_worker.services import LiveServices
+from sync_worker.supabase_api import SupabaseApi
+from sync_worker.welcome_email import compose, message_id
+
+log = structlog.get_logger("crm_sync.support")
+
+
+def customer_email(raw: str) -> str:
+    """The normalised email a support command is about.
+
+    Raises:
+        ConfigError: it is not an email address (exit 2).
+    """
+    email, reason = normalise_email(raw)
+    if email is None:
+        raise ConfigError([f"EMAIL: {reason or 'is not an email address'}"])
+    return email
+
+
+def resend(live: LiveServices, raw_email: str, *, worker: str, run_id: str, ttl: int) -> str:
+    """Sends the customer's welcome email again; returns its kind.
+
+    Raises:
+        ConfigError: not an enrolled, active customer (exit 2; nothing was sent).
+        LeaseHeld: another run holds the lease (exit 75).
+        SupabaseError, MailError: a call failed (the run is recorded as failed).
+    """
+    email = customer_email(raw_email)
+    options = live.options
+    services = live.for_cycle()
+    lease = SyncLease(live.api, worker, ttl, shard=options.shard)
+    history = RunHistory(live.api, worker, options.shard)
+    with lease.held():
+        history_id = history.start(run_id, datetime.now(UTC))
+        try:
+            tracked = services.lookup_tracking([email]).get(email)
+            if tracked is None:
+                raise ConfigError([f"{email} is not an enrolled customer: nothing to re-send"])
+            if not tracked.is_active:
+                raise ConfigError([f"{email} was deactivated: nothing to re-send"])
+            credentials = issue_credentials(
+                services.provisioner,
+                email=email,
+                user_id=tracked.user_id,
+                origin=tracked.account_origin,
+                mode=options.credentials_mode,
+                fresh_password=None,
+                setup_url=options.setup_url or options.login_url,
+                key=options.credential_key,
+                setup_link_reuse_seconds=options.setup_link_reuse_seconds,
+            )
+            message = compose(
+                to=email,
+                name=tracked.full_name,
+                credentials=credentials,
+                credits=tracked.credits_remaining,
+                login_url=options.login_url,
+                password_reset_url=options.password_reset_url,
+                initial_credits=options.initial_credits,
+            )
+            services.mailer.send(message)
+            services.store.record_welcome_emails(
+                [
+                    SentEmail(
+                        email, message.kind, run_id, message_id(message, options.message_domain)
+                    )
+                ]
+            )
+        except Exception as exc:
+            history.finish(history_id, datetime.now(UTC), Outcome.FAILED, None, str(exc))
+            raise
+        finally:
+            services.mailer.close()
+        history.finish(
+            history_id,
+            datetime.now(UTC),
+            Outcome.SUCCEEDED,
+            None,
+            counts={"resent": 1, "kind": message.kind},
+        )
+    log.info("welcome_email_resent", email=email, kind=message.kind)
+    return message.kind
+
+
+class SentWelcomeEmail(BaseModel):
+    kind: str
+    sent_at: datetime
+    run_id: str | None = None
+    message_id: str | None = None
+
+
+class CustomerStory(BaseModel):
+    """What is stored about one customer, from their account to their last email."""
+
+    email: str
+    account: dict[str, Any] | None = None  # who holds the email in Auth, and how
+    tracking: dict[str, Any] | None = None  # enrolment, credits, activity
+    welcome_emails: list[SentWelcomeEmail] = Field(default_factory=list)
+    failure: dict[str, Any] | None = None
+
+
+def story(api: SupabaseApi, raw_email: str) -> CustomerStory:
+    """Reads one customer's story (see `CustomerStory`)."""
+    email = customer_email(raw_email)
+    holders = api.rpc("crm_sync_find_auth_account", {"p_email": email}, operation="find account")
+    account = None
+    for holder in holders or []:
+        metadata = holder.get("app_metadata") or {}
+        account = {
+            "user_id": holder.get("user_id"),
+            "holds_it_as": "its email" if holder.get("via") == "user" else "an identity",
+            "provider": holder.get("provider"),
+            "email_confirmed_at": holder.get("email_confirmed_at"),
+            "last_sign_in_at": holder.get("last_sign_in_at"),
+            "created_by_crm_sync": metadata.get("created_by") == "crm-sync",
+            "taken_over_by_crm_sync": metadata.get("taken_over_by") == "crm-sync",
+        }
+        break
+    columns = (
+        "email,user_id,full_name,crm_lead_id,credits_remaining,is_active,deactivated_at,"
+        "account_origin,welcome_email_status,welcome_email_kind,welcome_email_sent_at,"
+        "created_at,last_sync_at"
+    )
+    tracking = next(
+        iter(
+            api.select("digital_resume_by_crm", columns, order=("email",), where={"email": email})
+        ),
+        None,
+    )
+    emails = [
+        SentWelcomeEmail(**row)
+        for row in api.select(
+            "crm_sync_welcome_emails",
+            "kind,sent_at,run_id,message_id",
+            order=("sent_at", "id"),
+            where={"email": email},
+            operation="read welcome emails",
+        )
+    ]
+    failure = next(
+        iter(
+            api.select(
+                "crm_sync_failures",
+                "step,reason,attempts,first_failed_at,last_failed_at,next_attempt_at,parked_at",
+                order=("email",),
+                where={"email": email},
+            )
+        ),
+        None,
+    )
+    return CustomerStory(
+        email=email, account=account, tracking=tracking, welcome_emails=emails, failure=failure
+    )
+
+
+def render_story(found: CustomerStory) -> str:
+    """The story as plain lines; each line is escaped whole, so no stored value (a server's
+    reply in a failure reason) can add a line or a terminal control of its own."""
+    lines = [f"crm-sync status of {found.email}"]
+    if found.account is None:
+        lines.append("  account: none in Supabase Auth")
+    else:
+        a = found.account
+        origin = (
+            "taken over by crm-sync"
+            if a["taken_over_by_crm_sync"]
+            else "created by crm-sync"
+            if a["created_by_crm_sync"]
+            else "not crm-sync's"
+        )
+        lines.append(
+            f"  account: {a['user_id']} (holds the address as {a['holds_it_as']},"
+            f" {origin}); confirmed {a['email_confirmed_at'] or 'no'};"
+            f" last sign-in {a['last_sign_in_at'] or 'never'}"
+        )
+    if found.tracking is None:
+        lines.append("  enrolment: not enrolled")
+    else:
+        t = found.tracking
+        state = "active" if t["is_active"] else f"deactivated at {t['deactivated_at']}"
+        lines.append(
+            f"  enrolment: {t['account_origin']} at {t['created_at']}, {state};"
+            f" {t['credits_remaining']} credits; welcome email {t['welcome_email_status']}"
+        )
+    if not found.welcome_emails:
+        lines.append("  welcome emails: none sent")
+    for sent in found.welcome_emails:
+        lines.append(
+            f"  welcome email: {sent.kind} at {sent.sent_at:%Y-%m-%d %H:%M:%S} UTC,"
+            f" run {sent.run_id or '-'}, Message-ID {sent.message_id or '-'}"
+        )
+    if found.failure is not None:
+        f = found.failure
+        state = "parked" if f["parked_at"] else f"retried after {f['next_attempt_at']}"
+        lines.append(f"  failing: {f['step']} ({f['attempts']} attempts, {state}): {f['reason']}")
+    return "\n".join(printable(line) for line in lines)
