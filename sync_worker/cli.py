@@ -26,6 +26,8 @@ commands:
   status [EMAIL] [--json]    last runs, pending and failed customers, monitoring queries;
                              with EMAIL: that customer's story (account, enrolment, emails)
   resend EMAIL               send a customer's welcome email again (it never arrived)
+  deactivations [--json]     the deactivations a tripped guard held back, per run
+  deactivations --approve RUN_ID   deactivate exactly that run's held-back set
   verify [--repair]          check credits, stats and isolation; --repair fixes stats and mirrors
   config                     print the effective configuration, secrets masked
 
@@ -68,6 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
     status = commands.add_parser("status", help="last runs and pending/failed customers")
     status.add_argument("email", nargs="?", help="one customer's story instead")
     status.add_argument("--json", action="store_true", help="machine-readable output")
+
+    held = commands.add_parser("deactivations", help="held-back deactivations; --approve")
+    held.add_argument("--json", action="store_true", help="machine-readable output")
+    held.add_argument("--approve", metavar="RUN_ID", help="deactivate exactly this run's set")
 
     resend = commands.add_parser("resend", help="send a customer's welcome email again")
     resend.add_argument("email", help="the customer's email")

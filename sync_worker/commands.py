@@ -14,7 +14,7 @@ import structlog
 
 from sync_worker import config
 from sync_worker.display import printable
-from sync_worker.errors import ConfigError, ExitCode, KeyRefused, SyncError
+from sync_worker.errors import ConfigError, ExitCode, KeyRefused, SupabaseError, SyncError
 from sync_worker.lease import worker_id
 from sync_worker.logs import configure_logging, mask_secrets
 from sync_worker.runner import run_guarded_cycle
@@ -98,6 +98,49 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return status_command(settings, as_json=args.json, email=args.email)
 
 
+def _cmd_deactivations(args: argparse.Namespace) -> int:
+    """`crm-sync deactivations [--json]` lists the held-back sets; `--approve RUN_ID` runs one
+    cycle that deactivates exactly that set (those of it still not eligible)."""
+    import dataclasses  # noqa: PLC0415
+
+    from sync_worker.support import approved_set, held_deactivations, render_held  # noqa: PLC0415
+
+    settings = config.load(config.Settings if args.approve else config.SupabaseSettings)
+    _configure(settings, *settings.secret_values())
+    if not args.approve:
+        from sync_worker.status import unavailable  # noqa: PLC0415
+        from sync_worker.supabase_api import SupabaseApi  # noqa: PLC0415
+
+        api = SupabaseApi(
+            settings.supabase_url, settings.supabase_service_role_key.get_secret_value()
+        )
+        try:
+            sets = held_deactivations(api)
+        except SupabaseError as exc:
+            raise unavailable(exc) from exc
+        finally:
+            api.close()
+        if args.json:
+            print("[" + ",".join(s.model_dump_json() for s in sets) + "]")
+        else:
+            print(render_held(sets))
+        return ExitCode.OK
+    assert isinstance(settings, config.Settings)
+    with LiveServices(settings) as services:
+        approved = approved_set(services.api, args.approve)
+        services.options = dataclasses.replace(services.options, approved_deactivations=approved)
+        report = run_guarded_cycle(
+            services,
+            worker=worker_id(),
+            run_id=args.run_id,
+            lease_ttl_seconds=settings.sync_lease_ttl_seconds,
+        )
+        if report.aborted is None:  # the set was acted on: it is no longer pending review
+            services.api.delete_in("crm_sync_held_deactivations", "run_id", [args.approve])
+    print(report.render())
+    return report.exit_code
+
+
 def _cmd_resend(args: argparse.Namespace) -> int:
     from sync_worker.support import resend  # noqa: PLC0415 (this command's own)
 
@@ -130,6 +173,7 @@ def _configure(settings: config.LoggingSettings, *secrets: str) -> None:
 _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "config": _cmd_config,
     "migrate": _cmd_migrate,
+    "deactivations": _cmd_deactivations,
     "resend": _cmd_resend,
     "run": _cmd_run,
     "status": _cmd_status,

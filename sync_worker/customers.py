@@ -117,6 +117,12 @@ class InvalidCrmRow:
     reason: str
     lead_id: str | None = None
 
+    def key(self, reported_by: str) -> str:
+        """Names this report (the shard, the raw email, the lead id, the reason): a row that
+        changes is a new report."""
+        material = "\x00".join((reported_by, self.raw_email or "", self.lead_id or "", self.reason))
+        return hashlib.sha256(material.encode()).hexdigest()[:32]
+
 
 @dataclass(slots=True)
 class CrmSnapshot:

@@ -30,6 +30,7 @@ from sync_worker.customers import (
     CustomerFailure,
     Enrolment,
     EnrolmentResult,
+    InvalidCrmRow,
     LayoutFigures,
     Step,
     TrackedCustomer,
@@ -90,6 +91,9 @@ class CycleOptions:
     credential_key: bytes = field(default=b"", repr=False)
     setup_link_reuse_seconds: int = 1800
     message_domain: str = ""  # the sender's domain, for Message-IDs
+    # `crm-sync deactivations --approve RUN_ID`: deactivate exactly this held-back set (those of
+    # it still not eligible), and nobody else this run.
+    approved_deactivations: frozenset[str] | None = None
     initial_credits: int = 4
     credentials_mode: CredentialsMode = CredentialsMode.TEMPORARY_PASSWORD
     send_email: bool = True
@@ -172,13 +176,18 @@ def run_cycle(
             shard_count=count,
             layout=_layout_figures(options, services, plan, run_id, dry_run),
         )
-        if guard.held and not options.allow_mass_deactivation:
+        approved = options.approved_deactivations
+        if approved is not None:
+            pass  # an operator approved exactly this set: the guard decided it already
+        elif guard.held and not options.allow_mass_deactivation:
             log.warning("deactivation_held_back", reason=guard.held)
             report.deactivation_blocked = guard.held
+            if not dry_run:
+                _hold_deactivations(services, plan, run_id)
         elif guard.deferred and not options.allow_mass_deactivation:
             log.info("deactivation_deferred", reason=guard.deferred)
             report.deactivation_deferred = guard.deferred
-        for row in builder.tally.invalid:
+        for row in _newly_invalid(options, services, builder.tally.invalid, dry_run):
             log.warning("crm_row_invalid", email=row.raw_email, reason=row.reason)
         if dry_run:
             report.finish(services.clock(), time.monotonic() - began, plan_preview=plan)
@@ -189,7 +198,7 @@ def run_cycle(
             _new_customers_phase(options, services, plan, tally)
             _existing_customers_phase(options, services, plan, tally)
             if report.deactivation_blocked is None and report.deactivation_deferred is None:
-                _deactivate_phase(services, plan, tally)
+                _deactivate_phase(services, plan, tally, approved)
         finally:
             services.mailer.close()
         settlement = settle(plan, tally, services.clock(), options.max_attempts)
@@ -535,9 +544,15 @@ def _send(
         log.info("welcome_email_sent", email=email, kind=kind)
 
 
-def _deactivate_phase(services: CycleServices, plan: SyncPlan, tally: CycleTally) -> None:
-    """Marks the customers who are no longer eligible as inactive (nothing is deleted)."""
-    emails = [s.email for s in plan.of(Action.DEACTIVATE)]
+def _deactivate_phase(
+    services: CycleServices,
+    plan: SyncPlan,
+    tally: CycleTally,
+    only: frozenset[str] | None = None,
+) -> None:
+    """Marks the customers who are no longer eligible as inactive (nothing is deleted); with
+    `only`, just those of them (an approved held-back set)."""
+    emails = [s.email for s in plan.of(Action.DEACTIVATE) if only is None or s.email in only]
     if not emails or _stopping(services, tally):
         return
     try:
@@ -547,6 +562,34 @@ def _deactivate_phase(services: CycleServices, plan: SyncPlan, tally: CycleTally
             tally.fail(_failure(email, Step.DEACTIVATE, exc), in_a_row=False)
     for email in tally.deactivated:
         log.info("customer_deactivated", email=email)
+
+
+def _newly_invalid(
+    options: CycleOptions,
+    services: CycleServices,
+    invalid: Sequence[InvalidCrmRow],
+    dry_run: bool,
+) -> Sequence[InvalidCrmRow]:
+    """The invalid CRM rows to warn about: those that appeared or changed since the last
+    cycle (the current list is kept for `crm-sync status`); every one on a dry run, or when
+    the list cannot be kept."""
+    if dry_run:
+        return invalid
+    index, count = options.shard
+    try:
+        return services.store.report_invalid_rows(f"{index}/{count}", invalid)
+    except SupabaseError as exc:
+        log.warning("invalid_rows_not_kept", error=str(exc))
+        return invalid
+
+
+def _hold_deactivations(services: CycleServices, plan: SyncPlan, run_id: str) -> None:
+    """Keeps the set the guard held back, for `crm-sync deactivations` to list and approve."""
+    emails = [s.email for s in plan.of(Action.DEACTIVATE)]
+    try:
+        services.store.hold_deactivations(run_id, emails)
+    except SupabaseError as exc:
+        log.error("held_deactivations_not_recorded", error=str(exc), count=len(emails))
 
 
 def _store_settlement(store: EnrolmentStore, settlement: Settlement) -> None:

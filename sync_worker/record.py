@@ -13,6 +13,7 @@ from sync_worker.customers import (
     Enrolment,
     EnrolmentResult,
     EnrolOutcome,
+    InvalidCrmRow,
     LayoutFigures,
     ShardFigures,
 )
@@ -54,6 +55,12 @@ class EnrolmentStore(Protocol):
         self, shard: tuple[int, int], run_id: str, figures: ShardFigures, *, record: bool
     ) -> LayoutFigures: ...
 
+    def hold_deactivations(self, run_id: str, emails: Sequence[str]) -> None: ...
+
+    def report_invalid_rows(
+        self, reported_by: str, rows: Sequence[InvalidCrmRow]
+    ) -> list[InvalidCrmRow]: ...
+
 
 def enrolment_result(row: dict[str, Any]) -> EnrolmentResult:
     """One row of `enrol_crm_customers`' answer."""
@@ -91,6 +98,56 @@ class SupabaseStore:
 
     def __init__(self, api: SupabaseApi) -> None:
         self._api = api
+
+    def report_invalid_rows(
+        self, reported_by: str, rows: Sequence[InvalidCrmRow]
+    ) -> list[InvalidCrmRow]:
+        """Keeps this shard's list of CRM rows that cannot be used; returns those new to it
+        (appeared or changed). Writes only when the list changed."""
+        known = {
+            row["row_key"]
+            for row in self._api.select(
+                "crm_sync_invalid_rows",
+                "row_key",
+                order=("row_key",),
+                where={"reported_by": reported_by},
+                operation="read invalid rows",
+            )
+        }
+        current = {row.key(reported_by): row for row in rows}
+        new = [row for key, row in current.items() if key not in known]
+        if new:
+            self._api.upsert(
+                "crm_sync_invalid_rows",
+                [
+                    {
+                        "reported_by": reported_by,
+                        "row_key": row.key(reported_by),
+                        "raw_email": row.raw_email,
+                        "lead_id": row.lead_id,
+                        "reason": row.reason,
+                    }
+                    for row in new
+                ],
+                on_conflict="reported_by,row_key",
+                ignore_duplicates=True,
+                operation="keep invalid rows",
+            )
+        gone = sorted(known - set(current))
+        if gone:
+            self._api.delete_in("crm_sync_invalid_rows", "row_key", gone)
+        return new
+
+    def hold_deactivations(self, run_id: str, emails: Sequence[str]) -> None:
+        """Keeps the deactivations a tripped guard held back, under the run's id."""
+        for start in range(0, len(emails), RECORD_BATCH_SIZE):
+            self._api.upsert(
+                "crm_sync_held_deactivations",
+                [{"run_id": run_id, "email": e} for e in emails[start : start + RECORD_BATCH_SIZE]],
+                on_conflict="run_id,email",
+                ignore_duplicates=True,
+                operation="hold deactivations",
+            )
 
     def layout_figures(
         self, shard: tuple[int, int], run_id: str, figures: ShardFigures, *, record: bool

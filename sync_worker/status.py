@@ -89,6 +89,16 @@ class MonitoringFigures(BaseModel):
     credit_distribution: list[CreditBucket] = Field(default_factory=list)
 
 
+class InvalidRow(BaseModel):
+    """A CRM row that cannot be used, as the last cycle of its shard found it."""
+
+    reported_by: str
+    raw_email: str | None = None
+    lead_id: str | None = None
+    reason: str
+    first_seen_at: datetime
+
+
 class StatusReport(BaseModel):
     """Everything `crm-sync status` shows."""
 
@@ -96,6 +106,7 @@ class StatusReport(BaseModel):
     runs: list[RunLine] = Field(default_factory=list)
     pending: list[PendingCustomer] = Field(default_factory=list)
     failed: list[CustomerFailure] = Field(default_factory=list)
+    invalid_rows: list[InvalidRow] = Field(default_factory=list)
     monitoring: MonitoringFigures = Field(default_factory=MonitoringFigures)
 
 
@@ -203,8 +214,34 @@ def collect_status(api: SupabaseApi, *, runs: int = 10) -> StatusReport:
         runs=_runs(api, runs) if runs > 0 else [],
         pending=_pending(api),
         failed=_failed(api),
+        invalid_rows=[
+            InvalidRow(**row)
+            for row in api.select(
+                "crm_sync_invalid_rows",
+                "reported_by,raw_email,lead_id,reason,first_seen_at",
+                order=("first_seen_at", "reported_by", "row_key"),
+                operation="read invalid rows",
+            )
+        ],
         monitoring=_monitoring(api),
     )
+
+
+def _print_invalid_rows(console: Any, report: StatusReport) -> None:
+    invalid = titled_table(f"CRM rows that cannot be used: {len(report.invalid_rows)}")
+    invalid.add_column("email", overflow="fold")
+    invalid.add_column("lead id", overflow="fold")
+    invalid.add_column("since", no_wrap=True)
+    invalid.add_column("reason", overflow="fold")
+    for row in report.invalid_rows[:SHOWN_ROWS]:
+        add_text_row(
+            invalid,
+            row.raw_email if row.raw_email is not None else "(no email)",
+            row.lead_id or "-",
+            _shown(row.first_seen_at),
+            row.reason,
+        )
+    _print(console, invalid, len(report.invalid_rows), "none")
 
 
 def render_status(report: StatusReport, *, width: int = RENDER_WIDTH) -> str:
@@ -271,6 +308,8 @@ def render_status(report: StatusReport, *, width: int = RENDER_WIDTH) -> str:
             failure.reason,
         )
     _print(console, failed, len(report.failed), "none")
+
+    _print_invalid_rows(console, report)
 
     figures = report.monitoring
     users = titled_table("CRM user count")

@@ -218,3 +218,66 @@ def render_story(found: CustomerStory) -> str:
         state = "parked" if f["parked_at"] else f"retried after {f['next_attempt_at']}"
         lines.append(f"  failing: {f['step']} ({f['attempts']} attempts, {state}): {f['reason']}")
     return "\n".join(printable(line) for line in lines)
+
+
+class HeldDeactivations(BaseModel):
+    """The deactivations one run's tripped guard held back."""
+
+    run_id: str
+    held_at: datetime
+    emails: list[str]
+
+
+def held_deactivations(api: SupabaseApi, *, runs: int = 5) -> list[HeldDeactivations]:
+    """The held-back sets of the last `runs` runs whose guard tripped, newest first."""
+    found: dict[str, HeldDeactivations] = {}
+    for row in api.select(
+        "crm_sync_held_deactivations",
+        "run_id,email,held_at",
+        order=("held_at.desc", "run_id", "email"),
+        operation="read held deactivations",
+    ):
+        held = found.get(row["run_id"])
+        if held is None:
+            if len(found) == runs:
+                break
+            held = found[row["run_id"]] = HeldDeactivations(
+                run_id=row["run_id"], held_at=row["held_at"], emails=[]
+            )
+        held.emails.append(row["email"])
+    return list(found.values())
+
+
+def render_held(sets: list[HeldDeactivations]) -> str:
+    if not sets:
+        return "No deactivations are held back."
+    lines = []
+    for held in sets:
+        lines.append(
+            f"run {held.run_id} at {held.held_at:%Y-%m-%d %H:%M:%S} UTC held back"
+            f" {len(held.emails)} deactivations (approve: crm-sync deactivations --approve"
+            f" {held.run_id}):"
+        )
+        lines.extend(f"  {email}" for email in sorted(held.emails))
+    return "\n".join(printable(line) for line in lines)
+
+
+def approved_set(api: SupabaseApi, run_id: str) -> frozenset[str]:
+    """The set a run held back, to approve.
+
+    Raises:
+        ConfigError: that run held nothing back (exit 2).
+    """
+    emails = frozenset(
+        row["email"]
+        for row in api.select(
+            "crm_sync_held_deactivations",
+            "email",
+            order=("email",),
+            where={"run_id": run_id},
+            operation="read held deactivations",
+        )
+    )
+    if not emails:
+        raise ConfigError([f"run {run_id!r} held no deactivations back: nothing to approve"])
+    return emails

@@ -21,6 +21,7 @@ from sync_worker.customers import (
     EnrolmentResult,
     EnrolOutcome,
     IdentityHolder,
+    InvalidCrmRow,
     LayoutFigures,
     ShardFigures,
     TrackedCustomer,
@@ -156,6 +157,20 @@ class FakeStore:
     # crm_sync_shard_figures: (count, index) -> (when recorded, as a sequence number, figures)
     shard_figures: dict[tuple[int, int], tuple[int, ShardFigures]] = field(default_factory=dict)
     _recorded: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+    held: dict[str, set[str]] = field(default_factory=dict)  # crm_sync_held_deactivations
+    invalid_rows: dict[str, dict[str, InvalidCrmRow]] = field(default_factory=dict)
+
+    def report_invalid_rows(
+        self, reported_by: str, rows: Sequence[InvalidCrmRow]
+    ) -> list[InvalidCrmRow]:
+        known = self.invalid_rows.setdefault(reported_by, {})
+        current = {row.key(reported_by): row for row in rows}
+        new = [row for key, row in current.items() if key not in known]
+        self.invalid_rows[reported_by] = current
+        return new
+
+    def hold_deactivations(self, run_id: str, emails: Sequence[str]) -> None:
+        self.held.setdefault(run_id, set()).update(emails)
 
     def layout_figures(
         self, shard: tuple[int, int], run_id: str, figures: ShardFigures, *, record: bool

@@ -61,6 +61,7 @@ def clean(sandbox: Sandbox) -> Iterator[None]:
     with psycopg.connect(sandbox.db_url, autocommit=True) as conn:
         conn.execute("delete from auth.users")
         conn.execute("delete from public.crm_sync_failures")
+        conn.execute("delete from public.crm_sync_invalid_rows")
     sandbox.mail.clear()
     sandbox.faults.clear()
     sandbox.requests.reset()
@@ -656,3 +657,33 @@ def test_support_resends_a_welcome_email_and_tells_a_customers_story(
     text = capsys.readouterr().out
     assert "created by crm-sync" in text
     assert "resend-2" in text
+
+
+def test_an_invalid_crm_row_is_reported_when_it_appears_or_changes_and_listed_in_status(
+    sandbox: Sandbox, crm_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 19, item 7: not a warning on every cycle for ever; the current list in status."""
+    add_sales(crm_url, ("ok@example.com", None, 1, "AWL-1"), ("not-an-email", None, 1, "AWL-2"))
+    settings = settings_for(sandbox, crm_url)
+
+    def warnings() -> list[dict[str, Any]]:
+        stream = io.StringIO()
+        configure_logging("json", "INFO", secrets=settings.secret_values(), stream=stream)
+        run(settings)
+        lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+        return [line for line in lines if line["event"] == "crm_row_invalid"]
+
+    try:
+        assert [w["email"] for w in warnings()] == ["not-an-email"]
+        assert warnings() == []  # the same row, the next cycle: nothing new to say
+        with psycopg.connect(crm_url, autocommit=True) as conn:
+            conn.execute("update sales_closure set email = 'still@@bad' where lead_id = 'AWL-2'")
+        assert [w["email"] for w in warnings()] == ["still@@bad"]
+    finally:
+        configure_logging("console", "INFO")
+    capsys.readouterr()
+    assert status_command(settings, as_json=True) == 0
+    listed = json.loads(capsys.readouterr().out)["invalid_rows"]
+    assert [(r["raw_email"], r["lead_id"]) for r in listed] == [("still@@bad", "AWL-2")]
+    assert status_command(settings, as_json=False) == 0
+    assert "still@@bad" in capsys.readouterr().out

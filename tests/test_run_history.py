@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -207,3 +208,54 @@ def test_a_shards_start_leaves_its_live_siblings_running_and_keys_each_run_by_it
         ("sibling-run", "1/2", "running"),
     ]
     assert run_id in render_status(status)
+
+
+def test_an_operator_approves_exactly_the_held_back_set_they_reviewed(
+    sandbox: Sandbox,
+    crm_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Any,
+) -> None:
+    """Issue 19, item 7: `crm-sync deactivations` lists what a tripped guard held back, and
+    `--approve RUN_ID` deactivates that set (those of it still not eligible), nobody else."""
+    from sync_worker.cli import main
+
+    with psycopg.connect(sandbox.db_url, autocommit=True) as conn:  # this module's others
+        for table in ("auth.users", "public.crm_sync_failures", "public.crm_sync_lease"):
+            conn.execute(f"delete from {table}")
+    emails = [f"held{i:02}@example.com" for i in range(20)]
+    add_sales(crm_url, *[(e, None, 1) for e in emails])
+    monkeypatch.chdir(tmp_path)
+    for name, value in {
+        "CRM_DATABASE_URL": crm_url,
+        "CRM_ELIGIBILITY_COLUMN": "digital_resume_sale_value",
+        "SUPABASE_URL": sandbox.url,
+        "SUPABASE_SERVICE_ROLE_KEY": sandbox.service_role_key,
+        "EMAIL_BACKEND": "disabled",
+        "HEALTH_PORT": "0",
+        "LOG_FORMAT": "json",
+    }.items():
+        monkeypatch.setenv(name, value)
+    assert main(["--once"]) == 0
+    with psycopg.connect(crm_url, autocommit=True) as conn:
+        conn.execute("delete from sales_closure where email < 'held15'")  # 15 gone at once
+    assert main(["--once"]) == 1  # the guard trips
+    capsys.readouterr()
+    assert main(["deactivations", "--json"]) == 0
+    [held] = json.loads(capsys.readouterr().out)
+    assert sorted(held["emails"]) == emails[:15]
+    # Meanwhile one of them came back, and one more customer left: neither is in the review.
+    add_sales(crm_url, (emails[0], None, 1))
+    with psycopg.connect(crm_url, autocommit=True) as conn:
+        conn.execute("delete from sales_closure where email = %s", (emails[19],))
+    assert main(["deactivations", "--approve", "no-such-run"]) == 2
+    assert main(["deactivations", "--approve", held["run_id"]]) == 0
+    with psycopg.connect(sandbox.db_url) as conn:
+        inactive = conn.execute(
+            "select email from public.digital_resume_by_crm where not is_active order by email"
+        ).fetchall()
+    assert [e for (e,) in inactive] == emails[1:15]
+    capsys.readouterr()
+    assert main(["deactivations"]) == 0
+    assert "No deactivations are held back." in capsys.readouterr().out
