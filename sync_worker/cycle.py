@@ -174,7 +174,9 @@ def run_cycle(
             limit=options.deactivation_limit,
             max_percent=options.deactivation_max_percent,
             shard_count=count,
-            layout=_layout_figures(options, services, plan, run_id, dry_run),
+            layout=_layout_figures(
+                options, services, plan, run_id=run_id, started=started, dry_run=dry_run
+            ),
         )
         approved = options.approved_deactivations
         if approved is not None:
@@ -210,7 +212,13 @@ def run_cycle(
 
 
 def _layout_figures(
-    options: CycleOptions, services: CycleServices, plan: SyncPlan, run_id: str, dry_run: bool
+    options: CycleOptions,
+    services: CycleServices,
+    plan: SyncPlan,
+    *,
+    run_id: str,
+    started: datetime,
+    dry_run: bool,
 ) -> LayoutFigures | None:
     """A shard's figures recorded (not in a dry run) and its layout's read; None unsharded,
     or when they cannot be had (the guard then defers, and says so)."""
@@ -218,7 +226,7 @@ def _layout_figures(
         return None
     try:
         return services.store.layout_figures(
-            options.shard, run_id, shard_figures(plan), record=not dry_run
+            options.shard, run_id, shard_figures(plan), started, record=not dry_run
         )
     except SupabaseError as exc:
         log.warning("shard_figures_unavailable", error=str(exc))
@@ -515,6 +523,7 @@ def _send(
                     login_url=options.login_url,
                     password_reset_url=options.password_reset_url,
                     initial_credits=options.initial_credits,
+                    digest_key=options.credential_key,
                 )
                 services.mailer.send(message)
             except MailUnavailable as exc:

@@ -51,6 +51,8 @@ def resend(live: LiveServices, raw_email: str, *, worker: str, run_id: str, ttl:
     """
     email = customer_email(raw_email)
     options = live.options
+    if not options.send_email:
+        raise ConfigError(["EMAIL_BACKEND: is disabled, so no email can be re-sent"])
     services = live.for_cycle()
     lease = SyncLease(live.api, worker, ttl, shard=options.shard)
     history = RunHistory(live.api, worker, options.shard)
@@ -81,6 +83,7 @@ def resend(live: LiveServices, raw_email: str, *, worker: str, run_id: str, ttl:
                 login_url=options.login_url,
                 password_reset_url=options.password_reset_url,
                 initial_credits=options.initial_credits,
+                digest_key=options.credential_key,
             )
             services.mailer.send(message)
             services.store.record_welcome_emails(

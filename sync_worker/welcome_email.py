@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import email.policy
 import hashlib
+import hmac
 import re
 import secrets
 from dataclasses import dataclass, field
@@ -45,6 +46,8 @@ EmailKind = Literal["new_account", "credits_added"]
 MORE_CREDITS = 3
 MORE_CREDITS_PRICE = "$9.99"
 _IDEMPOTENCY_PREFIX = "crm-welcome-"
+# Keys the credential digests of an email built without a key of its own (tests, previews).
+_PROCESS_KEY = secrets.token_bytes(32)
 # A name longer than this is cut (with an ellipsis) in the To header and the greeting.
 MAX_NAME_LENGTH = 64
 
@@ -66,6 +69,10 @@ class WelcomeEmail:
         setup_link: for `new_account` in `setup_link` mode.
         password_reset_url: for `credits_added`: where to choose a new password (the app's
             "forgot password" page); without it, the sign-in page's "Forgot password?".
+        digest_key: keys the digests of the credential in the idempotency key and the
+            Message-ID (`CREDENTIALS_SECRET`'s key), so that neither gives the credential away
+            (a setup link's token is the hash of a 6-digit code: an unkeyed digest of it is
+            reversed in seconds). Without one, a key of this process alone is used.
     """
 
     to: str
@@ -77,6 +84,7 @@ class WelcomeEmail:
     setup_link: str | None = field(default=None, repr=False)
     credits_granted: int | None = None
     password_reset_url: str | None = None
+    digest_key: bytes = field(default=b"", repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.kind not in ("new_account", "credits_added"):
@@ -107,7 +115,8 @@ class WelcomeEmail:
         """
         credential = self.temporary_password or self.setup_link or ""
         material = f"{self.kind}:{self.to.strip().lower()}:{credential}"
-        return _IDEMPOTENCY_PREFIX + hashlib.sha256(material.encode()).hexdigest()[:32]
+        digest = hmac.digest(self.digest_key or _PROCESS_KEY, material.encode(), "sha256")
+        return _IDEMPOTENCY_PREFIX + digest.hex()[:32]
 
     def redacted(self) -> WelcomeEmail:
         """This email with the password and the setup link replaced by a mask, for display."""
@@ -226,6 +235,7 @@ def compose(
     login_url: str,
     password_reset_url: str,
     initial_credits: int,
+    digest_key: bytes = b"",
 ) -> WelcomeEmail:
     """The welcome email of one customer (pure): their credentials, or the credits added to
     an account they already use, with the reset path for such an account."""
@@ -240,6 +250,7 @@ def compose(
         setup_link=credentials.setup_link,
         credits_granted=initial_credits if added else None,
         password_reset_url=password_reset_url if added else None,
+        digest_key=digest_key,
     )
 
 
@@ -324,7 +335,7 @@ def message_id(email: WelcomeEmail, domain: str) -> str:
     gets another. Only digests, never a credential. `domain` is the sender's, as receivers
     expect (make_msgid's default, socket.getfqdn(), is a DNS lookup that can stall)."""
     material = f"{email.idempotency_key}:{email.credits}:{email.credits_granted}"
-    digest = hashlib.sha256(material.encode()).hexdigest()[:32]
+    digest = hashlib.sha256(material.encode()).hexdigest()[:32]  # of a keyed digest
     return f"<crm-welcome.{digest}@{domain or 'crm-sync.localhost'}>"
 
 

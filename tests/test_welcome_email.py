@@ -422,3 +422,18 @@ def test_a_name_that_carries_a_link_an_address_or_a_phone_number_is_no_greeting(
 def test_ordinary_names_still_greet(name: str) -> None:
     text, _ = render_bodies(new_account(name=name))
     assert text.startswith(f"Hello {name},\n")
+
+
+def test_the_credential_digests_are_keyed_so_they_give_nothing_away() -> None:
+    """A setup link's token is the hash of a 6-digit code: an unkeyed digest of the link in a
+    Message-ID or an idempotency key (logged by mail servers, quoted in replies) would be
+    reversed by trying every code. Both digests are keyed by CREDENTIALS_SECRET's key."""
+    import dataclasses
+    import hashlib
+
+    with_link = dataclasses.replace(new_account(password=None, link=SETUP_LINK), digest_key=b"k1")
+    material = f"new_account:{with_link.to}:{SETUP_LINK}"
+    assert hashlib.sha256(material.encode()).hexdigest()[:32] not in with_link.idempotency_key
+    other_key = dataclasses.replace(with_link, digest_key=b"k2")
+    assert other_key.idempotency_key != with_link.idempotency_key
+    assert dataclasses.replace(with_link).idempotency_key == with_link.idempotency_key
