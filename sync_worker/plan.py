@@ -330,10 +330,11 @@ def deactivation_guard(
     """The mass-deactivation guard over the whole CRM, whatever the shard layout.
 
     Unsharded, the plan is the whole CRM. A shard decides over the sum of every shard's
-    latest figures (`layout`), and only once every shard recorded figures since this shard's
-    previous record, which already planned these deactivations: then every shard's figures
-    include the change (shards run side by side, so on the first cycle a sibling's figures may
-    still be the ones from before it).
+    latest figures (`layout`), and only when its previous record already planned at least as
+    many deactivations and every shard recorded a CRM snapshot taken after that one: then
+    every shard's figures include the change (shards run side by side, so in the cycle that
+    first sees it a sibling's figures may still be from before it; and a previous record of
+    ordinary churn does not stand for a drop seen only now).
     """
     if shard_count <= 1:
         return GuardDecision(held=mass_deactivation(plan, limit=limit, max_percent=max_percent))
@@ -351,7 +352,7 @@ def deactivation_guard(
     )
     if held:
         return GuardDecision(held=held + " (over every shard)")
-    if not layout.previously_planned or layout.shards_since_previous < shard_count:
+    if layout.previously_planned < own or layout.shards_since_previous < shard_count:
         return GuardDecision(
             deferred=f"{own} deactivations wait for every shard's figures of this change"
             f" ({layout.shards_since_previous} of {shard_count} shards have reported since)"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
+from datetime import datetime
 from typing import Any, NamedTuple, Protocol
 
 from sync_worker.customers import (
@@ -52,7 +53,13 @@ class EnrolmentStore(Protocol):
     def clear_failures(self, emails: Sequence[str]) -> None: ...
 
     def layout_figures(
-        self, shard: tuple[int, int], run_id: str, figures: ShardFigures, *, record: bool
+        self,
+        shard: tuple[int, int],
+        run_id: str,
+        figures: ShardFigures,
+        snapshot_at: datetime,
+        *,
+        record: bool,
     ) -> LayoutFigures: ...
 
     def hold_deactivations(self, run_id: str, emails: Sequence[str]) -> None: ...
@@ -96,8 +103,10 @@ def failure_row(failure: CustomerFailure) -> dict[str, Any]:
 class SupabaseStore:
     """`EnrolmentStore` over PostgREST (RPCs and the bookkeeping tables), as service role."""
 
-    def __init__(self, api: SupabaseApi) -> None:
+    def __init__(self, api: SupabaseApi, *, patient_records: bool = True) -> None:
         self._api = api
+        # False: records get the client's own policy (a shutdown's short margin).
+        self._patient_records = patient_records
 
     def report_invalid_rows(
         self, reported_by: str, rows: Sequence[InvalidCrmRow]
@@ -150,7 +159,13 @@ class SupabaseStore:
             )
 
     def layout_figures(
-        self, shard: tuple[int, int], run_id: str, figures: ShardFigures, *, record: bool
+        self,
+        shard: tuple[int, int],
+        run_id: str,
+        figures: ShardFigures,
+        snapshot_at: datetime,
+        *,
+        record: bool,
     ) -> LayoutFigures:
         """Records this shard's figures (unless `record` is false) and reads its layout's
         (migration 0017)."""
@@ -163,6 +178,7 @@ class SupabaseStore:
                 "p_active": figures.active,
                 "p_eligible": figures.eligible,
                 "p_deactivating": figures.deactivating,
+                "p_snapshot_at": snapshot_at.isoformat(),
                 "p_record": record,
             },
             operation="record shard figures",
@@ -202,10 +218,14 @@ class SupabaseStore:
         if not sent:
             return []
         policy = self._api.policy
-        patient = replace(
-            policy,
-            attempts=max(policy.attempts, RECORD_ATTEMPTS),
-            deadline=max(policy.deadline, RECORD_DEADLINE_SECONDS),
+        patient = (
+            replace(
+                policy,
+                attempts=max(policy.attempts, RECORD_ATTEMPTS),
+                deadline=max(policy.deadline, RECORD_DEADLINE_SECONDS),
+            )
+            if self._patient_records
+            else policy
         )
         rows = self._api.rpc(
             "record_welcome_emails",

@@ -173,7 +173,13 @@ class FakeStore:
         self.held.setdefault(run_id, set()).update(emails)
 
     def layout_figures(
-        self, shard: tuple[int, int], run_id: str, figures: ShardFigures, *, record: bool
+        self,
+        shard: tuple[int, int],
+        run_id: str,
+        figures: ShardFigures,
+        snapshot_at: datetime,
+        *,
+        record: bool,
     ) -> LayoutFigures:
         index, count = shard
         previous = self.shard_figures.get((count, index))

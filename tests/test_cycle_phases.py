@@ -818,3 +818,25 @@ def test_a_shard_whose_siblings_have_not_reported_deactivates_nobody() -> None:
         assert report.deactivated == 0
         assert report.deactivation_deferred is not None
         assert "1 of 4" in report.deactivation_deferred
+
+
+def test_churn_before_a_drop_does_not_let_the_drop_through_the_shards() -> None:
+    """A previous record of ordinary churn does not stand for a drop seen only now: 10 shards,
+    1,000 customers, one leaving per shard is churn; 19% leaving at once is held back."""
+    project = _enrolled_project(1000)
+    emails = sorted(project.crm)
+    count = 10
+    churn = [next(e for e in emails if shard_of(e, count) == index) for index in range(count)]
+    for email in churn:
+        del project.crm[email]
+    for tag in ("churn-1", "churn-2"):
+        _round_of_shards(project, count, tag)
+    assert sum(not row.is_active for row in project.store.tracking.values()) == count
+    remaining = [e for e in emails if e not in churn]
+    for email in remaining[::5][:190]:
+        del project.crm[email]
+    reports = [
+        r for tag in ("drop-1", "drop-2", "drop-3") for r in _round_of_shards(project, count, tag)
+    ]
+    assert sum(r.deactivated for r in reports) == 0
+    assert sum(not row.is_active for row in project.store.tracking.values()) == count

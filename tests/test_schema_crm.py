@@ -466,7 +466,7 @@ def test_shards_record_their_figures_and_read_the_layouts(db: psycopg.Connection
 
     def record(index: int, active: int, eligible: int, deactivating: int, *, save: bool = True):
         return db.execute(
-            "select public.crm_sync_shard_figures(%s, 2, %s, %s, %s, %s, %s)",
+            "select public.crm_sync_shard_figures(%s, 2, %s, %s, %s, %s, clock_timestamp(), %s)",
             (index, f"run-{index}", active, eligible, deactivating, save),
         ).fetchone()[0]  # type: ignore[index]
 
@@ -485,4 +485,4 @@ def test_shards_record_their_figures_and_read_the_layouts(db: psycopg.Connection
     dry = record(0, 25, 0, 25, save=False)
     assert (dry["deactivating"], dry["shards_since_previous"]) == (15, 1)
     with pytest.raises(psycopg.errors.InsufficientPrivilege), acting_as(db, "authenticated"):
-        db.execute("select public.crm_sync_shard_figures(0, 2, 'x', 0, 0, 0, true)")
+        db.execute("select public.crm_sync_shard_figures(0, 2, 'x', 0, 0, 0, now(), true)")

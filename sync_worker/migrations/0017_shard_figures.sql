@@ -1,14 +1,16 @@
 -- The mass-deactivation guard over the whole CRM, whatever the shard layout. Each shard's
--- cycle records its figures (active customers, eligible customers, deactivations it plans);
--- a shard deactivates only once every shard of its layout has recorded figures since this
--- shard's previous record (so every shard's figures already reflect the change that made this
--- one's deactivations), and the guard then decides over their sum. Decided per shard, a CRM
+-- cycle records its figures (active customers, eligible customers, deactivations it plans) with
+-- the time its CRM snapshot was taken; a shard deactivates only when its previous record
+-- already planned at least as many and every shard of its layout has recorded a snapshot taken
+-- after that previous one (so every shard's figures include the change that made this one's
+-- deactivations), and the guard then decides over their sum. Decided per shard, a CRM
 -- that lost 40% of its customers was deactivated 10 per shard, each "not more than 10".
 create table public.crm_sync_shard_figures (
   shard_count integer not null check (shard_count > 1),
   shard_index integer not null check (shard_index >= 0 and shard_index < shard_count),
   run_id text not null,
   recorded_at timestamptz not null,
+  snapshot_at timestamptz not null,  -- when the cycle that recorded them began (its CRM read)
   active integer not null check (active >= 0),
   eligible integer not null check (eligible >= 0),
   deactivating integer not null check (deactivating >= 0),
@@ -29,6 +31,7 @@ create function public.crm_sync_shard_figures(
   p_active integer,
   p_eligible integer,
   p_deactivating integer,
+  p_snapshot_at timestamptz,
   p_record boolean default true
 )
 returns jsonb
@@ -46,10 +49,13 @@ begin
    where f.shard_count = p_shard_count and f.shard_index = p_shard_index;
   if p_record then
     insert into public.crm_sync_shard_figures as f
-      (shard_count, shard_index, run_id, recorded_at, active, eligible, deactivating)
-    values (p_shard_count, p_shard_index, p_run_id, v_now, p_active, p_eligible, p_deactivating)
+      (shard_count, shard_index, run_id, recorded_at, snapshot_at, active, eligible,
+       deactivating)
+    values (p_shard_count, p_shard_index, p_run_id, v_now, p_snapshot_at, p_active, p_eligible,
+            p_deactivating)
     on conflict (shard_count, shard_index) do update
       set run_id = excluded.run_id, recorded_at = excluded.recorded_at,
+          snapshot_at = excluded.snapshot_at,
           active = excluded.active, eligible = excluded.eligible,
           deactivating = excluded.deactivating;
   end if;
@@ -59,8 +65,8 @@ begin
            'deactivating', coalesce(sum(f.deactivating), 0),
            'shards', count(*),
            'shards_since_previous', count(*) filter (
-             where v_previous.recorded_at is not null
-               and (f.shard_index = p_shard_index or f.recorded_at > v_previous.recorded_at)),
+             where v_previous.snapshot_at is not null
+               and (f.shard_index = p_shard_index or f.snapshot_at > v_previous.snapshot_at)),
            'previously_planned', coalesce(v_previous.deactivating, 0)
          )
     into v_answer
@@ -71,8 +77,12 @@ end
 $$;
 
 revoke all on function
-  public.crm_sync_shard_figures(integer, integer, text, integer, integer, integer, boolean)
+  public.crm_sync_shard_figures(
+    integer, integer, text, integer, integer, integer, timestamptz, boolean
+  )
   from public, anon, authenticated;
 grant execute on function
-  public.crm_sync_shard_figures(integer, integer, text, integer, integer, integer, boolean)
+  public.crm_sync_shard_figures(
+    integer, integer, text, integer, integer, integer, timestamptz, boolean
+  )
   to service_role;
