@@ -183,8 +183,6 @@ class Daemon:
             log.info("daemon_stopping", grace_seconds=settings.sync_shutdown_grace_seconds)
             scheduler.shutdown(wait=False)
             finished = self._idle.wait(settings.sync_shutdown_grace_seconds)
-            if health is not None:
-                health.stop()
             if not finished:
                 # A call stuck past the grace cannot be interrupted: settle the run around it
                 # (accepted emails recorded, the run interrupted, the lease released) within a
@@ -196,5 +194,7 @@ class Daemon:
                     settings.supabase_service_role_key.get_secret_value(),
                 )
                 exit_cut_off()
+            if health is not None:
+                health.stop()
         log.info("daemon_stopped")
         return 0

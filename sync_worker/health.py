@@ -2,8 +2,10 @@
 
 One event loop in one background thread serves every connection, so clients cannot exhaust
 the process whatever they do: a connection costs a coroutine, not a thread; a request must
-arrive within `REQUEST_TIMEOUT` seconds; at most `MAX_CONNECTIONS` are open, and a new one
-closes the oldest still waiting for its request, so a probe always gets through. HTTP/1.1 is
+arrive, and is answered, within `REQUEST_TIMEOUT` seconds each; at most `MAX_CONNECTIONS` are
+open, and a new one closes the oldest still waiting for its request, else the oldest
+readiness probe waiting on its check (or, when neither is left, is closed itself), so a crowd
+never keeps a liveness probe out; concurrent /readyz probes share one check. HTTP/1.1 is
 parsed by h11 (httpx's own parser); every answer closes its connection. The readiness check,
 which may wait on the CRM and Supabase, runs on one worker thread of its own, so it never
 holds up /healthz. It exposes no data but these.
@@ -55,6 +57,9 @@ class HealthServer:
         # Connections still waiting for their request, oldest first (dicts keep order).
         self._waiting: dict[asyncio.StreamWriter, None] = {}
         self._writers: set[asyncio.StreamWriter] = set()
+        self._readiness: asyncio.Future[tuple[bool, str]] | None = None
+        self._readying: dict[asyncio.StreamWriter, None] = {}  # waiting on that check
+        self._tasks: dict[asyncio.StreamWriter, asyncio.Task[None]] = {}
         self._server: asyncio.Server | None = None
         self._thread = threading.Thread(target=self._loop.run_forever, name="crm-sync-health")
         self._thread.daemon = True
@@ -86,7 +91,7 @@ class HealthServer:
             for writer in list(self._writers):
                 writer.transport.abort()  # each connection's task then ends by itself
             if others:
-                await asyncio.wait(others, timeout=2)
+                await asyncio.wait(others, timeout=0.5)
 
         if self._thread.is_alive():
             asyncio.run_coroutine_threadsafe(close(), self._loop).result(timeout=5)
@@ -99,25 +104,57 @@ class HealthServer:
     # -- one connection ------------------------------------------------------------------
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if len(self._writers) >= self._max:
+            # Room is made by the oldest connection still sending its request, else by the
+            # oldest readiness probe waiting on the shared check (readiness may fail under a
+            # flood; liveness must not), else there is none.
+            crowd = self._waiting or self._readying
+            if not crowd:
+                writer.transport.abort()
+                return
+            oldest = next(iter(crowd))
+            self._drop(oldest)
         self._writers.add(writer)
-        if len(self._writers) > self._max and self._waiting:
-            oldest = next(iter(self._waiting))
-            del self._waiting[oldest]
-            oldest.transport.abort()
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks[writer] = task
         self._waiting[writer] = None
         try:
             target = await asyncio.wait_for(self._request_target(reader), self._timeout)
             self._waiting.pop(writer, None)
             if target is not None:
-                status, body, kind = await self._answer(target)
+                if target == "/readyz":
+                    self._readying[writer] = None
+                try:
+                    answer = self._answer(target)
+                    status, body, kind = await asyncio.wait_for(answer, self._timeout)
+                except TimeoutError:
+                    status, body, kind = 503, b"the check timed out\n", _TEXT
+                finally:
+                    self._readying.pop(writer, None)
                 writer.write(_response(status, body, kind))
                 await asyncio.wait_for(writer.drain(), self._timeout)
         except (TimeoutError, ConnectionError, h11.RemoteProtocolError, asyncio.LimitOverrunError):
             pass
+        except asyncio.CancelledError:
+            pass  # dropped to make room (`_drop`): its end is the point
         finally:
-            self._waiting.pop(writer, None)
-            self._writers.discard(writer)
+            self._forget(writer)
             writer.close()
+
+    def _drop(self, writer: asyncio.StreamWriter) -> None:
+        """Closes a connection at once and stops its task, whatever it was waiting on."""
+        task = self._tasks.get(writer)
+        self._forget(writer)
+        writer.transport.abort()
+        if task is not None:
+            task.cancel()
+
+    def _forget(self, writer: asyncio.StreamWriter) -> None:
+        self._waiting.pop(writer, None)
+        self._readying.pop(writer, None)
+        self._tasks.pop(writer, None)
+        self._writers.discard(writer)
 
     async def _request_target(self, reader: asyncio.StreamReader) -> str | None:
         """The path of the request (without its query), or None when the client left."""
@@ -139,8 +176,11 @@ class HealthServer:
             ok = self.alive()
             return (200, b"ok\n", _TEXT) if ok else (503, b"scheduler stopped\n", _TEXT)
         if path == "/readyz":
-            loop = asyncio.get_running_loop()
-            ok, reason = await loop.run_in_executor(self._checks, self.ready)
+            # One check at a time, shared by every probe that arrives while it runs.
+            if self._readiness is None or self._readiness.done():
+                loop = asyncio.get_running_loop()
+                self._readiness = loop.run_in_executor(self._checks, self.ready)
+            ok, reason = await asyncio.shield(self._readiness)
             return 200 if ok else 503, (reason + "\n").encode(), _TEXT
         if path == "/metrics":
             return 200, self.metrics(), _METRICS

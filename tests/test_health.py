@@ -145,3 +145,37 @@ def test_answers_are_http_and_unknown_paths_are_404(server: HealthServer) -> Non
 def test_the_server_listens_on_the_host_it_is_given(server: HealthServer) -> None:
     assert server._server is not None
     assert server._server.sockets[0].getsockname()[0] == "127.0.0.1"
+
+
+def test_a_flood_of_slow_readiness_probes_stays_under_the_cap_and_spares_liveness() -> None:
+    release = threading.Event()
+    checks = 0
+
+    def slow_ready() -> tuple[bool, str]:
+        nonlocal checks
+        checks += 1
+        release.wait(10)
+        return True, "ready"
+
+    server = HealthServer(
+        0,
+        alive=lambda: True,
+        ready=slow_ready,
+        metrics=lambda: b"",
+        host="127.0.0.1",
+        max_connections=16,
+    ).start()
+    try:
+        with ExitStack() as stack:
+            for _ in range(60):
+                conn = stack.enter_context(socket.create_connection(("127.0.0.1", server.port)))
+                conn.sendall(b"GET /readyz HTTP/1.1\r\nHost: pod\r\n\r\n")
+            wait_until(lambda: server.connections > 0)
+            time.sleep(0.3)
+            assert server.connections <= 16
+            assert probe(server.port) == (200, b"ok\n")
+            assert server.connections <= 16
+            assert checks == 1  # every waiting probe shares the one check
+    finally:
+        release.set()
+        server.stop()

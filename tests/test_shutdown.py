@@ -93,3 +93,18 @@ def test_a_cut_off_that_cannot_reach_supabase_returns_within_its_margin() -> Non
     began = time.monotonic()
     cut_off(run, "http://127.0.0.1:9", "sb_secret_not_a_real_key_0000", margin=1)
     assert time.monotonic() - began < 1.5
+
+
+def test_a_cut_off_against_a_supabase_that_never_answers_returns_within_its_margin() -> None:
+    """The records, the run and the lease side by side, each within the margin: a server that
+    takes connections and never answers holds none of them past it."""
+    import socket
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        port = silent.getsockname()[1]
+        run = InFlightRun("r", "w", history_id=str(uuid.uuid4()))
+        began = time.monotonic()
+        cut_off(run, f"http://127.0.0.1:{port}", "sb_secret_not_a_real_key_0000", margin=1)
+        assert time.monotonic() - began < 1.5
