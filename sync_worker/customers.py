@@ -267,7 +267,7 @@ class AuthAccount:
     has_signed_in: bool
     email_confirmed: bool = True
     taken_over_by_crm_sync: bool = False
-    credential_version: int = 1  # what its temporary password is derived from, with the email
+    credential_nonce: str = ""  # what its temporary password is derived from, with the email
 
     @property
     def owner_signed_in(self) -> bool:

@@ -514,6 +514,7 @@ def _send(
                     setup_url=options.setup_url or options.login_url,
                     key=options.credential_key,
                     setup_link_reuse_seconds=options.setup_link_reuse_seconds,
+                    just_created=fresh is not None,
                 )
                 message = compose(
                     to=item.email,

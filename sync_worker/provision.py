@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hmac
 import itertools
+import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -42,9 +43,6 @@ CREATED_BY = "crm-sync"
 PASSWORD_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnpqrstuvwxyz23456789"  # noqa: S105
 PASSWORD_SYMBOLS = 20  # 20 x log2(56) = 116 bits
 PASSWORD_GROUP = 5
-# The credential version of a new account (`app_metadata.credential_version`): part of what
-# its temporary password is derived from.
-FIRST_CREDENTIAL_VERSION = 1
 
 
 class AccountExists(SupabaseError):
@@ -55,7 +53,12 @@ class Provisioner(Protocol):
     """What the cycle needs from the Auth admin API."""
 
     def create_account(
-        self, customer: CrmCustomer, password: str | None, *, taken_over: bool = False
+        self,
+        customer: CrmCustomer,
+        password: str | None,
+        *,
+        taken_over: bool = False,
+        nonce: str = "",
     ) -> AuthAccount: ...
 
     def find_account(self, email: str) -> AuthAccount | IdentityHolder | None: ...
@@ -69,19 +72,20 @@ class Provisioner(Protocol):
     def recovery_token_hash(self, email: str, user_id: str, *, reuse_seconds: int) -> str: ...
 
 
-def temporary_password(key: bytes, email: str, version: int = 1) -> str:
+def temporary_password(key: bytes, email: str, nonce: str = "") -> str:
     """The customer's temporary password: derived, not drawn, so that every welcome email
     that carries one carries the same, and a re-sent email never kills the password of one
     that may have arrived (SMTP is at-least-once). `PASSWORD_SYMBOLS` symbols of
     `PASSWORD_ALPHABET`, with lower case, upper case and a digit, in hyphenated groups (the
     hyphens satisfy a project that also asks for a symbol), drawn without bias from an
     HMAC-SHA256 stream keyed by `key` (`CREDENTIALS_SECRET`) over the normalised email and the
-    account's credential version. Nothing secret is stored; whoever holds the key can work a
+    account's credential nonce (random, kept in its app metadata: an account created again for
+    the email gets another). Nothing secret is stored; whoever holds the key can work a
     password out, as whoever holds the service-role key can already set one.
     """
     if not key:
         raise ValueError("temporary passwords need a key (CREDENTIALS_SECRET)")
-    label = f"crm-sync temporary password\x00{email.strip().lower()}\x00{version}".encode()
+    label = f"crm-sync temporary password\x00{email.strip().lower()}\x00{nonce}".encode()
     for attempt in itertools.count():
         symbols = "".join(_draw(key, label, attempt, PASSWORD_SYMBOLS))
         if (
@@ -121,12 +125,14 @@ def account_from(data: dict[str, Any]) -> AuthAccount:
         has_signed_in=data.get("last_sign_in_at") is not None,
         email_confirmed=data.get("email_confirmed_at") is not None,
         taken_over_by_crm_sync=app_metadata.get("taken_over_by") == CREATED_BY,
-        credential_version=_version(app_metadata.get("credential_version")),
+        credential_nonce=str(app_metadata.get("credential_nonce") or ""),
     )
 
 
-def _version(value: object) -> int:
-    return value if isinstance(value, int) and value >= 1 else FIRST_CREDENTIAL_VERSION
+def new_credential_nonce() -> str:
+    """A random value an account keeps (`app_metadata.credential_nonce`), so that an account
+    created again for the same email (deleted, replaced) gets another password."""
+    return secrets.token_hex(16)
 
 
 def setup_link_url(page: str, token_hash: str) -> str:
@@ -176,13 +182,14 @@ def provision_account(
     Raises:
         SupabaseError: the Auth API failed (after retries).
     """
+    nonce = new_credential_nonce()
     password = (
-        temporary_password(key, customer.email, FIRST_CREDENTIAL_VERSION)
+        temporary_password(key, customer.email, nonce)
         if mode is CredentialsMode.TEMPORARY_PASSWORD
         else None
     )
     try:
-        account = provisioner.create_account(customer, password)
+        account = provisioner.create_account(customer, password, nonce=nonce)
         return ProvisionedAccount(customer, account, AccountOrigin.CREATED, password)
     except AccountExists:
         pass
@@ -200,12 +207,34 @@ def provision_account(
         origin = AccountOrigin.TAKEN_OVER if found.taken_over_by_crm_sync else AccountOrigin.CREATED
         return ProvisionedAccount(customer, found, origin)
     if not found.email_confirmed:
-        return _replace_unconfirmed(provisioner, customer, found, password)
+        if found.has_signed_in:
+            raise signed_in_unconfirmed_conflict(customer.email, found)
+        return _replace_unconfirmed(provisioner, customer, found, password, nonce)
     return ProvisionedAccount(customer, found, AccountOrigin.LINKED)
 
 
+def signed_in_unconfirmed_conflict(email: str, found: AuthAccount) -> SupabaseError:
+    """An unconfirmed account that was signed in to (by phone, by OAuth) may hold its owner's
+    data: crm-sync neither deletes it nor confirms it (that would hand the address to whoever
+    signs in to it). A person decides."""
+    return SupabaseError(
+        f"create account: the email belongs to an unconfirmed account, {found.id}, that has"
+        " been signed in to (by phone or another provider): crm-sync neither deletes it (it"
+        " may hold its owner's data) nor confirms it (whoever signs in to it would hold the"
+        " customer's address); confirm or delete it in Supabase Auth, then delete the"
+        f" crm_sync_failures row of {email}",
+        status=422,
+        code="email_held_by_unconfirmed_account",
+        permanent=True,
+    )
+
+
 def _replace_unconfirmed(
-    provisioner: Provisioner, customer: CrmCustomer, found: AuthAccount, password: str | None
+    provisioner: Provisioner,
+    customer: CrmCustomer,
+    found: AuthAccount,
+    password: str | None,
+    nonce: str,
 ) -> ProvisionedAccount:
     """Anyone can sign up with someone else's email and wait (pre-hijacking), and such an
     account can carry its creator's other ways in: an OAuth identity (Auth writes it before it
@@ -216,7 +245,7 @@ def _replace_unconfirmed(
     provisioner.delete_account(found.id)
     log.warning("unconfirmed_account_replaced", email=customer.email)
     try:
-        account = provisioner.create_account(customer, password, taken_over=True)
+        account = provisioner.create_account(customer, password, taken_over=True, nonce=nonce)
     except AccountExists as exc:
         raise SupabaseError(
             "create account: the unconfirmed account was deleted and the email registered"
@@ -238,6 +267,7 @@ def issue_credentials(
     setup_url: str,
     key: bytes,
     setup_link_reuse_seconds: int = 0,
+    just_created: bool = False,
 ) -> Credentials:
     """The credentials a welcome email carries, set on the account right before it is sent.
 
@@ -252,6 +282,7 @@ def issue_credentials(
         key: derives the temporary password (`CREDENTIALS_SECRET`).
         setup_link_reuse_seconds: a recovery token issued this recently is sent again rather
             than replaced (a new one would void a link that may have arrived).
+        just_created: this cycle created the account (nobody can have signed in to it).
 
     Raises:
         SupabaseError: the Auth API failed (after retries).
@@ -259,6 +290,9 @@ def issue_credentials(
     if origin is AccountOrigin.LINKED:
         return Credentials("credits_added")
     if mode is CredentialsMode.SETUP_LINK:
+        if not just_created and provisioner.get_account(user_id).owner_signed_in:
+            # They chose a password already: a new link would only reset it.
+            return Credentials("credits_added")
         token_hash = provisioner.recovery_token_hash(
             email, user_id, reuse_seconds=setup_link_reuse_seconds
         )
@@ -271,7 +305,7 @@ def issue_credentials(
         return Credentials("credits_added")
     # A retried email carries the password an earlier one may have delivered: the same one,
     # set again right before (an account of an earlier version had a random one).
-    password = temporary_password(key, email, account.credential_version)
+    password = temporary_password(key, email, account.credential_nonce)
     provisioner.set_temporary_password(user_id, password)
     return Credentials("new_account", temporary_password=password)
 
@@ -283,19 +317,22 @@ class SupabaseProvisioner:
         self._api = api
 
     def create_account(
-        self, customer: CrmCustomer, password: str | None, *, taken_over: bool = False
+        self,
+        customer: CrmCustomer,
+        password: str | None,
+        *,
+        taken_over: bool = False,
+        nonce: str = "",
     ) -> AuthAccount:
         """Creates a confirmed account; raises `AccountExists` when the email is taken.
-        `taken_over`: it replaces an unconfirmed account someone else created."""
+        `taken_over`: it replaces an unconfirmed account someone else created; `nonce`: what
+        its temporary password was derived from, with the email."""
         user_metadata: dict[str, Any] = {"source": "crm"}
         if customer.name:
             user_metadata["full_name"] = customer.name
         if password is not None:
             user_metadata["must_change_password"] = True
-        app_metadata: dict[str, Any] = {
-            "created_by": CREATED_BY,
-            "credential_version": FIRST_CREDENTIAL_VERSION,
-        }
+        app_metadata: dict[str, Any] = {"created_by": CREATED_BY, "credential_nonce": nonce}
         if taken_over:
             app_metadata["taken_over_by"] = CREATED_BY
         attributes: dict[str, Any] = {
@@ -326,9 +363,15 @@ class SupabaseProvisioner:
             operation="find account",
         )
         holders: list[dict[str, Any]] = list(rows or [])
+        identity = next((row for row in holders if row.get("via") == "identity"), None)
         for row in holders:
             if row.get("via") == "user":
-                return account_from({**row, "id": row["user_id"]})
+                account = account_from({**row, "id": row["user_id"]})
+                if identity is not None and not account.email_confirmed:
+                    # Replacing this account would not free the address: Auth also counts
+                    # the identity of the other account.
+                    return IdentityHolder(str(identity["user_id"]), str(identity["provider"]))
+                return account
         for row in holders:
             return IdentityHolder(str(row["user_id"]), str(row.get("provider") or "unknown"))
         return None

@@ -148,15 +148,13 @@ class SupabaseStore:
         return new
 
     def hold_deactivations(self, run_id: str, emails: Sequence[str]) -> None:
-        """Keeps the deactivations a tripped guard held back, under the run's id."""
-        for start in range(0, len(emails), RECORD_BATCH_SIZE):
-            self._api.upsert(
-                "crm_sync_held_deactivations",
-                [{"run_id": run_id, "email": e} for e in emails[start : start + RECORD_BATCH_SIZE]],
-                on_conflict="run_id,email",
-                ignore_duplicates=True,
-                operation="hold deactivations",
-            )
+        """Keeps the deactivations a tripped guard held back, under the run's id, in one call
+        (one time for the whole set; the newest 20 sets are kept)."""
+        self._api.rpc(
+            "crm_sync_hold_deactivations",
+            {"p_run_id": run_id, "p_emails": list(emails)},
+            operation="hold deactivations",
+        )
 
     def layout_figures(
         self,

@@ -15,7 +15,7 @@ from typing import Any
 import structlog
 from pydantic import BaseModel, Field
 
-from sync_worker.customers import Outcome, normalise_email
+from sync_worker.customers import Outcome, normalise_email, shard_of
 from sync_worker.display import printable
 from sync_worker.errors import ConfigError
 from sync_worker.lease import SyncLease
@@ -54,8 +54,11 @@ def resend(live: LiveServices, raw_email: str, *, worker: str, run_id: str, ttl:
     if not options.send_email:
         raise ConfigError(["EMAIL_BACKEND: is disabled, so no email can be re-sent"])
     services = live.for_cycle()
-    lease = SyncLease(live.api, worker, ttl, shard=options.shard)
-    history = RunHistory(live.api, worker, options.shard)
+    # The lease of the customer's own shard, so no cycle of that shard acts on them meanwhile.
+    count = options.shard[1]
+    shard = (shard_of(email, count), count)
+    lease = SyncLease(live.api, worker, ttl, shard=shard)
+    history = RunHistory(live.api, worker, shard)
     with lease.held():
         history_id = history.start(run_id, datetime.now(UTC))
         try:

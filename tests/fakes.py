@@ -61,6 +61,7 @@ class FakeAccount:
     password: str | None = field(default=None, repr=False)
     email_confirmed: bool = True
     taken_over: bool = False
+    nonce: str = ""
 
     def view(self) -> AuthAccount:
         return AuthAccount(
@@ -70,6 +71,7 @@ class FakeAccount:
             self.has_signed_in,
             self.email_confirmed,
             self.taken_over,
+            self.nonce,
         )
 
 
@@ -100,14 +102,25 @@ class FakeProvisioner:
             raise self.failing[email]
 
     def create_account(
-        self, customer: CrmCustomer, password: str | None, *, taken_over: bool = False
+        self,
+        customer: CrmCustomer,
+        password: str | None,
+        *,
+        taken_over: bool = False,
+        nonce: str = "",
     ) -> AuthAccount:
         self.on_create(customer.email)
         self._check("create", customer.email)
         if customer.email in self.accounts or customer.email in self.identities:
             raise AccountExists("email_exists", status=422, code="email_exists")
         account = FakeAccount(
-            f"user-{next(self._ids)}", customer.email, True, False, password, taken_over=taken_over
+            f"user-{next(self._ids)}",
+            customer.email,
+            True,
+            False,
+            password,
+            taken_over=taken_over,
+            nonce=nonce,
         )
         self.accounts[customer.email] = account
         return account.view()

@@ -687,3 +687,29 @@ def test_an_invalid_crm_row_is_reported_when_it_appears_or_changes_and_listed_in
     assert [(r["raw_email"], r["lead_id"]) for r in listed] == [("still@@bad", "AWL-2")]
     assert status_command(settings, as_json=False) == 0
     assert "still@@bad" in capsys.readouterr().out
+
+
+def test_an_unconfirmed_account_is_not_deleted_when_an_identity_holds_the_address_too(
+    sandbox: Sandbox, crm_url: str
+) -> None:
+    """Deleting it would not free the address (Auth counts the other account's identity): the
+    conflict is named at once and nothing is deleted."""
+    admin = create_client(sandbox.url, sandbox.service_role_key).auth.admin
+    squatter = admin.create_user(
+        {"email": "two@example.com", "password": "Squatters-Passw0rd", "email_confirm": False}
+    ).user
+    holder = admin.create_user(
+        {"email": "holder2@example.com", "password": "Holders-Passw0rd", "email_confirm": True}
+    ).user
+    with psycopg.connect(sandbox.db_url, autocommit=True) as conn:
+        conn.execute(
+            "insert into auth.identities (provider_id, user_id, identity_data, provider,"
+            " created_at, updated_at) values ('gh-9', %s, %s, 'github', now(), now())",
+            (holder.id, json.dumps({"sub": "gh-9", "email": "two@example.com"})),
+        )
+    add_sales(crm_url, ("two@example.com", None, 1, None))
+    report = run(settings_for(sandbox, crm_url))
+    assert report.taken_over == 0
+    assert query(sandbox, "select count(*) from auth.users where id = %s", squatter.id) == [(1,)]
+    [(reason,)] = query(sandbox, "select reason from public.crm_sync_failures")
+    assert str(holder.id) in reason

@@ -840,3 +840,44 @@ def test_churn_before_a_drop_does_not_let_the_drop_through_the_shards() -> None:
     ]
     assert sum(r.deactivated for r in reports) == 0
     assert sum(not row.is_active for row in project.store.tracking.values()) == count
+
+
+def test_an_unconfirmed_account_that_was_signed_in_to_is_neither_deleted_nor_confirmed() -> None:
+    """It may hold its owner's data (they signed in by phone or another provider): a person
+    decides; the customer is parked at once with the account named."""
+    project = FakeProject()
+    other = project.auth.add("pho@example.com", confirmed=False, signed_in=True)
+    project.sell("pho@example.com")
+    report = run(project)
+    assert report.taken_over == 0
+    assert project.auth.accounts["pho@example.com"] is other
+    assert not other.email_confirmed
+    failure = project.store.failures["pho@example.com"]
+    assert failure.parked
+    assert other.id in failure.reason
+
+
+def test_an_account_created_again_for_an_email_gets_another_password() -> None:
+    project = FakeProject()
+    project.sell("gdpr@example.com")
+    run(project)
+    [first] = project.mailer.sent
+    # Deleted (a data-protection request), sold again: a new account, a new password.
+    del project.auth.accounts["gdpr@example.com"]
+    del project.store.tracking["gdpr@example.com"]
+    run(project)
+    second = project.mailer.sent[-1]
+    assert second.temporary_password != first.temporary_password
+
+
+def test_a_resent_setup_link_to_someone_who_chose_a_password_is_credits_added() -> None:
+    project = FakeProject()
+    project.sell("set@example.com")
+    options = dataclasses.replace(OPTIONS, credentials_mode=CredentialsMode.SETUP_LINK)
+    project.mailer.lost_reply["set@example.com"] = MailError("lost reply", retriable=True)
+    run(project, options)
+    del project.mailer.lost_reply["set@example.com"]
+    project.auth.accounts["set@example.com"].has_signed_in = True  # used the first link
+    project.clock = NOW + timedelta(hours=1)
+    run(project, options)
+    assert [m.kind for m in project.mailer.sent] == ["new_account", "credits_added"]
