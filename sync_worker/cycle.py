@@ -66,7 +66,7 @@ from sync_worker.record import ENROL_BATCH_SIZE, EnrolmentStore, SentEmail
 from sync_worker.report import CycleReport
 from sync_worker.sent_emails import SentEmailRecorder
 from sync_worker.settle import OUTAGE_THRESHOLD, CycleTally, Settlement, settle
-from sync_worker.welcome_email import compose, message_id
+from sync_worker.welcome_email import WelcomeEmail, compose, message_id
 
 log = structlog.get_logger("crm_sync.cycle")
 # New accounts are enrolled and emailed in batches of this many per concurrent call (at least
@@ -504,27 +504,16 @@ def _send(
                 progress.advance()
             fresh = provisioned.get(item.email)
             try:
-                credentials = issue_credentials(
+                message = welcome_email_for(
+                    options,
                     services.provisioner,
                     email=item.email,
                     user_id=item.user_id,
                     origin=item.origin,
-                    mode=options.credentials_mode,
-                    fresh_password=fresh.password if fresh else None,
-                    setup_url=options.setup_url or options.login_url,
-                    key=options.credential_key,
-                    setup_link_reuse_seconds=options.setup_link_reuse_seconds,
-                    just_created=fresh is not None,
-                )
-                message = compose(
-                    to=item.email,
                     name=item.name,
-                    credentials=credentials,
                     credits=item.credits,
-                    login_url=options.login_url,
-                    password_reset_url=options.password_reset_url,
-                    initial_credits=options.initial_credits,
-                    digest_key=options.credential_key,
+                    fresh_password=fresh.password if fresh else None,
+                    just_created=fresh is not None,
                 )
                 services.mailer.send(message)
             except MailUnavailable as exc:
@@ -591,6 +580,49 @@ def _newly_invalid(
     except SupabaseError as exc:
         log.warning("invalid_rows_not_kept", error=str(exc))
         return invalid
+
+
+def welcome_email_for(
+    options: CycleOptions,
+    provisioner: Provisioner,
+    *,
+    email: str,
+    user_id: str,
+    origin: AccountOrigin,
+    name: str | None,
+    credits: int,
+    fresh_password: str | None = None,
+    just_created: bool = False,
+) -> WelcomeEmail:
+    """One customer's welcome email with the credentials it carries now (set on the account
+    right before it is sent); `just_created` (and `fresh_password`, its password) when this
+    cycle created the account.
+
+    Raises:
+        SupabaseError: the Auth API failed (after retries).
+    """
+    credentials = issue_credentials(
+        provisioner,
+        email=email,
+        user_id=user_id,
+        origin=origin,
+        mode=options.credentials_mode,
+        fresh_password=fresh_password,
+        setup_url=options.setup_url or options.login_url,
+        key=options.credential_key,
+        setup_link_reuse_seconds=options.setup_link_reuse_seconds,
+        just_created=just_created,
+    )
+    return compose(
+        to=email,
+        name=name,
+        credentials=credentials,
+        credits=credits,
+        login_url=options.login_url,
+        password_reset_url=options.password_reset_url,
+        initial_credits=options.initial_credits,
+        digest_key=options.credential_key,
+    )
 
 
 def _hold_deactivations(services: CycleServices, plan: SyncPlan, run_id: str) -> None:

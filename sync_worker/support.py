@@ -16,15 +16,15 @@ import structlog
 from pydantic import BaseModel, Field
 
 from sync_worker.customers import Outcome, normalise_email, shard_of
+from sync_worker.cycle import welcome_email_for
 from sync_worker.display import printable
 from sync_worker.errors import ConfigError
 from sync_worker.lease import SyncLease
-from sync_worker.provision import issue_credentials
 from sync_worker.record import SentEmail
 from sync_worker.runs import RunHistory
 from sync_worker.services import LiveServices
 from sync_worker.supabase_api import SupabaseApi
-from sync_worker.welcome_email import compose, message_id
+from sync_worker.welcome_email import message_id
 
 log = structlog.get_logger("crm_sync.support")
 
@@ -67,26 +67,14 @@ def resend(live: LiveServices, raw_email: str, *, worker: str, run_id: str, ttl:
                 raise ConfigError([f"{email} is not an enrolled customer: nothing to re-send"])
             if not tracked.is_active:
                 raise ConfigError([f"{email} was deactivated: nothing to re-send"])
-            credentials = issue_credentials(
+            message = welcome_email_for(
+                options,
                 services.provisioner,
                 email=email,
                 user_id=tracked.user_id,
                 origin=tracked.account_origin,
-                mode=options.credentials_mode,
-                fresh_password=None,
-                setup_url=options.setup_url or options.login_url,
-                key=options.credential_key,
-                setup_link_reuse_seconds=options.setup_link_reuse_seconds,
-            )
-            message = compose(
-                to=email,
                 name=tracked.full_name,
-                credentials=credentials,
                 credits=tracked.credits_remaining,
-                login_url=options.login_url,
-                password_reset_url=options.password_reset_url,
-                initial_credits=options.initial_credits,
-                digest_key=options.credential_key,
             )
             services.mailer.send(message)
             services.store.record_welcome_emails(
