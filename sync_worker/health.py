@@ -121,6 +121,8 @@ class HealthServer:
         self._waiting[writer] = None
         try:
             target = await asyncio.wait_for(self._request_target(reader), self._timeout)
+            if writer not in self._writers:
+                return  # dropped to make room, its cancellation lost to a finished read
             self._waiting.pop(writer, None)
             if target is not None:
                 if target == "/readyz":
