@@ -292,20 +292,20 @@ class ShardFigures:
 
     active: int
     eligible: int
-    deactivating: int
+    deactivating: tuple[str, ...]  # the emails it plans to deactivate
 
 
 @dataclass(frozen=True, slots=True)
 class LayoutFigures:
-    """The figures of every shard of a layout (sums over each shard's latest record), how
-    many shards recorded since this shard's previous record, and what that record planned."""
+    """The figures of every shard of a layout: how many shards reported, the sums over their
+    latest records, every shard's pending deactivations, and which of this shard's are ready
+    (first planned before every other shard's latest snapshot)."""
 
     shards: int
-    shards_since_previous: int
     active: int
     eligible: int
-    deactivating: int
-    previously_planned: int
+    pending: int
+    ready: frozenset[str]
 
 
 @dataclass(frozen=True, slots=True)

@@ -178,17 +178,21 @@ def run_cycle(
                 options, services, plan, run_id=run_id, started=started, dry_run=dry_run
             ),
         )
-        approved = options.approved_deactivations
-        if approved is not None:
-            pass  # an operator approved exactly this set: the guard decided it already
-        elif guard.held and not options.allow_mass_deactivation:
+        # An operator approved exactly this set (`deactivations --approve`), or the guard lets
+        # through only part of the plan, or all of it (None).
+        only = options.approved_deactivations
+        if only is not None or options.allow_mass_deactivation:
+            pass
+        elif guard.held:
             log.warning("deactivation_held_back", reason=guard.held)
             report.deactivation_blocked = guard.held
             if not dry_run:
                 _hold_deactivations(services, plan, run_id)
-        elif guard.deferred and not options.allow_mass_deactivation:
-            log.info("deactivation_deferred", reason=guard.deferred)
-            report.deactivation_deferred = guard.deferred
+        else:
+            only = guard.only
+            if guard.deferred:
+                log.info("deactivation_deferred", reason=guard.deferred)
+                report.deactivation_deferred = guard.deferred
         for row in _newly_invalid(options, services, builder.tally.invalid, dry_run):
             log.warning("crm_row_invalid", email=row.raw_email, reason=row.reason)
         if dry_run:
@@ -199,8 +203,8 @@ def run_cycle(
         try:
             _new_customers_phase(options, services, plan, tally)
             _existing_customers_phase(options, services, plan, tally)
-            if report.deactivation_blocked is None and report.deactivation_deferred is None:
-                _deactivate_phase(services, plan, tally, approved)
+            if report.deactivation_blocked is None:
+                _deactivate_phase(services, plan, tally, only)
         finally:
             services.mailer.close()
         settlement = settle(plan, tally, services.clock(), options.max_attempts)

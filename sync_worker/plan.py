@@ -313,10 +313,14 @@ class GuardDecision:
 
     held: str | None = None
     deferred: str | None = None
+    # Of the planned deactivations, only these go ahead now (the rest are deferred).
+    only: frozenset[str] | None = None
 
 
 def shard_figures(plan: SyncPlan) -> ShardFigures:
-    return ShardFigures(plan.active, plan.eligible, len(plan.of(Action.DEACTIVATE)))
+    return ShardFigures(
+        plan.active, plan.eligible, tuple(s.email for s in plan.of(Action.DEACTIVATE))
+    )
 
 
 def deactivation_guard(
@@ -329,35 +333,38 @@ def deactivation_guard(
 ) -> GuardDecision:
     """The mass-deactivation guard over the whole CRM, whatever the shard layout.
 
-    Unsharded, the plan is the whole CRM. A shard decides over the sum of every shard's
-    latest figures (`layout`), and only when its previous record already planned at least as
-    many deactivations and every shard recorded a CRM snapshot taken after that one: then
-    every shard's figures include the change (shards run side by side, so in the cycle that
-    first sees it a sibling's figures may still be from before it; and a previous record of
-    ordinary churn does not stand for a drop seen only now).
+    Unsharded, the plan is the whole CRM. A shard decides over every shard's pending
+    deactivations and latest figures (`layout`): nothing while some shard has not reported;
+    nothing when their sum looks like a mistake (held back); else the deactivations first
+    planned before every other shard's latest snapshot (so every shard's figures include the
+    change that made them), the newer ones deferred to a later cycle.
     """
     if shard_count <= 1:
         return GuardDecision(held=mass_deactivation(plan, limit=limit, max_percent=max_percent))
-    own = len(plan.of(Action.DEACTIVATE))
+    own = {s.email for s in plan.of(Action.DEACTIVATE)}
     if not own:
         return GuardDecision()
     if layout is None or layout.shards < shard_count:
         reported = 0 if layout is None else layout.shards
         return GuardDecision(
-            deferred=f"{own} deactivations wait until every shard has reported its figures"
-            f" ({reported} of {shard_count} have)"
+            deferred=f"{len(own)} deactivations wait until every shard has reported its"
+            f" figures ({reported} of {shard_count} have)",
+            only=frozenset(),
         )
     held = _too_many(
-        layout.deactivating, layout.active, layout.eligible, limit=limit, max_percent=max_percent
+        layout.pending, layout.active, layout.eligible, limit=limit, max_percent=max_percent
     )
     if held:
         return GuardDecision(held=held + " (over every shard)")
-    if layout.previously_planned < own or layout.shards_since_previous < shard_count:
-        return GuardDecision(
-            deferred=f"{own} deactivations wait for every shard's figures of this change"
-            f" ({layout.shards_since_previous} of {shard_count} shards have reported since)"
-        )
-    return GuardDecision()
+    ready = frozenset(own & layout.ready)
+    waiting = len(own) - len(ready)
+    deferred = (
+        f"{waiting} deactivations wait until every shard has reported a snapshot taken after"
+        " the one that first planned them"
+        if waiting
+        else None
+    )
+    return GuardDecision(deferred=deferred, only=ready)
 
 
 def mass_deactivation(plan: SyncPlan, *, limit: int, max_percent: float) -> str | None:

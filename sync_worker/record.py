@@ -175,7 +175,7 @@ class SupabaseStore:
                 "p_run_id": run_id,
                 "p_active": figures.active,
                 "p_eligible": figures.eligible,
-                "p_deactivating": figures.deactivating,
+                "p_deactivating": list(figures.deactivating),
                 "p_snapshot_at": snapshot_at.isoformat(),
                 "p_record": record,
             },
@@ -183,11 +183,10 @@ class SupabaseStore:
         )
         return LayoutFigures(
             shards=int(answer["shards"]),
-            shards_since_previous=int(answer["shards_since_previous"]),
             active=int(answer["active"]),
             eligible=int(answer["eligible"]),
-            deactivating=int(answer["deactivating"]),
-            previously_planned=int(answer["previously_planned"]),
+            pending=int(answer["pending"]),
+            ready=frozenset(answer["ready"]),
         )
 
     def enrol(self, batch: Sequence[Enrolment], initial_credits: int) -> list[EnrolmentResult]:

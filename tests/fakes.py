@@ -170,6 +170,8 @@ class FakeStore:
     # crm_sync_shard_figures: (count, index) -> (when recorded, as a sequence number, figures)
     shard_figures: dict[tuple[int, int], tuple[int, ShardFigures]] = field(default_factory=dict)
     _recorded: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+    # crm_sync_pending_deactivations: (count, index) -> email -> when first planned
+    pending: dict[tuple[int, int], dict[str, int]] = field(default_factory=dict)
     held: dict[str, set[str]] = field(default_factory=dict)  # crm_sync_held_deactivations
     invalid_rows: dict[str, dict[str, InvalidCrmRow]] = field(default_factory=dict)
 
@@ -195,26 +197,26 @@ class FakeStore:
         record: bool,
     ) -> LayoutFigures:
         index, count = shard
-        previous = self.shard_figures.get((count, index))
         if record:
-            self.shard_figures[(count, index)] = (next(self._recorded), figures)
-        layout = [v for (c, _), v in self.shard_figures.items() if c == count]
-        since = (
-            0
-            if previous is None
-            else sum(
-                1
-                for (c, i), (at, _) in self.shard_figures.items()
-                if c == count and (i == index or at > previous[0])
-            )
+            # The fake's clock stands still: a sequence number stands for a snapshot's time.
+            at = next(self._recorded)
+            self.shard_figures[(count, index)] = (at, figures)
+            before = self.pending.get((count, index), {})
+            self.pending[(count, index)] = {e: before.get(e, at) for e in figures.deactivating}
+        layout = {i: v for (c, i), v in self.shard_figures.items() if c == count}
+        siblings = [at for i, (at, _) in layout.items() if i != index]
+        mine = self.pending.get((count, index), {})
+        ready = frozenset(
+            e
+            for e, first in mine.items()
+            if e in figures.deactivating and siblings and first < min(siblings)
         )
         return LayoutFigures(
             shards=len(layout),
-            shards_since_previous=since,
-            active=sum(f.active for _, f in layout),
-            eligible=sum(f.eligible for _, f in layout),
-            deactivating=sum(f.deactivating for _, f in layout),
-            previously_planned=0 if previous is None else previous[1].deactivating,
+            active=sum(f.active for _, f in layout.values()),
+            eligible=sum(f.eligible for _, f in layout.values()),
+            pending=sum(len(p) for (c, _), p in self.pending.items() if c == count),
+            ready=ready,
         )
 
     def enrol(self, batch: Sequence[Enrolment], initial_credits: int) -> list[EnrolmentResult]:

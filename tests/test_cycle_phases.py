@@ -881,3 +881,20 @@ def test_a_resent_setup_link_to_someone_who_chose_a_password_is_credits_added() 
     project.clock = NOW + timedelta(hours=1)
     run(project, options)
     assert [m.kind for m in project.mailer.sent] == ["new_account", "credits_added"]
+
+
+def test_steady_churn_in_shards_is_deactivated_a_cycle_later_and_never_piles_up() -> None:
+    """A customer leaving every cycle: each is deactivated once every shard has reported after
+    the cycle that first planned it, so the pending set never grows into a 'mass' one."""
+    project = _enrolled_project(200)
+    emails = sorted(project.crm)
+    count = 4
+    for round_number in range(12):
+        gone = emails[round_number * 3 : round_number * 3 + 3]
+        for email in gone:
+            del project.crm[email]
+        reports = _round_of_shards(project, count, f"churn-{round_number}")
+        assert all(r.deactivation_blocked is None for r in reports)
+    inactive = {e for e, row in project.store.tracking.items() if not row.is_active}
+    # Everyone who left before the last round is gone; the last round's wait one more cycle.
+    assert set(emails[: 11 * 3]) <= inactive <= set(emails[: 12 * 3])

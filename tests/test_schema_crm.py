@@ -462,27 +462,29 @@ def test_the_auth_account_of_an_email_is_found_exactly(db: psycopg.Connection[An
 
 
 def test_shards_record_their_figures_and_read_the_layouts(db: psycopg.Connection[Any]) -> None:
-    """Issue 19, item 2 (migration 0017): the guard's figures over every shard of a layout."""
+    """Issue 19, item 2 (migration 0017): the guard's figures over every shard of a layout; a
+    planned deactivation is ready once every other shard reported a later snapshot."""
+    clock = iter(f"2026-12-04 10:0{n}:00+00" for n in range(10))
 
-    def record(index: int, active: int, eligible: int, deactivating: int, *, save: bool = True):
+    def record(index: int, active: int, eligible: int, planned: list[str], *, save: bool = True):
         return db.execute(
-            "select public.crm_sync_shard_figures(%s, 2, %s, %s, %s, %s, clock_timestamp(), %s)",
-            (index, f"run-{index}", active, eligible, deactivating, save),
+            "select public.crm_sync_shard_figures(%s, 2, %s, %s, %s, %s, %s, %s)",
+            (index, f"run-{index}", active, eligible, planned, next(clock), save),
         ).fetchone()[0]  # type: ignore[index]
 
-    first = record(0, 25, 15, 10)
-    assert (first["shards"], first["shards_since_previous"], first["previously_planned"]) == (
-        1,
-        0,
-        0,
-    )
-    record(1, 25, 20, 5)
-    second = record(0, 25, 15, 10)
-    assert (second["active"], second["eligible"], second["deactivating"]) == (50, 35, 15)
-    assert (second["shards"], second["shards_since_previous"]) == (2, 2)
-    assert second["previously_planned"] == 10
-    # A dry run reads and records nothing; shard 1 has not recorded since shard 0's last.
-    dry = record(0, 25, 0, 25, save=False)
-    assert (dry["deactivating"], dry["shards_since_previous"]) == (15, 1)
+    first = record(0, 25, 15, ["a@x.co", "b@x.co"])
+    assert (first["shards"], first["pending"], first["ready"]) == (1, 2, [])
+    record(1, 25, 20, ["c@x.co"])
+    second = record(0, 25, 15, ["a@x.co", "b@x.co", "d@x.co"])
+    assert (second["active"], second["eligible"], second["pending"]) == (50, 35, 4)
+    # a and b were first planned before shard 1's snapshot; d only now.
+    assert second["ready"] == ["a@x.co", "b@x.co"]
+    # A dry run reads and records nothing.
+    dry = record(0, 25, 0, ["a@x.co"], save=False)
+    assert (dry["pending"], dry["ready"]) == (4, ["a@x.co"])
+    # One that came back leaves the pending set.
+    assert record(1, 25, 21, [])["pending"] == 3
     with pytest.raises(psycopg.errors.InsufficientPrivilege), acting_as(db, "authenticated"):
-        db.execute("select public.crm_sync_shard_figures(0, 2, 'x', 0, 0, 0, now(), true)")
+        db.execute(
+            "select public.crm_sync_shard_figures(0, 2, 'x', 0, 0, '{}'::text[], now(), true)"
+        )
