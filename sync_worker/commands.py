@@ -127,8 +127,10 @@ def _cmd_deactivations(args: argparse.Namespace) -> int:
         return ExitCode.OK
     assert isinstance(settings, config.Settings)
     with LiveServices(settings) as services:
-        approved = approved_set(services.api, args.approve)
-        services.options = dataclasses.replace(services.options, approved_deactivations=approved)
+        approved, shard = approved_set(services.api, args.approve)
+        services.options = dataclasses.replace(
+            services.options, approved_deactivations=approved, shard=shard
+        )
         report = run_guarded_cycle(
             services,
             worker=worker_id(),

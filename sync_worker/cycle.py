@@ -187,7 +187,7 @@ def run_cycle(
             log.warning("deactivation_held_back", reason=guard.held)
             report.deactivation_blocked = guard.held
             if not dry_run:
-                _hold_deactivations(services, plan, run_id)
+                _hold_deactivations(services, plan, run_id, options.shard)
         else:
             only = guard.only
             if guard.deferred:
@@ -629,11 +629,13 @@ def welcome_email_for(
     )
 
 
-def _hold_deactivations(services: CycleServices, plan: SyncPlan, run_id: str) -> None:
+def _hold_deactivations(
+    services: CycleServices, plan: SyncPlan, run_id: str, shard: tuple[int, int]
+) -> None:
     """Keeps the set the guard held back, for `crm-sync deactivations` to list and approve."""
     emails = [s.email for s in plan.of(Action.DEACTIVATE)]
     try:
-        services.store.hold_deactivations(run_id, emails)
+        services.store.hold_deactivations(run_id, emails, f"{shard[0]}/{shard[1]}")
     except SupabaseError as exc:
         log.error("held_deactivations_not_recorded", error=str(exc), count=len(emails))
 

@@ -132,6 +132,9 @@ class HealthServer:
                     status, body, kind = await asyncio.wait_for(answer, self._timeout)
                 except TimeoutError:
                     status, body, kind = 503, b"the check timed out\n", _TEXT
+                except Exception as exc:  # a check that broke is an answer too, never a crash
+                    log.error("probe_failed", path=target, error=repr(exc))
+                    status, body, kind = 503, b"the check failed\n", _TEXT
                 finally:
                     self._readying.pop(writer, None)
                 writer.write(_response(status, body, kind))

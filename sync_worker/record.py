@@ -62,7 +62,7 @@ class EnrolmentStore(Protocol):
         record: bool,
     ) -> LayoutFigures: ...
 
-    def hold_deactivations(self, run_id: str, emails: Sequence[str]) -> None: ...
+    def hold_deactivations(self, run_id: str, emails: Sequence[str], shard: str) -> None: ...
 
     def report_invalid_rows(
         self, reported_by: str, rows: Sequence[InvalidCrmRow]
@@ -147,12 +147,12 @@ class SupabaseStore:
             self._api.delete_in("crm_sync_invalid_rows", "row_key", gone)
         return new
 
-    def hold_deactivations(self, run_id: str, emails: Sequence[str]) -> None:
+    def hold_deactivations(self, run_id: str, emails: Sequence[str], shard: str) -> None:
         """Keeps the deactivations a tripped guard held back, under the run's id, in one call
         (one time for the whole set; the newest 20 sets are kept)."""
         self._api.rpc(
             "crm_sync_hold_deactivations",
-            {"p_run_id": run_id, "p_emails": list(emails)},
+            {"p_run_id": run_id, "p_emails": list(emails), "p_shard": shard},
             operation="hold deactivations",
         )
 

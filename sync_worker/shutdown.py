@@ -65,51 +65,67 @@ def cut_off(
     """Settles `run` (see the module) and returns within `margin` seconds, settled or not."""
     if run is None:
         return
-    # The three steps run side by side, each with the whole margin: none waits for another.
+    # The records and the run's row side by side; the lease only after both (released before
+    # the records land, another worker could send those emails again), and not at all when the
+    # records could not be made: then it runs out by itself, after its time-to-live.
     api = SupabaseApi(
         url,
         service_role_key,
-        policy=RetryPolicy(attempts=2, initial_wait=0.05, max_wait=0.1, deadline=margin * 0.8),
-        timeout=httpx.Timeout(margin * 0.4),
+        policy=RetryPolicy(attempts=2, initial_wait=0.05, max_wait=0.1, deadline=margin * 0.4),
+        timeout=httpx.Timeout(margin * 0.2),
     )
     began = time.monotonic()
-    steps = [
-        threading.Thread(
-            target=contextvars.copy_context().run,
-            args=(step, run, api),
-            name=f"crm-sync-cut-off-{step.__name__.strip('_')}",
-            daemon=True,
-        )
-        for step in (_release_lease, _finish_run, _record_accepted)
-    ]
-    for step in steps:
-        step.start()
-    for step in steps:
-        step.join(max(margin - (time.monotonic() - began), 0))
-    if any(step.is_alive() for step in steps):
+    recorded: list[bool] = []
+    first = [_start(_record_accepted, run, api, recorded), _start(_finish_run, run, api, None)]
+    for step in first:
+        step.join(max(margin * 0.6 - (time.monotonic() - began), 0))
+    if recorded == [True]:
+        last = _start(_release_lease, run, api, None)
+        last.join(max(margin - (time.monotonic() - began), 0))
+        first.append(last)
+    if any(step.is_alive() for step in first) or recorded != [True]:
         log.error("cut_off_incomplete", run_id=run.run_id, margin_seconds=margin)
     else:
         log.warning("run_cut_off", run_id=run.run_id)
 
 
-def _record_accepted(run: InFlightRun, api: SupabaseApi) -> None:
+def _start(
+    step: Callable[[InFlightRun, SupabaseApi, list[bool] | None], None],
+    run: InFlightRun,
+    api: SupabaseApi,
+    done: list[bool] | None,
+) -> threading.Thread:
+    thread = threading.Thread(
+        target=contextvars.copy_context().run,
+        args=(step, run, api, done),
+        name=f"crm-sync-cut-off-{step.__name__.strip('_')}",
+        daemon=True,
+    )
+    thread.start()
+    return thread
+
+
+def _record_accepted(run: InFlightRun, api: SupabaseApi, done: list[bool] | None) -> None:
     pending = run.recorder.unrecorded() if run.recorder is not None else []
-    if not pending:
-        return
-    try:
-        SupabaseStore(api, patient_records=False).record_welcome_emails(pending)
-        log.warning("accepted_emails_recorded_at_cut_off", count=len(pending))
-    except SupabaseError as exc:
-        log.error("accepted_emails_not_recorded", count=len(pending), error=str(exc))
+    ok = True
+    if pending:
+        try:
+            SupabaseStore(api, patient_records=False).record_welcome_emails(pending)
+            log.warning("accepted_emails_recorded_at_cut_off", count=len(pending))
+        except SupabaseError as exc:
+            ok = False
+            log.error("accepted_emails_not_recorded", count=len(pending), error=str(exc))
+    if done is not None:
+        done.append(ok)
 
 
-def _finish_run(run: InFlightRun, api: SupabaseApi) -> None:
+def _finish_run(run: InFlightRun, api: SupabaseApi, _done: list[bool] | None) -> None:
     RunHistory(api, run.worker, run.shard).finish(
         run.history_id, datetime.now(UTC), Outcome.INTERRUPTED, None, CUT_OFF_REASON
     )
 
 
-def _release_lease(run: InFlightRun, api: SupabaseApi) -> None:
+def _release_lease(run: InFlightRun, api: SupabaseApi, _done: list[bool] | None) -> None:
     SyncLease(api, run.worker, shard=run.shard).release(policy=api.policy)
 
 

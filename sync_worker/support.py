@@ -218,6 +218,7 @@ class HeldDeactivations(BaseModel):
     """The deactivations one run's tripped guard held back."""
 
     run_id: str
+    shard: str  # the shard whose run held it back ("index/count")
     held_at: datetime
     emails: list[str]
 
@@ -227,7 +228,7 @@ def held_deactivations(api: SupabaseApi, *, runs: int = 5) -> list[HeldDeactivat
     found: dict[str, HeldDeactivations] = {}
     for row in api.select(
         "crm_sync_held_deactivations",
-        "run_id,email,held_at",
+        "run_id,shard,email,held_at",
         order=("held_at.desc", "run_id", "email"),
         operation="read held deactivations",
     ):
@@ -236,7 +237,7 @@ def held_deactivations(api: SupabaseApi, *, runs: int = 5) -> list[HeldDeactivat
             if len(found) == runs:
                 break
             held = found[row["run_id"]] = HeldDeactivations(
-                run_id=row["run_id"], held_at=row["held_at"], emails=[]
+                run_id=row["run_id"], shard=row["shard"], held_at=row["held_at"], emails=[]
             )
         held.emails.append(row["email"])
     return list(found.values())
@@ -248,7 +249,8 @@ def render_held(sets: list[HeldDeactivations]) -> str:
     lines = []
     for held in sets:
         lines.append(
-            f"run {held.run_id} at {held.held_at:%Y-%m-%d %H:%M:%S} UTC held back"
+            f"run {held.run_id} (shard {held.shard}) at {held.held_at:%Y-%m-%d %H:%M:%S} UTC"
+            " held back"
             f" {len(held.emails)} deactivations (approve: crm-sync deactivations --approve"
             f" {held.run_id}):"
         )
@@ -256,22 +258,23 @@ def render_held(sets: list[HeldDeactivations]) -> str:
     return "\n".join(printable(line) for line in lines)
 
 
-def approved_set(api: SupabaseApi, run_id: str) -> frozenset[str]:
-    """The set a run held back, to approve.
+def approved_set(api: SupabaseApi, run_id: str) -> tuple[frozenset[str], tuple[int, int]]:
+    """The set a run held back, to approve, and the shard it belongs to (the approving run
+    acts under that shard's lease, on that shard's customers).
 
     Raises:
         ConfigError: that run held nothing back (exit 2).
     """
-    emails = frozenset(
-        row["email"]
-        for row in api.select(
+    rows = list(
+        api.select(
             "crm_sync_held_deactivations",
-            "email",
+            "email,shard",
             order=("email",),
             where={"run_id": run_id},
             operation="read held deactivations",
         )
     )
-    if not emails:
+    if not rows:
         raise ConfigError([f"run {run_id!r} held no deactivations back: nothing to approve"])
-    return emails
+    index, _, count = str(rows[0]["shard"]).partition("/")
+    return frozenset(row["email"] for row in rows), (int(index), int(count or 1))

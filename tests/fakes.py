@@ -184,7 +184,7 @@ class FakeStore:
         self.invalid_rows[reported_by] = current
         return new
 
-    def hold_deactivations(self, run_id: str, emails: Sequence[str]) -> None:
+    def hold_deactivations(self, run_id: str, emails: Sequence[str], shard: str) -> None:
         self.held.setdefault(run_id, set()).update(emails)
 
     def layout_figures(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -178,4 +179,20 @@ def test_a_flood_of_slow_readiness_probes_stays_under_the_cap_and_spares_livenes
             assert checks == 1  # every waiting probe shares the one check
     finally:
         release.set()
+        server.stop()
+
+
+def test_a_check_that_raises_is_a_503_not_a_dropped_connection() -> None:
+    def broken() -> tuple[bool, str]:
+        raise RuntimeError("a bug in a check")
+
+    server = HealthServer(
+        0, alive=lambda: True, ready=broken, metrics=lambda: b"", host="127.0.0.1"
+    ).start()
+    try:
+        with pytest.raises(urllib.error.HTTPError) as answer:
+            probe(server.port, "/readyz")
+        assert answer.value.code == 503
+        assert probe(server.port) == (200, b"ok\n")
+    finally:
         server.stop()

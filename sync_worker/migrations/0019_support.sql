@@ -19,6 +19,7 @@ create index crm_sync_welcome_emails_email_idx on public.crm_sync_welcome_emails
 
 create table public.crm_sync_held_deactivations (
   run_id text not null,
+  shard text not null default '0/1',  -- the shard whose run held it back ('index/count')
   email text not null check (email = lower(btrim(email)) and email <> ''),
   held_at timestamptz not null default now(),
   primary key (run_id, email)
@@ -52,27 +53,32 @@ end
 $tables$;
 
 -- One held-back set, all of it at one time (so a listing never shows part of a set), and only
--- the newest 20 sets kept (a guard tripped on every cycle stores its set each time).
-create function public.crm_sync_hold_deactivations(p_run_id text, p_emails text[])
+-- each shard's newest 20 sets kept (a guard tripped on every cycle stores its set each time).
+create function public.crm_sync_hold_deactivations(
+  p_run_id text, p_emails text[], p_shard text default '0/1'
+)
 returns void
 language sql
 volatile
 security definer
 set search_path = ''
 as $$
-  insert into public.crm_sync_held_deactivations (run_id, email, held_at)
-  select p_run_id, lower(btrim(e)), now() from unnest(p_emails) as e
+  insert into public.crm_sync_held_deactivations (run_id, shard, email, held_at)
+  select p_run_id, p_shard, lower(btrim(e)), now() from unnest(p_emails) as e
   on conflict (run_id, email) do nothing;
   delete from public.crm_sync_held_deactivations h
-   where h.run_id not in (
-     select r.run_id from public.crm_sync_held_deactivations r
-      group by r.run_id order by max(r.held_at) desc limit 20
-   );
+   where h.shard = p_shard
+     and h.run_id not in (
+       select r.run_id from public.crm_sync_held_deactivations r
+        where r.shard = p_shard
+        group by r.run_id order by max(r.held_at) desc limit 20
+     );
 $$;
 
-revoke all on function public.crm_sync_hold_deactivations(text, text[])
+revoke all on function public.crm_sync_hold_deactivations(text, text[], text)
   from public, anon, authenticated;
-grant execute on function public.crm_sync_hold_deactivations(text, text[]) to service_role;
+grant execute on function public.crm_sync_hold_deactivations(text, text[], text)
+  to service_role;
 
 -- As 0012, and every accepted email is also kept in the history. Items may carry run_id and
 -- message_id (workers of earlier versions send neither).
