@@ -89,7 +89,9 @@ class HealthServer:
                 self._server.close()
             others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
             for writer in list(self._writers):
-                writer.transport.abort()  # each connection's task then ends by itself
+                self._drop(writer)  # its task ends at once, whatever it waited on
+            for task in others:
+                task.cancel()
             if others:
                 await asyncio.wait(others, timeout=0.5)
 
