@@ -90,7 +90,7 @@ class CycleOptions:
     # Derives temporary passwords (CREDENTIALS_SECRET); never shown.
     credential_key: bytes = field(default=b"", repr=False)
     setup_link_reuse_seconds: int = 1800
-    message_domain: str = ""  # the sender's domain, for Message-IDs
+    message_domain: str = "crm-sync.localhost"  # the sender's (`sender_domain`), for Message-IDs
     # `crm-sync deactivations --approve RUN_ID`: deactivate exactly this held-back set (those of
     # it still not eligible), and nobody else this run.
     approved_deactivations: frozenset[str] | None = None

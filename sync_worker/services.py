@@ -5,7 +5,6 @@ from __future__ import annotations
 import hmac
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from email.utils import parseaddr
 from types import TracebackType
 
 from sync_worker.config import CrmSettings, EmailBackend, Settings
@@ -17,6 +16,7 @@ from sync_worker.retrying import RetryPolicy
 from sync_worker.source import CrmColumns, stream_groups
 from sync_worker.state import load_failures, lookup_tracking, stream_tracking
 from sync_worker.supabase_api import SupabaseApi
+from sync_worker.welcome_email import sender_domain
 
 
 def crm_columns(settings: CrmSettings) -> CrmColumns:
@@ -46,7 +46,7 @@ def cycle_options(settings: Settings, *, allow_mass_deactivation: bool = False) 
         shard=(settings.sync_shard_index, settings.sync_shard_count),
         credential_key=credential_key(settings),
         setup_link_reuse_seconds=settings.setup_link_reuse_seconds,
-        message_domain=parseaddr(settings.email_from)[1].rpartition("@")[2],
+        message_domain=sender_domain(settings.email_from),
     )
 
 

@@ -320,7 +320,7 @@ def render(email: WelcomeEmail, sender: str, *, smtputf8: bool = False) -> bytes
     message["From"] = _address(sender_name, sender_address or sender, smtputf8=smtputf8)
     message["To"] = _address(_clean_name(email.name) or "", email.to, smtputf8=smtputf8)
     message["Date"] = formatdate(usegmt=True)
-    message["Message-ID"] = message_id(email, _domain_of(sender_address))
+    message["Message-ID"] = message_id(email, sender_domain(sender))
     for part in parts:
         message.attach(part)
     for name, value in message.items():
@@ -336,7 +336,7 @@ def message_id(email: WelcomeEmail, domain: str) -> str:
     expect (make_msgid's default, socket.getfqdn(), is a DNS lookup that can stall)."""
     material = f"{email.idempotency_key}:{email.credits}:{email.credits_granted}"
     digest = hashlib.sha256(material.encode()).hexdigest()[:32]  # of a keyed digest
-    return f"<crm-welcome.{digest}@{domain or 'crm-sync.localhost'}>"
+    return f"<crm-welcome.{digest}@{domain}>"
 
 
 def _text_part(body: str, subtype: str) -> MIMENonMultipart:
@@ -429,6 +429,7 @@ def _clean_name(name: str | None) -> str | None:
     return text or None
 
 
-def _domain_of(address: str) -> str:
-    """The domain of a bare address (`parseaddr`'s second part), for the Message-ID."""
-    return address.rpartition("@")[2] or "crm-sync.localhost"
+def sender_domain(sender: str) -> str:
+    """The domain of the From header's address (`EMAIL_FROM`), for Message-IDs: the one the
+    rendered message carries and the one the history records are the same."""
+    return parseaddr(sender)[1].rpartition("@")[2] or "crm-sync.localhost"
