@@ -367,6 +367,16 @@ class Credentials:
     setup_link: str | None = field(default=None, repr=False)
 
 
+def shard_label(shard: tuple[int, int]) -> str:
+    """A shard as stored beside what it reports ("index/count"; "0/1" unsharded)."""
+    return f"{shard[0]}/{shard[1]}"
+
+
+def parse_shard_label(label: str) -> tuple[int, int]:
+    index, _, count = label.partition("/")
+    return int(index), int(count or 1)
+
+
 def shard_of(email: str, shard_count: int) -> int:
     """The shard of a normalised email: the first 32 bits of its MD5 modulo the count (the
     database's `crm_sync_shard` computes the same)."""

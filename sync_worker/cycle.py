@@ -34,6 +34,7 @@ from sync_worker.customers import (
     LayoutFigures,
     Step,
     TrackedCustomer,
+    shard_label,
     shard_of,
 )
 from sync_worker.errors import (
@@ -529,14 +530,7 @@ def _send(
                 log.warning("welcome_email_failed", email=item.email, error=str(exc))
                 tally.fail(_failure(item.email, Step.EMAIL, exc))
                 continue
-            recorder.add(
-                SentEmail(
-                    item.email,
-                    message.kind,
-                    tally.run_id,
-                    message_id(message, options.message_domain),
-                )
-            )
+            recorder.add(sent_email(message, options, tally.run_id))
     for (email, kind, *_), error in recorder.results:
         if error is not None:
             # Sent but not recorded: the next cycle sends again (better twice than never).
@@ -554,7 +548,7 @@ def _deactivate_phase(
     only: frozenset[str] | None = None,
 ) -> None:
     """Marks the customers who are no longer eligible as inactive (nothing is deleted); with
-    `only`, just those of them (an approved held-back set)."""
+    `only`, just those of them (an approved held-back set, or those the guard let through)."""
     emails = [s.email for s in plan.of(Action.DEACTIVATE) if only is None or s.email in only]
     if not emails or _stopping(services, tally):
         return
@@ -578,9 +572,8 @@ def _newly_invalid(
     the list cannot be kept."""
     if dry_run:
         return invalid
-    index, count = options.shard
     try:
-        return services.store.report_invalid_rows(f"{index}/{count}", invalid)
+        return services.store.report_invalid_rows(shard_label(options.shard), invalid)
     except SupabaseError as exc:
         log.warning("invalid_rows_not_kept", error=str(exc))
         return invalid
@@ -629,13 +622,18 @@ def welcome_email_for(
     )
 
 
+def sent_email(message: WelcomeEmail, options: CycleOptions, run_id: str | None) -> SentEmail:
+    """How an email the server accepted is recorded: its kind, run and Message-ID."""
+    return SentEmail(message.to, message.kind, run_id, message_id(message, options.message_domain))
+
+
 def _hold_deactivations(
     services: CycleServices, plan: SyncPlan, run_id: str, shard: tuple[int, int]
 ) -> None:
     """Keeps the set the guard held back, for `crm-sync deactivations` to list and approve."""
     emails = [s.email for s in plan.of(Action.DEACTIVATE)]
     try:
-        services.store.hold_deactivations(run_id, emails, f"{shard[0]}/{shard[1]}")
+        services.store.hold_deactivations(run_id, emails, shard_label(shard))
     except SupabaseError as exc:
         log.error("held_deactivations_not_recorded", error=str(exc), count=len(emails))
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import structlog
 
-from sync_worker.customers import Outcome
+from sync_worker.customers import Outcome, shard_label
 from sync_worker.errors import SupabaseError
 from sync_worker.logs import mask_secrets
 from sync_worker.report import CycleReport
@@ -24,7 +24,7 @@ class RunHistory:
     def __init__(self, api: SupabaseApi, worker: str, shard: tuple[int, int] = (0, 1)) -> None:
         self._api = api
         self.worker = worker
-        self.shard = None if shard[1] <= 1 else f"{shard[0]}/{shard[1]}"
+        self.shard = None if shard[1] <= 1 else shard_label(shard)
 
     def start(self, run_id: str, started: datetime) -> str | None:
         """Opens the run's row, keyed by its run id (the one every log line carries)."""

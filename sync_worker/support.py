@@ -15,16 +15,15 @@ from typing import Any
 import structlog
 from pydantic import BaseModel, Field
 
-from sync_worker.customers import Outcome, normalise_email, shard_of
-from sync_worker.cycle import welcome_email_for
+from sync_worker.customers import Outcome, normalise_email, parse_shard_label, shard_of
+from sync_worker.cycle import sent_email, welcome_email_for
 from sync_worker.display import printable
 from sync_worker.errors import ConfigError
 from sync_worker.lease import SyncLease
-from sync_worker.record import SentEmail
+from sync_worker.provision import account_from
 from sync_worker.runs import RunHistory
 from sync_worker.services import LiveServices
 from sync_worker.supabase_api import SupabaseApi
-from sync_worker.welcome_email import message_id
 
 log = structlog.get_logger("crm_sync.support")
 
@@ -77,13 +76,7 @@ def resend(live: LiveServices, raw_email: str, *, worker: str, run_id: str, ttl:
                 credits=tracked.credits_remaining,
             )
             services.mailer.send(message)
-            services.store.record_welcome_emails(
-                [
-                    SentEmail(
-                        email, message.kind, run_id, message_id(message, options.message_domain)
-                    )
-                ]
-            )
+            services.store.record_welcome_emails([sent_email(message, options, run_id)])
         except Exception as exc:
             history.finish(history_id, datetime.now(UTC), Outcome.FAILED, None, str(exc))
             raise
@@ -122,18 +115,18 @@ def story(api: SupabaseApi, raw_email: str) -> CustomerStory:
     email = customer_email(raw_email)
     holders = api.rpc("crm_sync_find_auth_account", {"p_email": email}, operation="find account")
     account = None
-    for holder in holders or []:
-        metadata = holder.get("app_metadata") or {}
+    if holders:
+        holder = holders[0]  # the user whose email it is comes first
+        found = account_from({**holder, "id": holder["user_id"]})
         account = {
-            "user_id": holder.get("user_id"),
+            "user_id": found.id,
             "holds_it_as": "its email" if holder.get("via") == "user" else "an identity",
             "provider": holder.get("provider"),
             "email_confirmed_at": holder.get("email_confirmed_at"),
             "last_sign_in_at": holder.get("last_sign_in_at"),
-            "created_by_crm_sync": metadata.get("created_by") == "crm-sync",
-            "taken_over_by_crm_sync": metadata.get("taken_over_by") == "crm-sync",
+            "created_by_crm_sync": found.created_by_crm_sync,
+            "taken_over_by_crm_sync": found.taken_over_by_crm_sync,
         }
-        break
     columns = (
         "email,user_id,full_name,crm_lead_id,credits_remaining,is_active,deactivated_at,"
         "account_origin,welcome_email_status,welcome_email_kind,welcome_email_sent_at,"
@@ -276,5 +269,4 @@ def approved_set(api: SupabaseApi, run_id: str) -> tuple[frozenset[str], tuple[i
     )
     if not rows:
         raise ConfigError([f"run {run_id!r} held no deactivations back: nothing to approve"])
-    index, _, count = str(rows[0]["shard"]).partition("/")
-    return frozenset(row["email"] for row in rows), (int(index), int(count or 1))
+    return frozenset(row["email"] for row in rows), parse_shard_label(str(rows[0]["shard"]))
