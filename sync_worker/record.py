@@ -124,19 +124,19 @@ class SupabaseStore:
             )
         }
         current = {row.key(reported_by): row for row in rows}
-        new = [row for key, row in current.items() if key not in known]
+        new = {key: row for key, row in current.items() if key not in known}
         if new:
             self._api.upsert(
                 "crm_sync_invalid_rows",
                 [
                     {
                         "reported_by": reported_by,
-                        "row_key": row.key(reported_by),
+                        "row_key": key,
                         "raw_email": row.raw_email,
                         "lead_id": row.lead_id,
                         "reason": row.reason,
                     }
-                    for row in new
+                    for key, row in new.items()
                 ],
                 on_conflict="reported_by,row_key",
                 ignore_duplicates=True,
@@ -145,7 +145,7 @@ class SupabaseStore:
         gone = sorted(known - set(current))
         if gone:
             self._api.delete_in("crm_sync_invalid_rows", "row_key", gone)
-        return new
+        return list(new.values())
 
     def hold_deactivations(self, run_id: str, emails: Sequence[str], shard: str) -> None:
         """Keeps the deactivations a tripped guard held back, under the run's id, in one call
