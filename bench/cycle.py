@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import time
+import uuid
 
 from harness import crm_with_sales, postgres_server
 
@@ -57,7 +58,7 @@ def main() -> None:
             sandbox.requests.reset()
             began = time.perf_counter()
             with LiveServices(settings) as live:
-                report = run_cycle(live.options, live.for_cycle())
+                report = run_cycle(live.options, live.for_cycle(), run_id=uuid.uuid4().hex[:12])
             took = time.perf_counter() - began
             print(
                 f"{label:>12}: {took:7.2f} s  {args.customers / took:8.1f} customers/s"

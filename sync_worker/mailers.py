@@ -14,7 +14,7 @@ import sys
 import threading
 from collections.abc import Iterable
 from email.utils import parseaddr
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TextIO
+from typing import TYPE_CHECKING, Any, ClassVar, TextIO
 
 import structlog
 from pydantic import SecretStr
@@ -22,6 +22,7 @@ from pydantic import SecretStr
 from sync_worker import __version__
 from sync_worker.config import MASK, EmailBackend, Settings, SmtpSecurity
 from sync_worker.errors import MailError, MailUnavailable
+from sync_worker.ports import Mailer
 from sync_worker.retrying import RetryPolicy, retry_after_seconds
 from sync_worker.welcome_email import WelcomeEmail, render, render_bodies, render_subject
 
@@ -42,23 +43,6 @@ log = structlog.get_logger("crm_sync.mail")
 _MAX_DETAIL = 300
 # How long the server may take to answer the end of DATA (RFC 5321 suggests 10 minutes).
 DATA_REPLY_TIMEOUT = 120.0
-
-
-class Mailer(Protocol):
-    """Sends welcome emails; one instance serves a whole sync cycle."""
-
-    def send(self, message: WelcomeEmail) -> None:
-        """Returns once the message was accepted for delivery.
-
-        Raises:
-            MailError: it was not accepted (`retriable` says whether a later try may work).
-            MailUnavailable: the server or API cannot be used at all; later sends would fail.
-        """
-        ...
-
-    def close(self) -> None:
-        """Releases connections; the mailer may be used again afterwards."""
-        ...
 
 
 # --- SMTP ------------------------------------------------------------------------------

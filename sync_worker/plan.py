@@ -6,8 +6,9 @@ unit-tested here.
 
 `PlanBuilder` merges two streams sorted by email (the CRM's groups and the tracking rows), so
 memory follows the work to do, not the customer base: a customer who needs nothing is counted
-and forgotten, and an email already tracked is never validated again. `make_plan` is the same
-over two mappings.
+and forgotten, and an email already tracked is never validated again. Each customer's step is
+a value of its action's own type (`Provision`, `Reenrol`, `ResumeEmail`, `Deactivate`,
+`Skip`), carrying exactly what carrying it out needs.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
+from typing import ClassVar, NamedTuple, TypeVar
 
 from sync_worker.customers import (
     CrmCustomer,
@@ -47,14 +49,72 @@ class Action(StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
-class CustomerStep:
-    """One customer's action, with what the cycle needs to carry it out."""
+class Provision:
+    """No tracking row: create (or find and link) the account, enrol, email."""
+
+    customer: CrmCustomer
+    failure: CustomerFailure | None = None
+    action: ClassVar[Action] = Action.PROVISION
+
+    @property
+    def email(self) -> str:
+        return self.customer.email
+
+
+@dataclass(frozen=True, slots=True)
+class Reenrol:
+    """Enrolled before and enrolled again: `REACTIVATE` (inactive and eligible again) or
+    `REFRESH` (the CRM's name or lead id changed)."""
+
+    action: Action
+    customer: CrmCustomer
+    tracked: TrackedCustomer
+    failure: CustomerFailure | None = None
+
+    @property
+    def email(self) -> str:
+        return self.customer.email
+
+
+@dataclass(frozen=True, slots=True)
+class ResumeEmail:
+    """Enrolled, and the welcome email not sent yet."""
+
+    customer: CrmCustomer
+    tracked: TrackedCustomer
+    failure: CustomerFailure | None = None
+    action: ClassVar[Action] = Action.RESUME_EMAIL
+
+    @property
+    def email(self) -> str:
+        return self.customer.email
+
+
+@dataclass(frozen=True, slots=True)
+class Deactivate:
+    """Enrolled and active, and no longer eligible in the CRM."""
+
+    tracked: TrackedCustomer
+    failure: CustomerFailure | None = None
+    action: ClassVar[Action] = Action.DEACTIVATE
+
+    @property
+    def email(self) -> str:
+        return self.tracked.email
+
+
+@dataclass(frozen=True, slots=True)
+class Skip:
+    """Nothing to do in this cycle: `WAIT`, `PARKED`, or `NOTHING` for a customer with a
+    failure on file (kept so that settling the cycle can clear it)."""
 
     action: Action
     email: str
-    customer: CrmCustomer | None = None
-    tracked: TrackedCustomer | None = None
     failure: CustomerFailure | None = None
+
+
+PlanEntry = Provision | Reenrol | ResumeEmail | Deactivate | Skip
+E = TypeVar("E", Provision, Reenrol, ResumeEmail, Deactivate, Skip)
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,15 +122,16 @@ class SyncPlan:
     """The steps that do anything (or carry an earlier failure), in email order, and how many
     customers got each action."""
 
-    steps: tuple[CustomerStep, ...]
+    steps: tuple[PlanEntry, ...]
     # Failures recorded for emails that are neither in the CRM nor tracked any more.
     stale_failures: tuple[str, ...] = ()
     counted: Mapping[str, int] = field(default_factory=dict)
     eligible: int = 0  # customers the CRM holds eligible (valid emails)
     active: int = 0  # tracking rows that are active
 
-    def of(self, *actions: Action) -> list[CustomerStep]:
-        return [s for s in self.steps if s.action in actions]
+    def of(self, kind: type[E]) -> list[E]:
+        """The steps of one kind, in email order."""
+        return [s for s in self.steps if isinstance(s, kind)]
 
     def counts(self) -> dict[str, int]:
         return {a.value: self.counted.get(a.value, 0) for a in Action}
@@ -107,7 +168,7 @@ class PlanBuilder:
         # to plan, nor to clear as stale.
         self._failures = {email: f for email, f in failures.items() if owns(email)}
         self._now = now
-        self._steps: list[CustomerStep] = []
+        self._steps: list[_Placed] = []
         self._counted: Counter[str] = Counter()
         self._failures_seen: set[str] = set()
         self._last_key = ""
@@ -164,7 +225,7 @@ class PlanBuilder:
         """The plan, once the tracking rows of the customers set aside are known."""
         self._catch_up(None)
         # The steps the merge gave CRM customers, by email (only when something was set aside).
-        placed = {s.email: s for s in self._steps if s.customer} if self.set_aside else {}
+        placed = {s.entry.email: s for s in self._steps if s.customer} if self.set_aside else {}
         replaced: set[int] = set()
         for email, customer in sorted(self.set_aside.items()):
             planned = placed.pop(email, None)
@@ -173,7 +234,7 @@ class PlanBuilder:
                 # one customer, one step. (One the merge placed and found done was forgotten;
                 # the other spelling is then planned on its own.)
                 replaced.add(id(planned))
-                self._counted[planned.action.value] -= 1
+                self._counted[planned.entry.action.value] -= 1
                 self._add(email, _merged(planned.customer, customer), planned.tracked)
                 continue
             tracked = set_aside_tracking.get(email)
@@ -185,7 +246,7 @@ class PlanBuilder:
             self._steps = [s for s in self._steps if id(s) not in replaced]
         stale = sorted(set(self._failures) - self._failures_seen)
         return SyncPlan(
-            tuple(sorted(self._steps, key=lambda s: s.email)),
+            tuple(sorted((s.entry for s in self._steps), key=lambda e: e.email)),
             tuple(stale),
             dict(self._counted),
             self._eligible,
@@ -224,9 +285,9 @@ class PlanBuilder:
     def _forget_unmatched(self, tracked: TrackedCustomer) -> None:
         """Undoes the step a tracking row got when no CRM customer seemed to match it."""
         for index, step in enumerate(self._steps):
-            if step.email == tracked.email and step.customer is None:
+            if step.entry.email == tracked.email and step.customer is None:
                 del self._steps[index]
-                self._counted[step.action.value] -= 1
+                self._counted[step.entry.action.value] -= 1
                 return
         self._counted[Action.NOTHING.value] -= 1
         if tracked.email in self._failures:
@@ -238,17 +299,17 @@ class PlanBuilder:
         failure = self._failures.get(email)
         if failure is not None:
             self._failures_seen.add(email)
-        action = _decide(customer, tracked)
-        if action is Action.DEACTIVATE and email in self._held:
-            action = Action.NOTHING
-        if action is not Action.NOTHING and action is not Action.DEACTIVATE and failure:
+        entry = _decide(email, customer, tracked, failure)
+        if isinstance(entry, Deactivate) and email in self._held:
+            entry = Skip(Action.NOTHING, email, failure)
+        if not isinstance(entry, Skip | Deactivate) and failure:
             if failure.parked:
-                action = Action.PARKED
+                entry = Skip(Action.PARKED, email, failure)
             elif failure.next_attempt_at is not None and failure.next_attempt_at > self._now:
-                action = Action.WAIT
-        self._counted[action.value] += 1
-        if action is not Action.NOTHING or failure is not None:
-            self._steps.append(CustomerStep(action, email, customer, tracked, failure))
+                entry = Skip(Action.WAIT, email, failure)
+        self._counted[entry.action.value] += 1
+        if entry.action is not Action.NOTHING or failure is not None:
+            self._steps.append(_Placed(customer, tracked, entry))
 
 
 def _merged(first: CrmCustomer, second: CrmCustomer) -> CrmCustomer:
@@ -262,41 +323,37 @@ def _merged(first: CrmCustomer, second: CrmCustomer) -> CrmCustomer:
     )
 
 
-def make_plan(
-    customers: Mapping[str, CrmCustomer],
-    tracked: Mapping[str, TrackedCustomer],
-    failures: Mapping[str, CustomerFailure],
-    now: datetime,
-) -> SyncPlan:
-    """Decides every customer's step for this cycle (the merge, over two mappings).
+class _Placed(NamedTuple):
+    """A step as the merge placed it, with the inputs it was decided from (a customer set
+    aside may still be merged into it)."""
 
-    Args:
-        customers: eligible CRM customers by normalised email (the whole CRM: an email
-            missing here is no longer eligible).
-        tracked: tracking rows by email.
-        failures: recorded failures by email.
-        now: the cycle's clock (timezone-aware).
-    """
-    builder = PlanBuilder((tracked[e] for e in sorted(tracked)), failures, now)
-    for email in sorted(customers):
-        builder.add_customer(customers[email])
-    return builder.finish({})
+    customer: CrmCustomer | None
+    tracked: TrackedCustomer | None
+    entry: PlanEntry
 
 
-def _decide(customer: CrmCustomer | None, row: TrackedCustomer | None) -> Action:
+def _decide(  # noqa: PLR0911 (one return per action)
+    email: str,
+    customer: CrmCustomer | None,
+    row: TrackedCustomer | None,
+    failure: CustomerFailure | None,
+) -> PlanEntry:
+    """What one customer needs, from the CRM's record and the tracking row."""
     if customer is None:
-        return Action.DEACTIVATE if row is not None and row.is_active else Action.NOTHING
+        if row is not None and row.is_active:
+            return Deactivate(row, failure)
+        return Skip(Action.NOTHING, email, failure)
     if row is None:
-        return Action.PROVISION
+        return Provision(customer, failure)
     if not row.is_active:
-        return Action.REACTIVATE
+        return Reenrol(Action.REACTIVATE, customer, row, failure)
     if not row.welcome_email_sent:
-        return Action.RESUME_EMAIL
+        return ResumeEmail(customer, row, failure)
     if (customer.name and customer.name != row.full_name) or (
         customer.lead_id and customer.lead_id != row.crm_lead_id
     ):
-        return Action.REFRESH
-    return Action.NOTHING
+        return Reenrol(Action.REFRESH, customer, row, failure)
+    return Skip(Action.NOTHING, email, failure)
 
 
 def next_attempt_delay(attempts: int, base: timedelta = timedelta(minutes=5)) -> timedelta:
@@ -318,9 +375,7 @@ class GuardDecision:
 
 
 def shard_figures(plan: SyncPlan) -> ShardFigures:
-    return ShardFigures(
-        plan.active, plan.eligible, tuple(s.email for s in plan.of(Action.DEACTIVATE))
-    )
+    return ShardFigures(plan.active, plan.eligible, tuple(s.email for s in plan.of(Deactivate)))
 
 
 def deactivation_guard(
@@ -341,7 +396,7 @@ def deactivation_guard(
     """
     if shard_count <= 1:
         return GuardDecision(held=mass_deactivation(plan, limit=limit, max_percent=max_percent))
-    own = {s.email for s in plan.of(Action.DEACTIVATE)}
+    own = {s.email for s in plan.of(Deactivate)}
     if not own:
         return GuardDecision()
     if layout is None or layout.shards < shard_count:
@@ -376,7 +431,7 @@ def mass_deactivation(plan: SyncPlan, *, limit: int, max_percent: float) -> str 
     `max_percent` of the active customers, and any deactivation when the CRM has no eligible
     customer at all.
     """
-    deactivating = len(plan.of(Action.DEACTIVATE))
+    deactivating = len(plan.of(Deactivate))
     if not deactivating:
         return None
     return _too_many(deactivating, plan.active, plan.eligible, limit=limit, max_percent=max_percent)

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Iterable, Iterator
 from types import TracebackType
+from typing import TypeVar
 
 import structlog
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -13,6 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 log = structlog.get_logger("crm_sync.progress")
 
 LOG_EVERY_SECONDS = 5.0
+T = TypeVar("T")
 
 
 class ProgressReporter:
@@ -40,6 +43,12 @@ class ProgressReporter:
             self._bar.start()
             self._task = self._bar.add_task(self.label, total=self.total)
         return self
+
+    def track(self, items: Iterable[T]) -> Iterator[T]:
+        """The items, each counted as done when it is taken."""
+        for item in items:
+            self.advance()
+            yield item
 
     def advance(self) -> None:
         self.done += 1

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime
-from typing import Any, NamedTuple, Protocol
+from typing import Any
 
 from sync_worker.customers import (
     AccountOrigin,
@@ -18,55 +18,13 @@ from sync_worker.customers import (
     LayoutFigures,
     ShardFigures,
 )
+from sync_worker.ports import ENROL_BATCH_SIZE
 from sync_worker.supabase_api import SupabaseApi
+from sync_worker.welcome_email import SentEmail
 
-# At most this many customers are enrolled by one call (each call commits on its own).
-ENROL_BATCH_SIZE = 200
-# At most this many accepted emails are recorded by one call.
-RECORD_BATCH_SIZE = 200
 RECORD_ATTEMPTS = 12
 RECORD_DEADLINE_SECONDS = 120.0
 FAILURES_TABLE = "crm_sync_failures"
-
-
-class SentEmail(NamedTuple):
-    """A welcome email the mail server accepted: to whom, which kind, in which run, and its
-    Message-ID (kept in the history, `crm_sync_welcome_emails`)."""
-
-    email: str
-    kind: str
-    run_id: str | None = None
-    message_id: str | None = None
-
-
-class EnrolmentStore(Protocol):
-    """What the cycle writes to Supabase."""
-
-    def enrol(self, batch: Sequence[Enrolment], initial_credits: int) -> list[EnrolmentResult]: ...
-
-    def deactivate(self, emails: Sequence[str]) -> list[str]: ...
-
-    def record_welcome_emails(self, sent: Sequence[SentEmail]) -> list[str]: ...
-
-    def record_failures(self, failures: Sequence[CustomerFailure]) -> None: ...
-
-    def clear_failures(self, emails: Sequence[str]) -> None: ...
-
-    def layout_figures(
-        self,
-        shard: tuple[int, int],
-        run_id: str,
-        figures: ShardFigures,
-        snapshot_at: datetime,
-        *,
-        record: bool,
-    ) -> LayoutFigures: ...
-
-    def hold_deactivations(self, run_id: str, emails: Sequence[str], shard: str) -> None: ...
-
-    def report_invalid_rows(
-        self, reported_by: str, rows: Sequence[InvalidCrmRow]
-    ) -> list[InvalidCrmRow]: ...
 
 
 def enrolment_result(row: dict[str, Any]) -> EnrolmentResult:

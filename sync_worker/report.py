@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from sync_worker.customers import CustomerFailure, EnrolOutcome, Outcome
+from sync_worker.customers import AccountOrigin, CustomerFailure, EnrolOutcome, Outcome
 from sync_worker.display import printable
 from sync_worker.errors import ExitCode
 from sync_worker.plan import CrmTally, SyncPlan
@@ -79,17 +79,22 @@ class CycleReport(BaseModel):
         )
 
     def apply(self, tally: CycleTally, settlement: Settlement) -> None:
-        """Takes in what the phases did and how the cycle was settled."""
-        outcomes = Counter(r.outcome for r in tally.enrolled.values())
-        self.created = len(tally.created)
-        self.linked = len(tally.linked)
-        self.taken_over = len(tally.taken_over)
+        """Takes in what the stages did and how the cycle was settled."""
+        accounts: Counter[AccountOrigin | None] = Counter()
+        outcomes: Counter[EnrolOutcome] = Counter()
+        for outcome in tally.outcomes.values():
+            accounts[outcome.account] += 1
+            if outcome.enrolment is not None:
+                outcomes[outcome.enrolment.outcome] += 1
+                self.credits_granted += outcome.enrolment.credits_granted
+            self.emails_sent += outcome.emailed
+            self.deactivated += outcome.deactivated
+        self.created = accounts[AccountOrigin.CREATED]
+        self.linked = accounts[AccountOrigin.LINKED]
+        self.taken_over = accounts[AccountOrigin.TAKEN_OVER]
         self.enrolled = outcomes[EnrolOutcome.ENROLLED]
         self.reactivated = outcomes[EnrolOutcome.REACTIVATED]
         self.refreshed = outcomes[EnrolOutcome.UPDATED]
-        self.credits_granted = sum(r.credits_granted for r in tally.enrolled.values())
-        self.emails_sent = len(tally.emailed)
-        self.deactivated = len(tally.deactivated)
         self.failures = settlement.failures
         self.aborted = str(tally.aborted) if tally.aborted else None
         self.interrupted = tally.interrupted

@@ -18,11 +18,13 @@ from collections.abc import Callable, Sequence
 from types import TracebackType
 
 from sync_worker.errors import SyncError, is_outage
-from sync_worker.record import RECORD_BATCH_SIZE, SentEmail
+from sync_worker.welcome_email import SentEmail
 
 __all__ = ["SentEmailRecorder"]
 
 Record = Callable[[Sequence[SentEmail]], object]
+# At most this many accepted emails are recorded by one call.
+RECORD_BATCH_SIZE = 200
 # How long the first email accepted waits for others to share its call.
 LINGER_SECONDS = 0.1
 

@@ -7,10 +7,10 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from types import TracebackType
 
+from sync_worker.auth_admin import SupabaseProvisioner
 from sync_worker.config import CrmSettings, EmailBackend, Settings
 from sync_worker.cycle import CycleOptions, CycleServices
 from sync_worker.mailers import build_mailer
-from sync_worker.provision import SupabaseProvisioner
 from sync_worker.record import SupabaseStore
 from sync_worker.retrying import RetryPolicy
 from sync_worker.source import CrmColumns, stream_groups

@@ -10,12 +10,13 @@ customers who are done, and leaves outage failures uncounted.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from typing import Any
 
 from sync_worker.customers import AccountOrigin, CustomerFailure, EnrolmentResult, Outcome
-from sync_worker.plan import Action, SyncPlan, next_attempt_delay
+from sync_worker.plan import Action, Skip, SyncPlan, next_attempt_delay
 
 # After this many customers in a row fail for a reason that says "the service is down", the
 # cycle stops: the rest would fail the same way, and their attempt counts would suffer for it.
@@ -34,23 +35,38 @@ class Abort:
         return f"{self.dependency} is unreachable: {self.reason}"
 
 
+@dataclass(frozen=True, slots=True)
+class CustomerOutcome:
+    """What this cycle achieved for one customer (each field set by the stage that did it)."""
+
+    account: AccountOrigin | None = None  # created, linked or taken over in this cycle
+    enrolment: EnrolmentResult | None = None  # enrolled, reactivated or refreshed
+    emailed: bool = False  # a welcome email accepted and recorded
+    deactivated: bool = False
+    failure: CustomerFailure | None = None
+
+    @property
+    def done(self) -> bool:
+        """Nothing left to do for them: emailed, deactivated, or enrolled with the email
+        already sent; and nothing failed."""
+        if self.failure is not None:
+            return False
+        sent = self.enrolment is not None and self.enrolment.welcome_email_sent
+        return self.emailed or self.deactivated or sent
+
+
 @dataclass
 class CycleTally:
-    """What happened to whom in this cycle, collected while the phases run."""
+    """What happened to whom in this cycle, collected while the stages run: one outcome per
+    email, and whether the cycle was cut short."""
 
     outage_threshold: int = OUTAGE_THRESHOLD
     run_id: str | None = None  # the run every accepted email is recorded under
-    created: list[str] = field(default_factory=list)
-    linked: list[str] = field(default_factory=list)
-    taken_over: list[str] = field(default_factory=list)
-    enrolled: dict[str, EnrolmentResult] = field(default_factory=dict)
-    emailed: list[str] = field(default_factory=list)
-    deactivated: list[str] = field(default_factory=list)
-    failed: dict[str, CustomerFailure] = field(default_factory=dict)
+    outcomes: dict[str, CustomerOutcome] = field(default_factory=dict)
     aborted: Abort | None = None
     interrupted: bool = False
     _outages_in_a_row: int = 0
-    # The phases run on several threads: every change goes through a method, under this lock.
+    # The stages run on several threads: every change goes through a method, under this lock.
     _lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
 
     @property
@@ -71,7 +87,7 @@ class CycleTally:
         """Notes one customer's failure; with `in_a_row`, enough outages one after another
         abort the cycle (a batch call's failure, noted per customer, does not count so)."""
         with self._lock:
-            self.failed[failure.email] = failure
+            self._note(failure.email, failure=failure)
             if not in_a_row:
                 return
             self._outages_in_a_row = self._outages_in_a_row + 1 if failure.outage else 0
@@ -82,28 +98,37 @@ class CycleTally:
         """Notes an account created, linked or taken over; the outage run, if any, is over."""
         with self._lock:
             self._outages_in_a_row = 0
-            {
-                AccountOrigin.CREATED: self.created,
-                AccountOrigin.LINKED: self.linked,
-                AccountOrigin.TAKEN_OVER: self.taken_over,
-            }[origin].append(email)
+            self._note(email, account=origin)
 
     def enrolment(self, result: EnrolmentResult) -> None:
         """Notes a customer the enrolment RPC enrolled (or reactivated, or refreshed)."""
         with self._lock:
-            self.enrolled[result.email] = result
+            self._note(result.email, enrolment=result)
 
     def email_recorded(self, email: str) -> None:
         """Notes a welcome email accepted and recorded; the outage run, if any, is over."""
         with self._lock:
             self._outages_in_a_row = 0
-            self.emailed.append(email)
+            self._note(email, emailed=True)
+
+    def deactivated(self, emails: Iterable[str]) -> None:
+        with self._lock:
+            for email in emails:
+                self._note(email, deactivated=True)
 
     def abort(self, dependency: str, reason: str) -> None:
         """Cuts the cycle short (the first reason wins)."""
         with self._lock:
             if self.aborted is None:
                 self.aborted = Abort(dependency, reason)
+
+    def failures(self) -> list[CustomerFailure]:
+        """This cycle's failures, by email."""
+        return [o.failure for _, o in sorted(self.outcomes.items()) if o.failure is not None]
+
+    def _note(self, email: str, **changes: Any) -> None:
+        before = self.outcomes.get(email)
+        self.outcomes[email] = replace(before or CustomerOutcome(), **changes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,17 +154,29 @@ def settle(plan: SyncPlan, tally: CycleTally, now: datetime, max_attempts: int) 
         now: the clock at the end of the cycle.
         max_attempts: failed attempts after which a customer is parked.
     """
-    previous = {s.email: s.failure for s in plan.steps if s.failure is not None}
     record: list[CustomerFailure] = []
     uncounted: list[CustomerFailure] = []
-    for email, failure in sorted(tally.failed.items()):
+    cleared: list[str] = []
+    # One pass over the plan's steps, one look-up of each in the outcome map: linear in the
+    # customers (a membership test of a list made settling quadratic).
+    for step in plan.steps:
+        before = step.failure
+        if before is None:
+            continue
+        outcome = tally.outcomes.get(step.email)
+        if outcome is None or outcome.failure is None:
+            nothing_left = isinstance(step, Skip) and step.action is Action.NOTHING
+            if nothing_left or (outcome is not None and outcome.done):
+                cleared.append(step.email)
+    previous = {s.email: s.failure for s in plan.steps if s.failure is not None}
+    for failure in tally.failures():
         if tally.aborted is not None and failure.outage:
             # The service was down, not the customer's case: no attempt is counted against
             # them, and they are simply tried again next cycle.
             uncounted.append(failure)
             continue
-        before = previous.get(email)
-        attempts = (before.attempts if before else 0) + 1
+        earlier = previous.get(failure.email)
+        attempts = (earlier.attempts if earlier else 0) + 1
         # Refused for good: parked at once with its reason, never retried (each retry of an
         # email would also set a new password).
         parked = attempts >= max_attempts or failure.permanent
@@ -150,28 +187,13 @@ def settle(plan: SyncPlan, tally: CycleTally, now: datetime, max_attempts: int) 
                 attempts=attempts,
                 next_attempt_at=None if parked else now + next_attempt_delay(attempts),
                 parked=parked,
-                first_failed_at=before.first_failed_at if before else now,
+                first_failed_at=earlier.first_failed_at if earlier else now,
                 last_failed_at=now,
             )
         )
-    nothing_left = {s.email for s in plan.of(Action.NOTHING)}
-    # Sets, built once: a membership test of a list made settling quadratic (20,000 retried
-    # emails took seconds).
-    done = set(tally.emailed) | set(tally.deactivated)
-    cleared = [
-        email
-        for email in previous
-        if email not in tally.failed
-        and (email in nothing_left or email in done or _enrolled_and_sent(email, tally))
-    ]
     # Failures of emails that left the CRM before they were ever enrolled concern nobody now.
     cleared += plan.stale_failures
     return Settlement(tuple(record), tuple(uncounted), tuple(cleared))
-
-
-def _enrolled_and_sent(email: str, tally: CycleTally) -> bool:
-    result = tally.enrolled.get(email)
-    return result is not None and result.welcome_email_sent
 
 
 def outcome_of(*, aborted: bool, interrupted: bool, failed: bool) -> Outcome:

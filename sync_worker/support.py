@@ -15,15 +15,23 @@ from typing import Any
 import structlog
 from pydantic import BaseModel, Field
 
-from sync_worker.customers import Outcome, normalise_email, parse_shard_label, shard_of
-from sync_worker.cycle import sent_email, welcome_email_for
+from sync_worker.auth_admin import account_from
+from sync_worker.customers import (
+    CrmCustomer,
+    Outcome,
+    normalise_email,
+    parse_shard_label,
+    shard_of,
+)
 from sync_worker.display import printable
 from sync_worker.errors import ConfigError
 from sync_worker.lease import SyncLease
-from sync_worker.provision import account_from
 from sync_worker.runs import RunHistory
 from sync_worker.services import LiveServices
+from sync_worker.stages import welcome_email_for
 from sync_worker.supabase_api import SupabaseApi
+from sync_worker.welcome_email import accepted
+from sync_worker.work import CustomerWork
 
 log = structlog.get_logger("crm_sync.support")
 
@@ -66,17 +74,12 @@ def resend(live: LiveServices, raw_email: str, *, worker: str, run_id: str, ttl:
                 raise ConfigError([f"{email} is not an enrolled customer: nothing to re-send"])
             if not tracked.is_active:
                 raise ConfigError([f"{email} was deactivated: nothing to re-send"])
-            message = welcome_email_for(
-                options,
-                services.provisioner,
-                email=email,
-                user_id=tracked.user_id,
-                origin=tracked.account_origin,
-                name=tracked.full_name,
-                credits=tracked.credits_remaining,
-            )
+            work = CustomerWork.tracked(CrmCustomer(email, name=tracked.full_name), tracked)
+            message = welcome_email_for(options, services.provisioner, work)
             services.mailer.send(message)
-            services.store.record_welcome_emails([sent_email(message, options, run_id)])
+            services.store.record_welcome_emails(
+                [accepted(message, run_id, options.message_domain)]
+            )
         except Exception as exc:
             history.finish(history_id, datetime.now(UTC), Outcome.FAILED, None, str(exc))
             raise

@@ -25,7 +25,7 @@ from email.mime.nonmultipart import MIMENonMultipart
 from email.utils import formataddr, formatdate, parseaddr
 from html import escape
 from string import Template
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from sync_worker.config import MASK
 from sync_worker.customers import Credentials, clean_name
@@ -337,6 +337,22 @@ def message_id(email: WelcomeEmail, domain: str) -> str:
     material = f"{email.idempotency_key}:{email.credits}:{email.credits_granted}"
     digest = hashlib.sha256(material.encode()).hexdigest()[:32]  # of a keyed digest
     return f"<crm-welcome.{digest}@{domain}>"
+
+
+class SentEmail(NamedTuple):
+    """A welcome email the mail server accepted: to whom, which kind, in which run, and its
+    Message-ID (kept in the history, `crm_sync_welcome_emails`)."""
+
+    email: str
+    kind: str
+    run_id: str | None = None
+    message_id: str | None = None
+
+
+def accepted(message: WelcomeEmail, run_id: str | None, domain: str) -> SentEmail:
+    """How an email the server accepted is recorded: its kind, run and Message-ID (`domain`:
+    the sender's, as in the message itself)."""
+    return SentEmail(message.to, message.kind, run_id, message_id(message, domain))
 
 
 def _text_part(body: str, subtype: str) -> MIMENonMultipart:

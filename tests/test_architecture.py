@@ -23,6 +23,23 @@ def test_the_core_imports_no_io_library() -> None:
     assert loaded == "[]"
 
 
+# The modules that talk to the world: Supabase, the CRM, the mail server.
+ADAPTERS = ("supabase_api", "record", "auth_admin", "mailers", "source", "state", "services")
+
+
+def test_the_cycle_imports_no_adapter() -> None:
+    """It is given its collaborators (`ports`); fakes stand in for them in the unit tests."""
+    probe = (
+        "import sys, sync_worker.cycle; "
+        "print(sorted(m for m in sys.modules if m.startswith('sync_worker.')))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", probe], check=True, capture_output=True, text=True
+    ).stdout
+    assert "sync_worker.cycle" in loaded
+    assert not [name for name in ADAPTERS if f"'sync_worker.{name}'" in loaded], loaded
+
+
 def imports_of(path: Path) -> set[str]:
     """The sync_worker modules one file imports (at run time or for type checking alike)."""
     found: set[str] = set()

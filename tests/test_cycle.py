@@ -6,6 +6,7 @@ import dataclasses
 import io
 import json
 import re
+import uuid
 from collections.abc import Iterator
 from decimal import Decimal
 from email.message import EmailMessage
@@ -69,7 +70,7 @@ def clean(sandbox: Sandbox) -> Iterator[None]:
 
 def run(settings: Settings, policy: RetryPolicy = FAST) -> CycleReport:
     with LiveServices(settings, policy=policy) as services:
-        return run_cycle(services.options, services.for_cycle())
+        return run_cycle(services.options, services.for_cycle(), run_id=uuid.uuid4().hex[:12])
 
 
 def query(sandbox: Sandbox, sql: str, *params: Any) -> list[tuple[Any, ...]]:
@@ -492,7 +493,9 @@ def test_dry_run_writes_nothing(sandbox: Sandbox, crm_url: str) -> None:
     add_sales(crm_url, ("dry@example.com", None, 1, None))
     settings = settings_for(sandbox, crm_url)
     with LiveServices(settings, policy=FAST) as services:
-        report = run_cycle(services.options, services.for_cycle(), dry_run=True)
+        report = run_cycle(
+            services.options, services.for_cycle(), run_id=uuid.uuid4().hex[:12], dry_run=True
+        )
     assert report.planned["provision"] == 1
     assert report.preview["provision"] == ["dry@example.com"]
     assert "DRY RUN" in report.render()

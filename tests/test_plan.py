@@ -20,7 +20,8 @@ from sync_worker.customers import (
     customer_from_rows,
     normalise_email,
 )
-from sync_worker.plan import Action, PlanBuilder, make_plan, next_attempt_delay
+from sync_worker.plan import Action, PlanBuilder, Provision, next_attempt_delay
+from tests.plans import make_plan
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 
@@ -203,7 +204,7 @@ def test_two_spellings_of_one_new_email_make_one_step() -> None:
     plan = builder.finish({})
     [step] = plan.steps
     assert (step.email, step.action) == ("new@x.co", Action.PROVISION)
-    assert step.customer is not None
+    assert isinstance(step, Provision)
     assert step.customer.lead_ids == ("L1", "L2")
     assert step.customer.sale_rows == 2
     assert plan.eligible == 1

@@ -1,12 +1,12 @@
-"""`settle` decides what a cycle records in time linear in its customers (issue 20, item 1):
-counted in comparisons of emails, not timed."""
+"""`settle` decides what a cycle records in time linear in its customers: counted in
+comparisons of emails, not timed."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sync_worker.customers import CustomerFailure, Step
-from sync_worker.plan import Action, CustomerStep, SyncPlan
+from sync_worker.customers import CrmCustomer, CustomerFailure, Step
+from sync_worker.plan import Provision, SyncPlan
 from sync_worker.settle import CycleTally, settle
 
 NOW = datetime(2026, 12, 1, tzinfo=UTC)
@@ -29,16 +29,13 @@ def test_settling_thousands_of_retried_emails_compares_each_email_a_few_times() 
     count = 4000
     emails = [CountedEmail(f"r{i:05}@example.com") for i in range(count)]
     steps = tuple(
-        CustomerStep(
-            Action.PROVISION,
-            email,
-            failure=CustomerFailure(email, Step.EMAIL, "busy", attempts=1),
-        )
+        Provision(CrmCustomer(email), CustomerFailure(email, Step.EMAIL, "busy", attempts=1))
         for email in emails
     )
     tally = CycleTally()
     # Every one was emailed this time, in another order than the plan's.
-    tally.emailed.extend(CountedEmail(str(e)) for e in reversed(emails))
+    for email in reversed(emails):
+        tally.email_recorded(CountedEmail(str(email)))
     CountedEmail.comparisons = 0
     settlement = settle(SyncPlan(steps), tally, NOW, max_attempts=8)
     assert len(settlement.clear) == count

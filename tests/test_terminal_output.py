@@ -11,10 +11,11 @@ import structlog
 from sync_worker.customers import CrmCustomer, CustomerFailure, InvalidCrmRow, Step
 from sync_worker.display import printable
 from sync_worker.logs import configure_logging
-from sync_worker.plan import CrmTally, make_plan
+from sync_worker.plan import CrmTally
 from sync_worker.report import CycleReport
 from sync_worker.status import PendingCustomer, RunLine, StatusReport, render_status
 from sync_worker.verify import Mismatch, VerifyReport, render_verify
+from tests.plans import make_plan
 
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 # Set the window title, clear the screen, a bell, a right-to-left override, a line separator.
