@@ -3,19 +3,25 @@ fast unit tests of every branch of a cycle: no network, no database.
 
 They keep the state a real project keeps (accounts, tracking rows, failures), so several
 cycles can run one after another, and each can be told to fail in the ways the real
-services fail.
+services fail. The CRM is its sale rows, read as the production reader groups them
+(`source.group_rows`, in the SQL's order and shard filter), so invalid rows and emails the
+merge sets aside go through the cycle's real path.
 """
 
 from __future__ import annotations
 
+import hashlib
 import itertools
-from collections.abc import Callable, Sequence
+import re
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 from sync_worker.customers import (
     AuthAccount,
     CrmCustomer,
+    CrmGroup,
+    CrmRow,
     CustomerFailure,
     Enrolment,
     EnrolmentResult,
@@ -30,6 +36,7 @@ from sync_worker.customers import (
 from sync_worker.cycle import CycleOptions, CycleServices
 from sync_worker.errors import MailError, SupabaseError
 from sync_worker.provision import AccountExists
+from sync_worker.source import group_rows
 from sync_worker.welcome_email import SentEmail, WelcomeEmail
 
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
@@ -335,11 +342,50 @@ class FakeMailer:
         return [m for m in self.sent if m.to == email]
 
 
+# What the CRM query calls a plain decimal, and the blanks its order key trims.
+_DECIMAL = re.compile(r"^[ \t]*[+-]?([0-9]{1,30}(\.[0-9]{0,30})?|\.[0-9]{1,30})[ \t]*$")
+_BLANKS = " \t\r\n"
+
+
+def crm_groups(rows: Sequence[CrmRow], shard: tuple[int, int] = (0, 1)) -> Iterator[CrmGroup]:
+    """The groups the CRM query gives for these sale rows: eligible (a plain decimal above
+    zero) or unreadable ones, keyed by the email trimmed and lower-cased, in byte order with
+    rows without an email last, only the shard's (and every key that is not plain ASCII)."""
+    index, count = shard
+
+    def key(row: CrmRow) -> str | None:
+        return None if row.raw_email is None else row.raw_email.strip(_BLANKS).lower()
+
+    def listed(row: CrmRow) -> bool:
+        if _DECIMAL.match(row.value):
+            return float(row.value) > 0
+        return row.value.strip(_BLANKS) != "" and row.value.strip().lower() not in ("nan", "inf")
+
+    def mine(order_key: str | None) -> bool:
+        if count <= 1:
+            return True
+        if order_key is None:
+            return index == 0
+        if not re.fullmatch(r"[ -~]*", order_key):
+            return True
+        digest = hashlib.md5(order_key.encode(), usedforsecurity=False).hexdigest()
+        return int(digest[:8], 16) % count == index
+
+    chosen = [
+        (key(row), row.raw_email, row.value, row.name, row.lead_id, bool(_DECIMAL.match(row.value)))
+        for row in rows
+        if listed(row) and mine(key(row))
+    ]
+    chosen.sort(key=lambda row: (row[0] is None, (row[0] or "").encode()))
+    return group_rows(chosen)
+
+
 @dataclass
 class FakeProject:
     """A CRM and a Supabase project in memory, wired as a cycle's services."""
 
-    crm: dict[str, CrmCustomer] = field(default_factory=dict)
+    # The CRM's sale rows, by the email they were sold to as typed.
+    crm: dict[str | None, list[CrmRow]] = field(default_factory=dict)
     auth: FakeProvisioner = field(default_factory=FakeProvisioner)
     store: FakeStore = field(default_factory=FakeStore)
     mailer: FakeMailer = field(default_factory=FakeMailer)
@@ -347,8 +393,19 @@ class FakeProject:
     stop: Callable[[], bool] = lambda: False
 
     def sell(self, *emails: str, name: str | None = None) -> None:
+        """One sale to each of `emails` (its only one: a name given again replaces it)."""
         for email in emails:
-            self.crm[email] = CrmCustomer(email=email, name=name)
+            self.crm[email] = [CrmRow(email, "49.00", name)]
+
+    def sell_row(
+        self,
+        raw_email: str | None,
+        value: str = "49.00",
+        name: str | None = None,
+        lead_id: str | None = None,
+    ) -> None:
+        """One more sale row, as the CRM holds it: any email, any value."""
+        self.crm.setdefault(raw_email, []).append(CrmRow(raw_email, value, name, lead_id))
 
     def services(self, shard: tuple[int, int] = (0, 1)) -> CycleServices:
         """The cycle's services; with a `shard`, the CRM and the tracking rows are that shard's
@@ -358,7 +415,7 @@ class FakeProject:
             return shard_of(email, shard[1]) == shard[0]
 
         return CycleServices(
-            read_crm=lambda: [self.crm[e] for e in sorted(self.crm) if mine(e)],
+            read_crm=lambda: crm_groups([r for rows in self.crm.values() for r in rows], shard),
             stream_tracking=lambda: [
                 self.store.tracking[e] for e in sorted(self.store.tracking) if mine(e)
             ],

@@ -726,7 +726,9 @@ def test_a_shard_leaves_the_failures_of_other_shards_alone() -> None:
         next(e for e in (f"w{i}@example.com" for i in range(100)) if shard_of(e, 2) == 1),
     )
     project.sell(parked, waiting)
-    project.store.record_email_error[parked] = SupabaseError("record: 400", status=400)
+    project.store.record_email_error[parked] = SupabaseError(
+        "record: 400", status=400, permanent=True
+    )
     project.auth.failing[waiting] = outage()
     shard = dataclasses.replace(OPTIONS, shard=(1, 2))
     run_cycle(shard, project.services(shard=(1, 2)), run_id="shard-1")
@@ -737,9 +739,17 @@ def test_a_shard_leaves_the_failures_of_other_shards_alone() -> None:
     )
     assert project.store.failures == before
     project.auth.failing.clear()
+    # The clock moves: a failure another shard had cleared or rewritten would show now.
+    project.clock = NOW + timedelta(minutes=4)  # the first retry is due after 5 minutes
     again = run_cycle(shard, project.services(shard=(1, 2)), run_id="shard-1-again")
     assert again.emails_sent == 0  # one waits for its next attempt, the other is parked
     assert len(project.mailer.to(parked)) == 1
+    project.clock = NOW + timedelta(minutes=6)
+    due = run_cycle(shard, project.services(shard=(1, 2)), run_id="shard-1-due")
+    assert due.emails_sent == 1
+    assert len(project.mailer.to(waiting)) == 1
+    assert len(project.mailer.to(parked)) == 1
+    assert project.store.failures[parked].parked
 
 
 def test_an_enrolment_call_refused_fails_only_the_customers_it_carried() -> None:
@@ -898,3 +908,59 @@ def test_steady_churn_in_shards_is_deactivated_a_cycle_later_and_never_piles_up(
     inactive = {e for e, row in project.store.tracking.items() if not row.is_active}
     # Everyone who left before the last round is gone; the last round's wait one more cycle.
     assert set(emails[: 11 * 3]) <= inactive <= set(emails[: 12 * 3])
+
+
+def test_invalid_crm_rows_are_reported_and_cost_nobody_else_anything() -> None:
+    project = FakeProject()
+    project.sell("ok@example.com")
+    project.sell_row("not an email")
+    project.sell_row(None)
+    project.sell_row("usd@example.com", value="49 USD")
+    report = run(project)
+    assert report.emails_sent == 1
+    assert sorted((line.email or "", line.reason[:24]) for line in report.invalid) == [
+        ("", "no email"),
+        ("not an email", "An email address must ha"),
+        ("usd@example.com", "the eligibility value is"),
+    ]
+    # Kept for `crm-sync status`, and warned about once: a second cycle reports nothing new.
+    assert len(project.store.invalid_rows["0/1"]) == 3
+    assert run(project).emails_sent == 0
+
+
+def test_a_customer_whose_only_row_became_unreadable_is_not_deactivated() -> None:
+    project = FakeProject()
+    project.sell("usd@example.com", "stays@example.com")
+    run(project)
+    project.crm["usd@example.com"] = []
+    project.sell_row("usd@example.com", value="49 USD")
+    report = run(project)
+    assert report.deactivated == 0
+    assert project.store.tracking["usd@example.com"].is_active
+    del project.crm["usd@example.com"]
+    assert run(project).deactivated == 1
+
+
+def test_an_internationalised_domain_is_set_aside_provisioned_once_and_then_left_alone() -> None:
+    project = FakeProject()
+    project.sell_row("Ann@Bücher.example", name="Ann")
+    project.sell_row("zed@example.com")
+    first = run(project)
+    assert first.created == 2
+    assert sorted(project.auth.accounts) == ["ann@xn--bcher-kva.example", "zed@example.com"]
+    assert len(project.mailer.to("ann@xn--bcher-kva.example")) == 1
+    again = run(project)
+    assert again.planned["nothing"] == 2
+    assert again.emails_sent == 0
+    assert again.deactivated == 0
+
+
+def test_two_spellings_of_one_email_are_one_customer_with_one_email() -> None:
+    project = FakeProject()
+    project.sell_row("new@example.com", value="100", name="Ann", lead_id="L1")
+    project.sell_row("new@example.com\u00a0", value="50", name="Ann", lead_id="L2")
+    report = run(project)
+    assert report.created == 1
+    assert report.eligible_customers == 1
+    assert len(project.mailer.to("new@example.com")) == 1
+    assert project.store.tracking["new@example.com"].crm_lead_id == "L1"
