@@ -1,5 +1,5 @@
-"""`settle` decides what a cycle records in time linear in its customers (issue 20, item 1):
-counted in comparisons of emails, not timed."""
+"""`settle` decides what a cycle records in time linear in its customers: counted in
+comparisons of emails, not timed."""
 
 from __future__ import annotations
 
