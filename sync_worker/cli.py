@@ -3,7 +3,7 @@
 Only argparse is loaded before the arguments are parsed, so `crm-sync --help` is quick; the
 commands (and the libraries they need) are imported once there is a command to run.
 Configuration errors exit 2 before any I/O; every other outcome maps to the exit codes of
-DESIGN.md through `sync_worker.errors.ExitCode`.
+README.md ("Commands") through `sync_worker.errors.ExitCode`.
 """
 
 from __future__ import annotations

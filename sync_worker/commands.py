@@ -1,8 +1,8 @@
 """The `crm-sync` commands behind the command line: load each command's settings, configure
-logging, run it, and turn every outcome into an exit code (DESIGN.md). Imported only once the
-arguments are parsed, so `crm-sync --help` loads none of this; the daemon, status, verify and
-migrate are imported by their own command only, so a `--once` run (cron) starts without the
-scheduler and the probes."""
+logging, run it, and turn every outcome into an exit code (README.md, "Commands"). Imported only
+once the arguments are parsed, so `crm-sync --help` loads none of this; the daemon, status,
+verify and migrate are imported by their own command only, so a `--once` run (cron) starts
+without the scheduler and the probes."""
 
 from __future__ import annotations
 

@@ -193,7 +193,7 @@ class VerifySettings(CrmSettings, SupabaseSettings):
 
 
 class Settings(VerifySettings):
-    """The worker's whole configuration (DESIGN.md, "Configuration")."""
+    """The worker's whole configuration (README.md, "Configuration")."""
 
     supabase_db_url: Secret | None = None
 
@@ -227,14 +227,14 @@ class Settings(VerifySettings):
     sync_concurrency: int = Field(default=8, ge=1, le=64)
     sync_max_attempts: int = Field(default=8, ge=1)
     # The mass-deactivation guard: a cycle that would deactivate more than this many customers
-    # AND more than this share of the active ones deactivates nobody (see README).
+    # AND more than this share of the active ones deactivates nobody (docs/OPERATIONS.md).
     sync_deactivation_limit: int = Field(default=10, ge=0)
     sync_deactivation_max_percent: float = Field(default=10.0, ge=0, le=100)
     health_port: int = Field(default=8080, ge=0, le=65535)
     # Where /healthz, /readyz and /metrics listen: every interface by default, since a pod's
     # probes and Prometheus reach it on the pod's own address; 127.0.0.1 outside a container.
     health_host: str = "0.0.0.0"  # noqa: S104
-    # Not in DESIGN.md's table: how long a lease lives without a heartbeat (a crashed holder is
+    # How long a lease lives without a heartbeat (a crashed holder is
     # taken over after this), and how long the daemon lets calls in flight finish on SIGTERM.
     sync_lease_ttl_seconds: int = Field(default=60, ge=3, le=3600)
     # With the cut-off's 3 s margin (shutdown.py), under Docker's 10 s kill timer.

@@ -37,8 +37,8 @@ _AUTH_EMAIL_FORMAT = re.compile(
 class AccountOrigin(StrEnum):
     CREATED = "created"  # crm-sync created the auth account
     LINKED = "linked"  # the person already had a confirmed account; crm-sync linked it
-    # An unconfirmed account existed for the email (anyone can create one): crm-sync set fresh
-    # credentials, confirmed the email and sent the new-account email (issue 10: pre-hijacking).
+    # An unconfirmed account existed for the email (anyone can create one): crm-sync replaced
+    # it with a fresh account (earlier versions took it over in place); docs/SECURITY.md.
     TAKEN_OVER = "taken_over"
 
 

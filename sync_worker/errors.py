@@ -26,7 +26,7 @@ from enum import IntEnum
 
 
 class ExitCode(IntEnum):
-    """Exit codes of a one-off run (sysexits-style, see DESIGN.md)."""
+    """Exit codes of a one-off run (sysexits-style; README.md, "Commands")."""
 
     OK = 0
     CUSTOMERS_FAILED = 1

@@ -52,7 +52,7 @@ class SmtpMailer:
     """SMTP with the standard library: one connection, opened lazily and reused for the cycle.
 
     SMTP has no idempotency: a message counts as sent when the server answers 250 to its
-    DATA, and the caller records it right then (PITFALLS.md, "Mail").
+    DATA, and the caller records it right then (docs/OPERATIONS.md, "What a cycle does").
     """
 
     # The one place this adapter's retries are configured.

@@ -122,7 +122,7 @@ class CycleReport(BaseModel):
 
     @property
     def exit_code(self) -> ExitCode:
-        """The exit code of a one-off run that ran this cycle (DESIGN.md)."""
+        """The exit code of a one-off run that ran this cycle (README.md, "Commands")."""
         return _EXIT_CODES[self.outcome]
 
     def failures_by_reason(self) -> dict[str, int]:

@@ -45,7 +45,7 @@ Shard = tuple[int, int]
 
 @dataclass(frozen=True, slots=True)
 class CrmColumns:
-    """Where the CRM keeps what we read (DESIGN.md, CRM_* variables)."""
+    """Where the CRM keeps what we read (the CRM_* variables of README.md, "Configuration")."""
 
     table: str = "sales_closure"
     email: str = "email"

@@ -1,4 +1,4 @@
-"""A small, seeded chaos run (issue 8, item 6): 20% of Supabase calls failing, 10% of SMTP
+"""A small, seeded chaos run: 20% of Supabase calls failing, 10% of SMTP
 deliveries refused, and runs killed at random moments, on the local stack. Whatever happens,
 no customer is lost, no account or grant is doubled, every last emailed password works, and
 the only duplicate emails are those a kill between the server's accept and the record makes.
@@ -183,8 +183,8 @@ def test_faults_and_kills_lose_nobody_double_nothing_and_duplicate_only_after_an
         "select count(*), count(distinct user_id) from public.credit_ledger"
         " where reason = 'crm_enrolment'",
     ) == [(CUSTOMERS, CUSTOMERS)]
-    # Every customer was emailed, and every email any customer received works (issue 19,
-    # item 1): a duplicate carries the same password and the same Message-ID.
+    # Every customer was emailed, and every email any customer received works: a duplicate
+    # carries the same password and the same Message-ID.
     received = Counter(str(m["To"].addresses[0].addr_spec) for m in sandbox.mail)
     assert set(received) == set(emails)
     sandbox.faults.clear()

@@ -1,4 +1,5 @@
-"""Configuration: every name of DESIGN.md, clear errors naming the variable, secrets masked."""
+"""Configuration: every variable of the README's table, clear errors naming the variable,
+secrets masked."""
 
 from __future__ import annotations
 
@@ -259,6 +260,17 @@ def test_mask_url() -> None:
     assert config.mask_url("postgresql://u@h/d") == "postgresql://u@h/d"
 
 
+def test_the_readme_documents_every_variable() -> None:
+    """The README's configuration table names every variable, and no other."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    section = readme.split("\n## Configuration\n", 1)[1].split("\n## ", 1)[0]
+    documented = set()
+    for row in section.splitlines():
+        if row.startswith("| `"):
+            documented.update(re.findall(r"`([A-Z][A-Z0-9_]+)`", row.split(" | ")[0]))
+    assert documented == set(NAMES)
+
+
 def test_the_example_env_names_every_variable_and_loads(monkeypatch: pytest.MonkeyPatch) -> None:
     example = Path(__file__).parent.parent / "config" / "example.env"
     pairs = dict(
@@ -281,7 +293,7 @@ def test_the_example_env_names_every_variable_and_loads(monkeypatch: pytest.Monk
 def test_an_impossible_cron_is_a_configuration_error_for_every_run(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], cron: str
 ) -> None:
-    """Issue 8, item 4: the daemon died with a traceback (exit 1) and --once ignored it."""
+    """The daemon died with a traceback (exit 1) and --once ignored it."""
     assert problems(monkeypatch, SYNC_CRON=cron)[0].startswith("SYNC_CRON: ")
     for args in (["run", "--once"], ["run"]):
         assert main(args) == 2

@@ -41,7 +41,7 @@ def test_passwords_are_groups_of_the_alphabet_joined_by_hyphens() -> None:
 
 
 def test_the_same_customer_gets_the_same_password_and_nobody_else_does() -> None:
-    """Issue 19, item 1: a re-sent email carries the password of the one it may duplicate."""
+    """A re-sent email carries the password of the one it may duplicate."""
     key = b"k" * 32
     first = temporary_password(key, "Ann@Example.com ")
     assert temporary_password(key, "ann@example.com") == first

@@ -325,7 +325,7 @@ def test_an_account_created_before_a_crash_is_resumed_as_ours(
 
 
 def test_setup_link_mode(sandbox: Sandbox, crm_url: str) -> None:
-    """Issue 18, item 3: the email links to the app's page with the token as query parameters
+    """The email links to the app's page with the token as query parameters
     (no /auth/v1/verify URL a mail scanner could burn); the app redeems it with verifyOtp."""
     add_sales(crm_url, ("lin@example.com", "Lin", 1, None))
     report = run(settings_for(sandbox, crm_url, credentials_mode="setup_link"))
@@ -358,7 +358,7 @@ def test_setup_link_mode(sandbox: Sandbox, crm_url: str) -> None:
 def test_an_unconfirmed_account_loses_every_way_in_its_creator_gave_it(
     sandbox: Sandbox, crm_url: str
 ) -> None:
-    """Issue 18, item 1: a squatter's OAuth identity, confirmed phone, session and metadata
+    """A squatter's OAuth identity, confirmed phone, session and metadata
     do not survive the take-over: the account holding the customer's email is a fresh one."""
     admin = create_client(sandbox.url, sandbox.service_role_key).auth.admin
     squatter = admin.create_user(
@@ -416,7 +416,7 @@ def test_an_unconfirmed_account_loses_every_way_in_its_creator_gave_it(
 def test_an_address_held_by_an_identity_of_another_account_is_a_conflict_named_at_once(
     sandbox: Sandbox, crm_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Issue 18, items 2 and 7: Auth refuses the email because an identity of another account
+    """Auth refuses the email because an identity of another account
     carries it; the worker finds that account with one exact look-up (no list of the users),
     parks the customer at once and names the account and the identity."""
     admin = create_client(sandbox.url, sandbox.service_role_key).auth.admin
@@ -571,7 +571,7 @@ def test_an_outage_counts_against_no_customer(sandbox: Sandbox, crm_url: str) ->
 def test_a_ten_kilobyte_name_is_capped_and_the_email_still_goes_out(
     sandbox: Sandbox, crm_url: str
 ) -> None:
-    """Issue 8, item 3: the SMTP server answered 500 Line too long after the account existed."""
+    """The SMTP server answered 500 Line too long after the account existed."""
     add_sales(crm_url, ("long@example.com", "Ann " + "Lee" * 3400 + "\x07\x1b", 1, None))
     report = run(settings_for(sandbox, crm_url))
     assert (report.created, report.emails_sent, report.failures) == (1, 1, [])
@@ -584,7 +584,7 @@ def test_a_ten_kilobyte_name_is_capped_and_the_email_still_goes_out(
 def test_a_setup_link_sent_again_is_the_same_link_and_still_works(
     sandbox: Sandbox, crm_url: str
 ) -> None:
-    """Issue 19, item 1: a re-sent setup link must not void one that may have arrived."""
+    """A re-sent setup link must not void one that may have arrived."""
     add_sales(crm_url, ("lia@example.com", "Lia", 1, None))
     settings = settings_for(sandbox, crm_url, credentials_mode="setup_link")
     assert run(settings).emails_sent == 1
@@ -609,7 +609,7 @@ def test_a_setup_link_sent_again_is_the_same_link_and_still_works(
 def test_support_resends_a_welcome_email_and_tells_a_customers_story(
     sandbox: Sandbox, crm_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Issue 19, item 7: `crm-sync resend EMAIL` and `crm-sync status EMAIL`."""
+    """`crm-sync resend EMAIL` and `crm-sync status EMAIL`."""
     from sync_worker.errors import ConfigError
     from sync_worker.support import resend
 
@@ -665,7 +665,7 @@ def test_support_resends_a_welcome_email_and_tells_a_customers_story(
 def test_an_invalid_crm_row_is_reported_when_it_appears_or_changes_and_listed_in_status(
     sandbox: Sandbox, crm_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Issue 19, item 7: not a warning on every cycle for ever; the current list in status."""
+    """Not a warning on every cycle for ever; the current list in status."""
     add_sales(crm_url, ("ok@example.com", None, 1, "AWL-1"), ("not-an-email", None, 1, "AWL-2"))
     settings = settings_for(sandbox, crm_url)
 

@@ -86,7 +86,7 @@ def test_an_account_of_ours_cut_off_before_enrolment_is_resumed_with_a_fresh_pas
 
 
 def test_a_retried_email_carries_the_password_of_the_one_it_may_duplicate() -> None:
-    """Issue 19, item 1: the first email may have arrived (the server took it, its reply was
+    """The first email may have arrived (the server took it, its reply was
     lost): the retry carries the same password, set again right before it, so every email
     the customer holds works."""
     project = FakeProject()
@@ -506,7 +506,7 @@ def test_an_unconfirmed_account_in_setup_link_mode_is_replaced_too() -> None:
 
 
 def test_an_address_held_by_another_accounts_identity_is_parked_at_once_with_its_owner() -> None:
-    """Issue 18, item 2: Auth's duplicate check also matches identities' emails."""
+    """Auth's duplicate check also matches identities' emails."""
     project = FakeProject()
     project.auth.identities["ida@example.com"] = IdentityHolder("user-holder", "github")
     project.sell("ida@example.com")
@@ -523,7 +523,7 @@ def test_an_address_held_by_another_accounts_identity_is_parked_at_once_with_its
 
 
 def test_a_sign_in_on_an_account_taken_over_in_place_still_gets_credentials() -> None:
-    """Issue 18, item 6d: an account an earlier crm-sync took over in place (its creator's
+    """An account an earlier crm-sync took over in place (its creator's
     identities kept) may show the squatter's sign-in; its resumed email still carries
     credentials, never a bare "credits added"."""
     project = FakeProject()
@@ -578,7 +578,7 @@ def test_a_failure_reason_is_stored_without_any_secret() -> None:
 
 
 def test_a_permanent_refusal_is_parked_at_once_with_its_reason() -> None:
-    """Issue 8, item 3: an SMTP 5xx or an HTTP 4xx about the request is not retried for days
+    """An SMTP 5xx or an HTTP 4xx about the request is not retried for days
     (each retried email would also set a new password)."""
     project = FakeProject()
     project.sell("five@example.com", "four@example.com")
@@ -612,7 +612,7 @@ def _enrolled_project(count: int) -> FakeProject:
 
 
 def test_a_mass_deactivation_is_held_back_and_says_why() -> None:
-    """Issue 8, item 5: a wrong CRM_EMAIL_COLUMN planned to deactivate 47 of 49 customers."""
+    """A wrong CRM_EMAIL_COLUMN planned to deactivate 47 of 49 customers."""
     project = _enrolled_project(49)
     for email in sorted(project.crm)[2:]:
         del project.crm[email]
@@ -778,7 +778,7 @@ def _round_of_shards(project: FakeProject, count: int, tag: str) -> list[CycleRe
 
 
 def test_a_mass_deactivation_is_held_back_over_every_shard() -> None:
-    """Issue 19, item 2: 40 of 100 customers gone at once, 4 shards of about 10 each: decided
+    """40 of 100 customers gone at once, 4 shards of about 10 each: decided
     per shard each was "not more than 10"; decided over the whole CRM, nobody goes."""
     project = _enrolled_project(100)
     for email in sorted(project.crm)[:40]:

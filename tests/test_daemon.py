@@ -308,7 +308,7 @@ def test_a_killed_holders_lease_is_taken_over_after_its_ttl(
 def test_past_the_grace_the_run_is_settled_and_the_process_says_it_cut_work_off(
     sandbox: Sandbox, crm_url: str, tmp_path: Path, args: tuple[str, ...]
 ) -> None:
-    """Issue 19, item 3: Supabase Auth is slow, SIGTERM comes, the grace (1 s) runs out: within
+    """Supabase Auth is slow, SIGTERM comes, the grace (1 s) runs out: within
     the grace plus a bounded margin the run is recorded as interrupted, the lease released,
     and the process exits 1 (it had to cut work off); the next run does not find it held."""
     add_customers(crm_url, 5, "slow")

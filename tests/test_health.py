@@ -1,4 +1,4 @@
-"""The daemon's probe server holds its resources whatever its clients do (issue 19, item 6)."""
+"""The daemon's probe server holds its resources whatever its clients do."""
 
 from __future__ import annotations
 

@@ -145,7 +145,7 @@ def loaded_of(code: str, modules: tuple[str, ...]) -> list[str]:
 
 
 def test_help_loads_no_command_and_none_of_their_libraries() -> None:
-    """Issue 9: `crm-sync --help` took 0.8 s, most of it imports of what it never used."""
+    """`crm-sync --help` took 0.8 s, most of it imports of what it never used."""
     code = (
         "from sync_worker.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass"
     )

@@ -168,7 +168,7 @@ def test_dashboard_panels_use_the_datasource_variable() -> None:
             assert holder["datasource"]["uid"] == "${datasource}", panel["title"]
 
 
-def test_readme_points_at_both_files() -> None:
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+def test_the_operations_page_points_at_the_three_files() -> None:
+    operations = (ROOT / "docs" / "OPERATIONS.md").read_text(encoding="utf-8")
     for path in (RULES, RULE_TESTS, DASHBOARD):
-        assert f"config/{path.name}" in readme
+        assert f"config/{path.name}" in operations

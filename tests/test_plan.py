@@ -140,7 +140,7 @@ def group(key: str, *raws: str) -> CrmGroup:
 
 
 def test_the_merge_validates_only_emails_not_yet_tracked(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Issue 9: email validation costs nothing for customers already synced and unchanged."""
+    """Email validation costs nothing for customers already synced and unchanged."""
     from sync_worker import customers as customers_module
 
     validated: list[str | None] = []
@@ -212,7 +212,7 @@ def test_two_spellings_of_one_new_email_make_one_step() -> None:
 
 
 def test_what_a_tracking_row_keeps_of_the_crm_sales_is_bounded() -> None:
-    """Issue 18, item 5: 3,000 sale rows with long lead ids keep a small, bounded record."""
+    """3,000 sale rows with long lead ids keep a small, bounded record."""
     rows = [
         CrmRow("many@example.com", "1", lead_id=f"AWL-{n:05d}-" + "x" * 500) for n in range(3000)
     ]
@@ -228,7 +228,7 @@ def test_what_a_tracking_row_keeps_of_the_crm_sales_is_bounded() -> None:
 
 
 def test_a_customer_whose_rows_cannot_be_read_is_reported_and_left_as_they_are() -> None:
-    """Issue 19, item 5: `49 USD` in a text column is an invalid row, not a refund: the
+    """`49 USD` in a text column is an invalid row, not a refund: the
     enrolled customer is not deactivated for it; only a readable "not eligible" deactivates."""
     builder = PlanBuilder(
         [tracked("gone@x.co"), tracked("typo@x.co"), tracked("zed@x.co")], {}, NOW

@@ -1,6 +1,6 @@
-"""Which PostgreSQL the tests, the demo and `serve` use (issue 11): a named server, else the
-local one if it answers, else an embedded one, started in a throw-away directory and deleted at
-the end."""
+"""Which PostgreSQL the tests, the demo and `serve` use (docs/DEVELOPMENT.md, "Which
+PostgreSQL"): a named server, else the local one if it answers, else an embedded one, started
+in a throw-away directory and deleted at the end."""
 
 from __future__ import annotations
 

@@ -73,7 +73,7 @@ def test_a_key_supabase_refuses_is_a_configuration_error_not_an_outage(
     capsys: pytest.CaptureFixture[str],
     tmp_path: Any,
 ) -> None:
-    """Issue 8, item 4: a wrong sb_secret_ key exited 69 "Supabase is unreachable"."""
+    """A wrong sb_secret_ key exited 69 "Supabase is unreachable"."""
     from sync_worker.cli import main
 
     add_sales(crm_url, ("k@example.com", None, 1))
@@ -105,7 +105,7 @@ def test_a_key_supabase_refuses_is_a_configuration_error_not_an_outage(
 def test_shard_workers_split_the_customers_and_an_unsharded_run_excludes_them(
     sandbox: Sandbox, crm_url: str
 ) -> None:
-    """Issue 9: shards are disjoint and cover everyone; two shard workers and one unsharded
+    """Shards are disjoint and cover everyone; two shard workers and one unsharded
     worker never both act on one customer."""
     from sync_worker.customers import shard_of
     from sync_worker.errors import LeaseHeld
@@ -166,7 +166,7 @@ def test_the_database_and_the_worker_agree_on_every_shard(sandbox: Sandbox) -> N
 def test_a_shards_start_leaves_its_live_siblings_running_and_keys_each_run_by_its_run_id(
     sandbox: Sandbox, crm_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Issue 19, item 4: a sibling's run whose worker still holds its lease is not abandoned,
+    """A sibling's run whose worker still holds its lease is not abandoned,
     and the run id every log line carries finds the run, a crashed one included."""
     add_sales(crm_url, ("s@example.com", None, 1))
     with psycopg.connect(sandbox.db_url, autocommit=True) as conn:
@@ -217,7 +217,7 @@ def test_an_operator_approves_exactly_the_held_back_set_they_reviewed(
     capsys: pytest.CaptureFixture[str],
     tmp_path: Any,
 ) -> None:
-    """Issue 19, item 7: `crm-sync deactivations` lists what a tripped guard held back, and
+    """`crm-sync deactivations` lists what a tripped guard held back, and
     `--approve RUN_ID` deactivates that set (those of it still not eligible), nobody else."""
     from sync_worker.cli import main
 

@@ -1,4 +1,5 @@
-"""The credit rules on a real PostgreSQL: the seed's flows and defects 13, 14, 15 and 20."""
+"""The credit rules (docs/SCHEMA.md, "Credits") on a real PostgreSQL: the seed's flows, every
+grant once, one balance and its mirror, no balance below zero, the ledger as the truth."""
 
 from __future__ import annotations
 
@@ -107,7 +108,7 @@ def test_a_failed_or_created_payment_grants_nothing(db: psycopg.Connection[Any])
     assert price(db, user) == "12.99"
 
 
-def test_defect_13_every_grant_happens_once_by_every_path(db: psycopg.Connection[Any]) -> None:
+def test_every_grant_happens_once_by_every_path(db: psycopg.Connection[Any]) -> None:
     user = create_auth_user(db, "once@example.com")
     enrol_user(db, user)
     enrol_user(db, user)  # the worker running twice
@@ -158,7 +159,7 @@ def test_defect_13_every_grant_happens_once_by_every_path(db: psycopg.Connection
     assert_consistent(db, user)
 
 
-def test_defect_14_one_balance_and_a_mirror_that_follows_it(db: psycopg.Connection[Any]) -> None:
+def test_one_balance_and_a_mirror_that_follows_it(db: psycopg.Connection[Any]) -> None:
     user = create_auth_user(db, "mirror@example.com")
     enrol_user(db, user)
     record(db, user)
@@ -185,7 +186,7 @@ def _backend_is_waiting_on_lock(db: psycopg.Connection[Any], pid: int) -> bool:
     )
 
 
-def test_defect_15_two_concurrent_recordings_with_one_credit(
+def test_two_concurrent_recordings_with_one_credit(
     db: psycopg.Connection[Any], supabase_db: str
 ) -> None:
     user = create_auth_user(db, "race@example.com")
@@ -226,13 +227,13 @@ def test_defect_15_two_concurrent_recordings_with_one_credit(
     assert_consistent(db, user)
 
 
-def test_defect_15_balance_can_never_go_negative(db: psycopg.Connection[Any]) -> None:
+def test_a_balance_can_never_go_negative(db: psycopg.Connection[Any]) -> None:
     user = create_auth_user(db, "negative@example.com")
     with pytest.raises(psycopg.errors.CheckViolation):
         db.execute("update public.profiles set credits_remaining = -1 where id = %s", (user.id,))
 
 
-def test_defect_20_balance_equals_ledger_including_free_crm_credits(
+def test_the_balance_equals_the_ledger_including_free_crm_credits(
     db: psycopg.Connection[Any],
 ) -> None:
     """The ledger, not payments x 3 - recordings, is the truth: CRM free credits and CRM
@@ -304,7 +305,7 @@ def test_a_reused_recording_id_still_costs_a_credit(db: psycopg.Connection[Any])
 def test_a_credit_pays_for_one_recording_that_cannot_be_rewritten_for_free(
     db: psycopg.Connection[Any], table: str
 ) -> None:
-    """Issue 18, item 4: a recording costs a credit on insert only, so what it paid for (its
+    """A recording costs a credit on insert only, so what it paid for (its
     video, its duration) cannot be rewritten by an update or an upsert of the same id, and its
     creation time (the dashboard's last recording date) is the database's own."""
     user = create_auth_user(db, f"upsert-{table}@example.com")

@@ -1,4 +1,5 @@
-"""The CRM tables, stats, enrolment RPC and lease on a real PostgreSQL (defects 11, 12, 19)."""
+"""The CRM tables, stats, enrolment RPC and lease on a real PostgreSQL: the tracking table's
+lower-case name, one foreign key per email, stats exact on insert and delete."""
 
 from __future__ import annotations
 
@@ -47,14 +48,14 @@ def true_counts(conn: psycopg.Connection[Any], user: User) -> tuple[Any, ...]:
     return tuple(row)
 
 
-def test_defect_11_the_tracking_table_is_lower_case(db: psycopg.Connection[Any]) -> None:
+def test_the_tracking_table_is_lower_case(db: psycopg.Connection[Any]) -> None:
     assert scalar(db, "select to_regclass('public.digital_resume_by_crm') is not null")
     # Unquoted, the seed's name folds to the same table; quoted, the mixed-case name is absent.
     assert scalar(db, "select count(*) from digital_resume_by_CRM") == 0
     assert scalar(db, """select to_regclass('public."digital_resume_by_CRM"')""") is None
 
 
-def test_defect_12_each_email_foreign_key_is_declared_once(db: psycopg.Connection[Any]) -> None:
+def test_each_email_foreign_key_is_declared_once(db: psycopg.Connection[Any]) -> None:
     rows = db.execute(
         """
         select c.conrelid::regclass::text, count(*)
@@ -116,7 +117,7 @@ def test_profile_trigger_coexists_with_the_apps_own(db: psycopg.Connection[Any])
         db.execute("drop function public.app_handle_new_user()")
 
 
-def test_defect_19_stats_stay_exact_on_insert_and_delete(db: psycopg.Connection[Any]) -> None:
+def test_stats_stay_exact_on_insert_and_delete(db: psycopg.Connection[Any]) -> None:
     user = create_auth_user(db, "stats@example.com")
     enrol_user(db, user)
     assert stats(db, user) == (0, 0, 0, None, None)
@@ -427,7 +428,7 @@ def test_a_dashboard_does_not_follow_an_old_email(db: psycopg.Connection[Any]) -
 
 
 def test_the_auth_account_of_an_email_is_found_exactly(db: psycopg.Connection[Any]) -> None:
-    """Issue 18, item 7: the worker's look-up by email is exact (no LIKE: `_` and `%` are
+    """The worker's look-up by email is exact (no LIKE: `_` and `%` are
     letters), case-insensitive as Auth's own duplicate check, and names an identity holder."""
     wanted = create_auth_user(db, "a_b@example.com")
     create_auth_user(db, "axb@example.com")
@@ -462,7 +463,7 @@ def test_the_auth_account_of_an_email_is_found_exactly(db: psycopg.Connection[An
 
 
 def test_shards_record_their_figures_and_read_the_layouts(db: psycopg.Connection[Any]) -> None:
-    """Issue 19, item 2 (migration 0017): the guard's figures over every shard of a layout; a
+    """Migration 0017: the guard's figures over every shard of a layout; a
     planned deactivation is ready once every other shard reported a later snapshot."""
     clock = iter(f"2026-12-04 10:0{n}:00+00" for n in range(10))
 

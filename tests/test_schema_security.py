@@ -1,4 +1,5 @@
-"""Row-level security and privileges as PostgREST would exercise them (defects 16, 17, 18)."""
+"""Row-level security and privileges as PostgREST would exercise them (docs/SCHEMA.md,
+"Row-level security and privileges")."""
 
 from __future__ import annotations
 
@@ -272,7 +273,7 @@ def test_service_role_has_full_access(db: psycopg.Connection[Any], people: dict[
         assert scalar(db, "select count(*) from public.digital_resume_by_crm") == 2
 
 
-def test_defect_17_dashboard_rpc_only_for_oneself(
+def test_the_dashboard_rpc_is_only_for_oneself(
     db: psycopg.Connection[Any], people: dict[str, User]
 ) -> None:
     a, b = people["a"], people["b"]
@@ -341,7 +342,7 @@ def test_worker_rpcs_are_for_the_service_role_only(
             db.execute(statement)  # type: ignore[arg-type]
 
 
-def test_defect_18_security_definer_functions_pin_search_path(
+def test_security_definer_functions_pin_search_path(
     db: psycopg.Connection[Any],
 ) -> None:
     rows = db.execute(
@@ -380,7 +381,7 @@ def _refusal(db: psycopg.Connection[Any], user: User, table: str, email: str) ->
 def test_who_is_a_crm_customer_does_not_leak_through_an_insert(
     db: psycopg.Connection[Any], people: dict[str, User], table: str
 ) -> None:
-    """Issue 10, item 4: naming a CRM customer's email and naming anyone else's get the same
+    """Naming a CRM customer's email and naming anyone else's get the same
     answer, so an insert cannot probe who is a customer."""
     a, b = people["a"], people["b"]
     customer = _refusal(db, a, table, b.email)
@@ -398,7 +399,7 @@ def _forged_service_claims(db: psycopg.Connection[Any], user: User | None) -> No
 def test_privilege_comes_from_the_role_not_from_forged_claims(
     db: psycopg.Connection[Any], people: dict[str, User]
 ) -> None:
-    """Issue 10, item 5: a session as `authenticated` with claims saying service_role reads
+    """A session as `authenticated` with claims saying service_role reads
     no one else's dashboard, and missing claims are nobody's."""
     a, b = people["a"], people["b"]
     with db.transaction():
@@ -423,7 +424,7 @@ def test_privilege_comes_from_the_role_not_from_forged_claims(
 def test_the_price_comes_from_the_role_not_from_forged_claims(
     db: psycopg.Connection[Any], people: dict[str, User]
 ) -> None:
-    """Issue 18, item 6c: next_credit_pack_price decides privilege as every other function."""
+    """`next_credit_pack_price` decides privilege as every other function."""
     a, b = people["a"], people["b"]
     with db.transaction():
         _forged_service_claims(db, a)
@@ -437,7 +438,7 @@ def test_the_price_comes_from_the_role_not_from_forged_claims(
 def test_a_customer_reads_of_their_tracking_row_only_what_the_app_shows(
     db: psycopg.Connection[Any], people: dict[str, User]
 ) -> None:
-    """Issue 18, item 5: the CRM's sales (payment_details, lead ids) and the worker's
+    """The CRM's sales (payment_details, lead ids) and the worker's
     bookkeeping stay the worker's; the customer reads their name, balance and status."""
     a = people["a"]
     for column in ("payment_details", "crm_lead_id", "account_origin", "welcome_email_status"):

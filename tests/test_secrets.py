@@ -1,6 +1,5 @@
-"""Secrets on every path (issue 10, item 3): stripped or refused at configuration time, masked
-in every form a log line or an error can take, never written to the database, and never shown
-by a crash."""
+"""Secrets on every path: stripped or refused at configuration time, masked in every form a
+log line or an error can take, never written to the database, and never shown by a crash."""
 
 from __future__ import annotations
 
@@ -115,7 +114,7 @@ def test_every_libpq_url_form_is_masked_by_crm_sync_config(
         "postgresql://u:pw-one-secret@h1:5432,h2:5433/crm": "pw-one-secret",
         "postgresql://u@h/crm?sslmode=require&password=pw-two-secret": "pw-two-secret",
         "postgres://u:pw%40three@[::1]:5432/crm": "pw@three",
-        # The client key's passphrase is a secret too (issue 18, item 6a).
+        # The client key's passphrase is a secret too.
         "postgresql://u@h/crm?sslmode=verify-full&sslpassword=ssl-key-secret-4": "ssl-key-secret-4",
     }
     for url, password in forms.items():
@@ -148,7 +147,7 @@ def test_an_unexpected_crash_prints_and_logs_no_secret(
     assert fake_jwt("service_role") not in captured.err
 
 
-# Unix-socket URLs (issue 11): the server's directory as `host=` in the query or percent-encoded
+# Unix-socket URLs: the server's directory as `host=` in the query or percent-encoded
 # in the host part, the password in the userinfo or the query, with fallback hosts.
 SOCKET_URLS = {
     "postgresql://reader:sock-pw-one@/crm?host=/var/run/postgresql": "sock-pw-one",

@@ -1,6 +1,5 @@
-"""A shutdown past its grace settles the run around the call it cannot interrupt (issue 19,
-item 3): the emails the mail server accepted are recorded, the run is interrupted, the lease
-released."""
+"""A shutdown past its grace settles the run around the call it cannot interrupt: the emails
+the mail server accepted are recorded, the run is interrupted, the lease released."""
 
 from __future__ import annotations
 

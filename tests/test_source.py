@@ -181,7 +181,7 @@ def text_crm(admin_url: str) -> Iterator[str]:
 
 
 def test_a_poison_eligibility_value_is_one_invalid_row_not_a_failed_read(text_crm: str) -> None:
-    """Issue 8, item 1: a Unicode space, 17,000 and 200,000 digits used to fail the whole read
+    """A Unicode space, 17,000 and 200,000 digits used to fail the whole read
     (exit 2) on every cycle."""
     rows = [
         ("AWL-1", "ok@example.com", "49.99"),
@@ -251,7 +251,7 @@ def test_one_customer_in_two_normal_forms_is_one_customer() -> None:
 
 
 def test_a_row_without_an_email_is_reported_by_exactly_one_shard(crm_url: str) -> None:
-    """Issue 19, item 2: a NULL email hashes to no shard; shard 0 reports it, the others not."""
+    """A NULL email hashes to no shard; shard 0 reports it, the others not."""
     no_email = [
         [g for g in stream_groups(crm_url, LIVE, (index, 4)) if g.key is None] for index in range(4)
     ]

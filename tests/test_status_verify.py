@@ -1,5 +1,6 @@
 """`crm-sync status` and `crm-sync verify [--repair]` on a database seeded by real cycles: a real
-CRM database, the local Supabase stack, real PostgreSQL (issue 5; defects 19 and 20)."""
+CRM database, the local Supabase stack, real PostgreSQL. `verify` finds stats that drifted from
+the real counts; `--repair` recomputes them, and never a balance (docs/SCHEMA.md, "Credits")."""
 
 from __future__ import annotations
 

@@ -227,7 +227,7 @@ def test_idempotency_key_is_deterministic_and_valid_for_resend() -> None:
 
 
 def test_a_resent_email_has_the_message_id_of_the_one_it_may_duplicate() -> None:
-    """Issue 19, item 1: the same email (recipient, kind, credential, credits) sent again has
+    """The same email (recipient, kind, credential, credits) sent again has
     the same Message-ID, so mail systems that fold duplicates do; any other email another."""
     first = rendered(new_account())
     assert rendered(new_account())["Message-ID"] == first["Message-ID"]
@@ -405,7 +405,7 @@ def test_a_long_hostile_name_stays_one_recipient_in_the_smtputf8_form(name: str)
 def test_a_name_that_carries_a_link_an_address_or_a_phone_number_is_no_greeting(
     name: str,
 ) -> None:
-    """Issue 18, item 6b: an email from the company's own domain never carries a CRM name's
+    """An email from the company's own domain never carries a CRM name's
     call to action; the greeting is a plain "Hello,"."""
     for message in (new_account(name=name), credits_added(name=name)):
         text, html = render_bodies(message)

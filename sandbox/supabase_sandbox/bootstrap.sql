@@ -89,7 +89,7 @@ create table if not exists auth.users (
   deleted_at timestamptz,
   is_anonymous boolean not null default false
 );
--- Supabase Auth's unique index is on the raw column: case-sensitive (PITFALLS.md).
+-- Supabase Auth's unique index is on the raw column: case-sensitive, as on a hosted project.
 create unique index if not exists users_email_partial_key on auth.users (email)
   where is_sso_user = false;
 create index if not exists users_instance_id_idx on auth.users (instance_id);

@@ -81,7 +81,8 @@ def sandbox(running_sandbox: Sandbox) -> Iterator[Sandbox]:
 
 @pytest.fixture
 def service(sandbox: Sandbox) -> Client:
-    """A service-role client that never signs in (PITFALLS.md)."""
+    """A service-role client that never signs in: signing in would replace its service-role
+    key with the user's session in every later request."""
     return create_client(sandbox.url, sandbox.service_role_key)
 
 
