@@ -47,7 +47,7 @@ from sync_worker.errors import (
     is_outage,
 )
 from sync_worker.logs import mask_secrets
-from sync_worker.mailers import Mailer
+from sync_worker.mailer import Mailer
 from sync_worker.plan import (
     Action,
     CustomerStep,

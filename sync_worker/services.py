@@ -9,10 +9,12 @@ from types import TracebackType
 
 from sync_worker.config import CrmSettings, EmailBackend, Settings
 from sync_worker.cycle import CycleOptions, CycleServices
-from sync_worker.mailers import build_mailer
+from sync_worker.mailer import ConsoleMailer, DisabledMailer, Mailer
 from sync_worker.provision import SupabaseProvisioner
 from sync_worker.record import SupabaseStore
+from sync_worker.resend_mailer import ResendMailer
 from sync_worker.retrying import RetryPolicy
+from sync_worker.smtp_mailer import SmtpMailer
 from sync_worker.source import CrmColumns, stream_groups
 from sync_worker.state import load_failures, lookup_tracking, stream_tracking
 from sync_worker.supabase_api import SupabaseApi
@@ -48,6 +50,27 @@ def cycle_options(settings: Settings, *, allow_mass_deactivation: bool = False) 
         setup_link_reuse_seconds=settings.setup_link_reuse_seconds,
         message_domain=sender_domain(settings.email_from),
     )
+
+
+def build_mailer(settings: Settings) -> Mailer:
+    """The mailer `EMAIL_BACKEND` asks for, configured from `settings`."""
+    backend = settings.email_backend
+    if backend is EmailBackend.SMTP:
+        return SmtpMailer(
+            settings.smtp_host,
+            settings.smtp_port,
+            settings.email_from,
+            security=settings.smtp_security,
+            username=settings.smtp_username,
+            password=settings.smtp_password,
+        )
+    if backend is EmailBackend.RESEND:
+        if settings.resend_api_key is None:  # config validation forbids it; keep mypy honest
+            raise ValueError("RESEND_API_KEY is required when EMAIL_BACKEND=resend")
+        return ResendMailer(settings.resend_api_key, settings.email_from)
+    if backend is EmailBackend.CONSOLE:
+        return ConsoleMailer()
+    return DisabledMailer()
 
 
 def credential_key(settings: Settings) -> bytes:

@@ -1,4 +1,5 @@
-"""The mailers: SMTP against a real in-process server (aiosmtpd), Resend with `responses`."""
+"""The mailers: SMTP against a real in-process server (aiosmtpd), Resend with `responses`, the
+console and disabled mailers, and the choice between them."""
 
 from __future__ import annotations
 
@@ -29,17 +30,14 @@ from aiosmtpd.smtp import AuthResult, LoginPassword
 from pydantic import SecretStr
 from structlog.testing import capture_logs
 
-from sync_worker import mailers
+from sync_worker import smtp_mailer as smtp_module
 from sync_worker.config import EmailBackend, Settings, SmtpSecurity
 from sync_worker.errors import MailError, MailUnavailable
-from sync_worker.mailers import (
-    ConsoleMailer,
-    DisabledMailer,
-    ResendMailer,
-    SmtpMailer,
-    build_mailer,
-)
+from sync_worker.mailer import ConsoleMailer, DisabledMailer
+from sync_worker.resend_mailer import ResendMailer
 from sync_worker.retrying import RetryPolicy
+from sync_worker.services import build_mailer
+from sync_worker.smtp_mailer import SmtpMailer
 from sync_worker.welcome_email import WelcomeEmail
 
 SENDER = "CareerCast <noreply@careercast.example>"
@@ -912,7 +910,7 @@ class SlowToAnswer(Collector):
 
 def test_smtp_a_lost_answer_after_data_is_never_resent(monkeypatch: pytest.MonkeyPatch) -> None:
     """The server may have accepted the message: resending would deliver it twice."""
-    monkeypatch.setattr(mailers, "DATA_REPLY_TIMEOUT", 0.3)
+    monkeypatch.setattr(smtp_module, "DATA_REPLY_TIMEOUT", 0.3)
     handler = SlowToAnswer()
     with smtp_server(handler) as server:
         mailer = smtp_mailer(server.port, timeout=0.3)

@@ -18,9 +18,9 @@ from supabase import create_client
 from supabase_sandbox.stack import Sandbox
 from sync_worker import supabase_api
 from sync_worker.config import Settings
-from sync_worker.mailers import SmtpMailer
 from sync_worker.runner import run_guarded_cycle
 from sync_worker.services import LiveServices
+from sync_worker.smtp_mailer import SmtpMailer
 from sync_worker.status import collect_status, render_status, status_command
 from sync_worker.supabase_api import SupabaseApi
 from sync_worker.verify import render_verify, verify, verify_command
