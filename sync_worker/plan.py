@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
 
+from sync_worker.crm_text import normalise_email
 from sync_worker.customers import (
     CrmCustomer,
     CrmGroup,
@@ -27,7 +28,6 @@ from sync_worker.customers import (
     ShardFigures,
     TrackedCustomer,
     customer_from_rows,
-    normalise_email,
     rows_by_email,
     unreadable,
 )

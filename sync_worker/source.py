@@ -25,6 +25,7 @@ from sync_worker.customers import (
     unreadable,
 )
 from sync_worker.errors import CrmDataError, CrmSourceError, DependencyUnavailable, first_line
+from sync_worker.shards import Shard
 
 STATEMENT_TIMEOUT_MS = 120_000
 FETCH_SIZE = 5_000
@@ -37,10 +38,6 @@ _PREVIEW = 96
 # The order key trims what btrim() is given; the tracking rows' emails are stored trimmed and
 # lower-cased, so for every email already enrolled the key is that email.
 _BLANKS = " \t\r\n"
-
-
-# (index, count): this worker's share of the customers; (0, 1) is everyone.
-Shard = tuple[int, int]
 
 
 @dataclass(frozen=True, slots=True)

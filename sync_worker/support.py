@@ -15,7 +15,8 @@ from typing import Any
 import structlog
 from pydantic import BaseModel, Field
 
-from sync_worker.customers import Outcome, normalise_email, parse_shard_label, shard_of
+from sync_worker.crm_text import normalise_email
+from sync_worker.customers import Outcome
 from sync_worker.cycle import sent_email, welcome_email_for
 from sync_worker.display import printable
 from sync_worker.errors import ConfigError
@@ -23,6 +24,7 @@ from sync_worker.lease import SyncLease
 from sync_worker.provision import account_from
 from sync_worker.runs import RunHistory
 from sync_worker.services import LiveServices
+from sync_worker.shards import parse_shard_label, shard_of
 from sync_worker.supabase_api import SupabaseApi
 
 log = structlog.get_logger("crm_sync.support")

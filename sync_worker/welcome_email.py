@@ -28,7 +28,8 @@ from string import Template
 from typing import Literal
 
 from sync_worker.config import MASK
-from sync_worker.customers import Credentials, clean_name
+from sync_worker.crm_text import clean_name
+from sync_worker.customers import Credentials
 
 __all__ = [
     "MORE_CREDITS",

@@ -18,13 +18,13 @@ from sync_worker.customers import (
     IdentityHolder,
     Outcome,
     Step,
-    shard_of,
 )
 from sync_worker.cycle import CycleOptions, run_cycle
 from sync_worker.errors import ExitCode, MailError, MailUnavailable, SupabaseError
 from sync_worker.metrics import SyncMetrics
 from sync_worker.report import CycleReport
 from sync_worker.settle import OUTAGE_THRESHOLD
+from sync_worker.shards import shard_of
 from sync_worker.welcome_email import WelcomeEmail
 from tests.fakes import NOW, OPTIONS, FakeProject, outage, refusal
 

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from sync_worker.crm_text import normalise_email
 from sync_worker.customers import (
     MAX_LEAD_ID_LENGTH,
     MAX_STORED_LEAD_IDS,
@@ -18,7 +19,6 @@ from sync_worker.customers import (
     Step,
     TrackedCustomer,
     customer_from_rows,
-    normalise_email,
 )
 from sync_worker.plan import Action, PlanBuilder, make_plan, next_attempt_delay
 

@@ -107,9 +107,9 @@ def test_shard_workers_split_the_customers_and_an_unsharded_run_excludes_them(
 ) -> None:
     """Issue 9: shards are disjoint and cover everyone; two shard workers and one unsharded
     worker never both act on one customer."""
-    from sync_worker.customers import shard_of
     from sync_worker.errors import LeaseHeld
     from sync_worker.lease import SyncLease
+    from sync_worker.shards import shard_of
 
     emails = [f"s{i:03}@example.com" for i in range(40)] + ["ann@b\u00fccher.example"]
     add_sales(crm_url, *[(e, None, 1) for e in emails])
@@ -151,7 +151,7 @@ def _users(sandbox: Sandbox) -> list[tuple[Any, ...]]:
 
 
 def test_the_database_and_the_worker_agree_on_every_shard(sandbox: Sandbox) -> None:
-    from sync_worker.customers import shard_of
+    from sync_worker.shards import shard_of
 
     emails = [f"user{i}@example.com" for i in range(200)]
     with psycopg.connect(sandbox.db_url) as conn:

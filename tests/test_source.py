@@ -216,7 +216,7 @@ def test_a_poison_eligibility_value_is_one_invalid_row_not_a_failed_read(text_cr
     ],
 )
 def test_emails_are_nfc_and_their_domains_ascii(raw: str, expected: str) -> None:
-    from sync_worker.customers import normalise_email
+    from sync_worker.crm_text import normalise_email
 
     assert normalise_email(raw) == (expected, None)
 
@@ -232,7 +232,7 @@ def test_emails_are_nfc_and_their_domains_ascii(raw: str, expected: str) -> None
     ],
 )
 def test_emails_auth_would_refuse_are_invalid_up_front(raw: str) -> None:
-    from sync_worker.customers import normalise_email
+    from sync_worker.crm_text import normalise_email
 
     email, reason = normalise_email(raw)
     assert email is None
