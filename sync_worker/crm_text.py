@@ -11,7 +11,9 @@ import unicodedata
 from email_validator import EmailNotValidError, validate_email
 
 MAX_EMAIL_LENGTH = 254  # RFC 5321's path limit, within Auth's 255
-MAX_NAME_LENGTH = 200
+# A name as stored (tracking row, profile, the account's metadata); an email shows less of it
+# (`welcome_email.MAX_SHOWN_NAME_LENGTH`).
+MAX_STORED_NAME_LENGTH = 200
 # Control, format, surrogate, private use, unassigned, line and paragraph separators.
 _UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
 # badoux/checkmail ValidateFormat, which Supabase Auth's validateEmail calls (api/mail.go).
@@ -24,12 +26,12 @@ _AUTH_EMAIL_FORMAT = re.compile(
 def clean_name(raw: str | None) -> str | None:
     """A CRM name fit for the tracking row, the account's metadata and an email: NFC, control,
     format and separator characters as spaces, whitespace collapsed, at most
-    `MAX_NAME_LENGTH` characters; None when nothing is left."""
+    `MAX_STORED_NAME_LENGTH` characters; None when nothing is left."""
     if raw is None:
         return None
-    text = unicodedata.normalize("NFC", raw[: MAX_NAME_LENGTH * 4])
+    text = unicodedata.normalize("NFC", raw[: MAX_STORED_NAME_LENGTH * 4])
     text = "".join(" " if unicodedata.category(c) in _UNSAFE_CATEGORIES else c for c in text)
-    text = " ".join(text.split())[:MAX_NAME_LENGTH].rstrip()
+    text = " ".join(text.split())[:MAX_STORED_NAME_LENGTH].rstrip()
     return text or None
 
 
