@@ -5,7 +5,6 @@ the derived rows that can safely be recomputed (stats and credit mirrors, never 
 from __future__ import annotations
 
 import io
-import shutil
 from collections import Counter
 from datetime import UTC, datetime
 from typing import Any
@@ -14,19 +13,18 @@ from pydantic import BaseModel, Field
 
 from sync_worker.config import VerifySettings
 from sync_worker.customers import CrmSnapshot
-from sync_worker.errors import ExitCode, SupabaseError
+from sync_worker.errors import ExitCode, SupabaseError, supabase_unavailable
 from sync_worker.services import crm_columns
 from sync_worker.source import read_snapshot
 from sync_worker.state import load_failures, load_tracking
-from sync_worker.status import (
-    MIN_WIDTH,
+from sync_worker.supabase_api import SupabaseApi
+from sync_worker.tables import (
     add_text_row,
     plain_text,
+    terminal_width,
     text_console,
     titled_table,
-    unavailable,
 )
-from sync_worker.supabase_api import SupabaseApi
 
 # The database checks (crm_sync_verify in migration 0006) and the one made here from the CRM.
 DATABASE_CHECKS = ("credit_accuracy", "credit_mirror", "dashboard_stats", "data_isolation")
@@ -243,10 +241,10 @@ def verify_command(settings: VerifySettings, *, repair: bool) -> int:
     try:
         report = verify(api, snapshot, repair=repair)
     except SupabaseError as exc:
-        raise unavailable(exc) from exc
+        raise supabase_unavailable(exc) from exc
     finally:
         api.close()
-    width = max(shutil.get_terminal_size((RENDER_WIDTH, 24)).columns, MIN_WIDTH)
+    width = terminal_width(RENDER_WIDTH)
     print(render_verify(report, width=width))
     # 1 is the "finished, but something needs attention" code of every crm-sync command.
     return ExitCode.CUSTOMERS_FAILED if report.mismatches else ExitCode.OK
