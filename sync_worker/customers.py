@@ -287,7 +287,7 @@ class ShardFigures:
 @dataclass(frozen=True, slots=True)
 class LayoutFigures:
     """The figures of every shard of a layout: how many shards reported, the sums over their
-    latest records, every shard's pending deactivations, and which of this shard's are ready
+    latest figures, every shard's pending deactivations, and which of this shard's are ready
     (first planned before every other shard's latest snapshot)."""
 
     shards: int
@@ -308,7 +308,7 @@ class IdentityHolder:
 
 @dataclass(frozen=True, slots=True)
 class Enrolment:
-    """One customer to enrol: the CRM record and the account it is enrolled with."""
+    """One customer to enrol: the CRM customer and the account it is enrolled with."""
 
     customer: CrmCustomer
     user_id: str

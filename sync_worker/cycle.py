@@ -61,11 +61,11 @@ from sync_worker.provision import (
     issue_credentials,
     provision_account,
 )
-from sync_worker.record import ENROL_BATCH_SIZE, EnrolmentStore, SentEmail
 from sync_worker.report import CycleReport
 from sync_worker.sent_emails import SentEmailRecorder
 from sync_worker.settle import OUTAGE_THRESHOLD, CycleTally, Settlement, settle
 from sync_worker.shards import shard_label, shard_of
+from sync_worker.store import ENROL_BATCH_SIZE, EnrolmentStore, SentEmail
 from sync_worker.welcome_email import WelcomeEmail, compose, message_id
 
 log = structlog.get_logger("crm_sync.cycle")

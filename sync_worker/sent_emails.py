@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from types import TracebackType
 
 from sync_worker.errors import SyncError, is_outage
-from sync_worker.record import RECORD_BATCH_SIZE, SentEmail
+from sync_worker.store import SENT_EMAIL_BATCH_SIZE, SentEmail
 
 __all__ = ["SentEmailRecorder"]
 
@@ -42,7 +42,7 @@ class SentEmailRecorder:
         self,
         record: Record,
         *,
-        batch_size: int = RECORD_BATCH_SIZE,
+        batch_size: int = SENT_EMAIL_BATCH_SIZE,
         linger: float = LINGER_SECONDS,
     ) -> None:
         self._record = record

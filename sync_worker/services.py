@@ -11,12 +11,12 @@ from sync_worker.config import CrmSettings, EmailBackend, Settings
 from sync_worker.cycle import CycleOptions, CycleServices
 from sync_worker.mailer import ConsoleMailer, DisabledMailer, Mailer
 from sync_worker.provision import SupabaseProvisioner
-from sync_worker.record import SupabaseStore
 from sync_worker.resend_mailer import ResendMailer
 from sync_worker.retrying import RetryPolicy
 from sync_worker.smtp_mailer import SmtpMailer
 from sync_worker.source import CrmColumns, stream_groups
 from sync_worker.state import load_failures, lookup_tracking, stream_tracking
+from sync_worker.store import SupabaseStore
 from sync_worker.supabase_api import SupabaseApi
 from sync_worker.welcome_email import sender_domain
 

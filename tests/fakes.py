@@ -29,8 +29,8 @@ from sync_worker.customers import (
 from sync_worker.cycle import CycleOptions, CycleServices
 from sync_worker.errors import MailError, SupabaseError
 from sync_worker.provision import AccountExists
-from sync_worker.record import SentEmail
 from sync_worker.shards import shard_of
+from sync_worker.store import SentEmail
 from sync_worker.welcome_email import WelcomeEmail
 
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)

@@ -10,8 +10,8 @@ from collections.abc import Sequence
 import pytest
 
 from sync_worker.errors import SupabaseError
-from sync_worker.record import SentEmail
 from sync_worker.sent_emails import SentEmailRecorder
+from sync_worker.store import SentEmail
 
 
 def sent(*names: str) -> list[SentEmail]:

@@ -14,10 +14,10 @@ import psycopg
 import pytest
 
 from supabase_sandbox.stack import Sandbox
-from sync_worker.record import SentEmail, SupabaseStore
 from sync_worker.runner import run_guarded_cycle
 from sync_worker.services import LiveServices
 from sync_worker.shutdown import InFlightRun, cut_off
+from sync_worker.store import SentEmail, SupabaseStore
 from tests.stack import FAST, add_sales, crm_database, settings_for
 
 
