@@ -113,15 +113,6 @@ class InvalidCrmRow:
         return hashlib.sha256(material.encode()).hexdigest()[:32]
 
 
-@dataclass(slots=True)
-class CrmSnapshot:
-    """Every eligible customer, merged per email, and the rows that cannot be used."""
-
-    customers: dict[str, CrmCustomer] = field(default_factory=dict)
-    invalid: list[InvalidCrmRow] = field(default_factory=list)
-    rows_read: int = 0
-
-
 @dataclass(frozen=True, slots=True)
 class CrmRow:
     """One sale row as the CRM query returns it: eligible, or with a value that cannot be read
