@@ -27,7 +27,7 @@ from sync_worker.tables import (
 SHOWN_ROWS = 50
 RENDER_WIDTH = 160  # wide enough for a run id, its counts and a one-line error
 
-_RUN_COLUMNS = "id,run_id,shard,worker_id,started_at,finished_at,status,dry_run,counts,error"
+_RUN_COLUMNS = "id,run_id,shard,worker_id,started_at,finished_at,status,counts,error"
 _PENDING_COLUMNS = "email,user_id,full_name,created_at,last_sync_at"
 # What a run's counts say, in the order an operator reads them (keys of CycleReport.log_fields).
 _SUMMARY_KEYS = (
@@ -56,7 +56,6 @@ class RunLine(BaseModel):
     finished_at: datetime | None = None
     duration_seconds: float | None = None
     status: str
-    dry_run: bool = False
     summary: str
     counts: dict[str, Any] = Field(default_factory=dict)
     error: str | None = None
@@ -131,7 +130,6 @@ def _run_line(row: dict[str, Any]) -> RunLine:
         finished_at=finished,
         duration_seconds=round((finished - started).total_seconds(), 3) if finished else None,
         status=row["status"],
-        dry_run=bool(row.get("dry_run")),
         summary=summarise_counts(counts),
         counts=counts,
         error=row.get("error"),
@@ -267,7 +265,7 @@ def render_status(report: StatusReport, *, width: int = RENDER_WIDTH) -> str:
             (run.run_id or "-") + (f" (shard {run.shard})" if run.shard else ""),
             _shown(run.started_at),
             f"{run.duration_seconds:.1f} s" if run.duration_seconds is not None else "-",
-            run.status + (" (dry run)" if run.dry_run else ""),
+            run.status,
             run.worker_id,
             run.summary,
             run.error or "",
