@@ -14,7 +14,14 @@ import structlog
 
 from sync_worker import config
 from sync_worker.display import printable
-from sync_worker.errors import ConfigError, ExitCode, KeyRefused, SupabaseError, SyncError
+from sync_worker.errors import (
+    ConfigError,
+    ExitCode,
+    KeyRefused,
+    SupabaseError,
+    SyncError,
+    supabase_unavailable,
+)
 from sync_worker.lease import worker_id
 from sync_worker.logs import configure_logging, mask_secrets
 from sync_worker.runner import run_guarded_cycle
@@ -108,7 +115,6 @@ def _cmd_deactivations(args: argparse.Namespace) -> int:
     settings = config.load(config.Settings if args.approve else config.SupabaseSettings)
     _configure(settings, *settings.secret_values())
     if not args.approve:
-        from sync_worker.status import unavailable  # noqa: PLC0415
         from sync_worker.supabase_api import SupabaseApi  # noqa: PLC0415
 
         api = SupabaseApi(
@@ -117,7 +123,7 @@ def _cmd_deactivations(args: argparse.Namespace) -> int:
         try:
             sets = held_deactivations(api)
         except SupabaseError as exc:
-            raise unavailable(exc) from exc
+            raise supabase_unavailable(exc) from exc
         finally:
             api.close()
         if args.json:

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import re
-import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -18,20 +16,11 @@ from decimal import Decimal, InvalidOperation
 from enum import StrEnum
 from typing import Any, Literal
 
-from email_validator import EmailNotValidError, validate_email
+from sync_worker.crm_text import clean_name, normalise_email
 
-MAX_EMAIL_LENGTH = 254  # RFC 5321's path limit, within Auth's 255
-MAX_NAME_LENGTH = 200
 # What a tracking row keeps of a customer's CRM sales, however many sale rows they have.
 MAX_STORED_LEAD_IDS = 20
 MAX_LEAD_ID_LENGTH = 64
-# Control, format, surrogate, private use, unassigned, line and paragraph separators.
-_UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
-# badoux/checkmail ValidateFormat, which Supabase Auth's validateEmail calls (api/mail.go).
-_AUTH_EMAIL_FORMAT = re.compile(
-    r"^[a-zA-Z0-9.!#$%&'*+/=?^_`{|}~-]+@[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?"
-    r"(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?)*$"
-)
 
 
 class AccountOrigin(StrEnum):
@@ -122,15 +111,6 @@ class InvalidCrmRow:
         changes is a new report."""
         material = "\x00".join((reported_by, self.raw_email or "", self.lead_id or "", self.reason))
         return hashlib.sha256(material.encode()).hexdigest()[:32]
-
-
-@dataclass(slots=True)
-class CrmSnapshot:
-    """Every eligible customer, merged per email, and the rows that cannot be used."""
-
-    customers: dict[str, CrmCustomer] = field(default_factory=dict)
-    invalid: list[InvalidCrmRow] = field(default_factory=list)
-    rows_read: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,7 +278,7 @@ class ShardFigures:
 @dataclass(frozen=True, slots=True)
 class LayoutFigures:
     """The figures of every shard of a layout: how many shards reported, the sums over their
-    latest records, every shard's pending deactivations, and which of this shard's are ready
+    latest figures, every shard's pending deactivations, and which of this shard's are ready
     (first planned before every other shard's latest snapshot)."""
 
     shards: int
@@ -319,7 +299,7 @@ class IdentityHolder:
 
 @dataclass(frozen=True, slots=True)
 class Enrolment:
-    """One customer to enrol: the CRM record and the account it is enrolled with."""
+    """One customer to enrol: the CRM customer and the account it is enrolled with."""
 
     customer: CrmCustomer
     user_id: str
@@ -365,63 +345,3 @@ class Credentials:
     kind: Literal["new_account", "credits_added"]
     temporary_password: str | None = field(default=None, repr=False)
     setup_link: str | None = field(default=None, repr=False)
-
-
-def shard_label(shard: tuple[int, int]) -> str:
-    """A shard as stored beside what it reports ("index/count"; "0/1" unsharded)."""
-    return f"{shard[0]}/{shard[1]}"
-
-
-def parse_shard_label(label: str) -> tuple[int, int]:
-    index, _, count = label.partition("/")
-    return int(index), int(count or 1)
-
-
-def shard_of(email: str, shard_count: int) -> int:
-    """The shard of a normalised email: the first 32 bits of its MD5 modulo the count (the
-    database's `crm_sync_shard` computes the same)."""
-    if shard_count <= 1:
-        return 0
-    digest = hashlib.md5(email.encode(), usedforsecurity=False).hexdigest()
-    return int(digest[:8], 16) % shard_count
-
-
-def clean_name(raw: str | None) -> str | None:
-    """A CRM name fit for the tracking row, the account's metadata and an email: NFC, control,
-    format and separator characters as spaces, whitespace collapsed, at most
-    `MAX_NAME_LENGTH` characters; None when nothing is left."""
-    if raw is None:
-        return None
-    text = unicodedata.normalize("NFC", raw[: MAX_NAME_LENGTH * 4])
-    text = "".join(" " if unicodedata.category(c) in _UNSAFE_CATEGORIES else c for c in text)
-    text = " ".join(text.split())[:MAX_NAME_LENGTH].rstrip()
-    return text or None
-
-
-def normalise_email(raw: str | None) -> tuple[str | None, str | None]:
-    """The one form of an email that Supabase Auth will accept, or why there is none.
-
-    NFC first (one person typed in two normal forms is one customer), then trimmed, lower-cased
-    and validated (syntax only, no DNS); an internationalised domain becomes its ASCII (IDNA)
-    form. Supabase Auth's format check (badoux/checkmail, called by api/mail.go validateEmail)
-    takes only ASCII, so any other address is invalid up front rather than refused by Auth on
-    every cycle.
-
-    Returns:
-        (email, None) when valid, or (None, reason) when not.
-    """
-    if raw is None or not raw.strip():
-        return None, "no email"
-    text = unicodedata.normalize("NFC", raw).strip().lower()
-    if len(text) > MAX_EMAIL_LENGTH:
-        return None, f"longer than {MAX_EMAIL_LENGTH} characters"
-    try:
-        valid = validate_email(text, check_deliverability=False)
-    except EmailNotValidError as exc:
-        return None, str(exc)
-    email = f"{valid.local_part}@{valid.ascii_domain}".lower()
-    if not _AUTH_EMAIL_FORMAT.match(email):
-        return None, (
-            "Supabase Auth accepts only ASCII letters, digits and .!#$%&'*+/=?^_`{|}~- before the @"
-        )
-    return email, None

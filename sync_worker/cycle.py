@@ -14,7 +14,7 @@ dependency that is down aborts the cycle (exit 69) without counting against cust
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from functools import partial
@@ -22,30 +22,26 @@ from typing import TypeVar
 
 import structlog
 
-from sync_worker.customers import (
-    CrmGroup,
-    InvalidCrmRow,
-    shard_label,
-    shard_of,
-)
+from sync_worker.customers import InvalidCrmRow, TrackedCustomer
 from sync_worker.errors import DependencyUnavailable, KeyRefused, SupabaseError
 from sync_worker.options import CycleOptions
 from sync_worker.pipeline import HandOff, batches, map_bounded
 from sync_worker.plan import (
     CrmTally,
     Deactivate,
-    PlanBuilder,
     Provision,
     Reenrol,
     ResumeEmail,
     SyncPlan,
     deactivation_guard,
+    plan_cycle,
     shard_figures,
 )
 from sync_worker.ports import CycleServices, EnrolmentStore
 from sync_worker.progress import ProgressReporter
 from sync_worker.report import CycleReport
 from sync_worker.settle import CycleTally, Settlement, settle
+from sync_worker.shards import shard_label, shard_of
 from sync_worker.stages import (
     account,
     deactivate,
@@ -98,7 +94,8 @@ def run_cycle(
                 emails = [s.email for s in plan.of(Deactivate) if only is None or s.email in only]
                 deactivate(services, emails, tally)
         finally:
-            services.mailer.close()
+            if services.mailer is not None:
+                services.mailer.close()
         settlement = settle(plan, tally, services.clock(), options.max_attempts)
         _store_settlement(services.store, settlement)
         report.apply(tally, settlement)
@@ -113,26 +110,23 @@ def run_cycle(
 def _read_and_plan(
     options: CycleOptions, services: CycleServices, started: datetime
 ) -> tuple[SyncPlan, CrmTally]:
-    """Merges the CRM stream with the tracking stream, both in email order; then plans the
-    customers the merge could not place, once their tracking rows are looked up."""
+    """The CRM stream merged with this shard's tracking stream, both in email order."""
     index, count = options.shard
     with _reading_supabase("failures"):
         failures = services.load_failures()
-    builder = PlanBuilder(
+
+    def lookup(emails: Sequence[str]) -> Mapping[str, TrackedCustomer]:
+        with _reading_supabase("tracking rows"):
+            return services.lookup_tracking(emails)
+
+    return plan_cycle(
+        services.read_crm(),
         _reading("tracking rows", services.stream_tracking()),
         failures,
         started,
+        lookup=lookup,
         owns=lambda email: shard_of(email, count) == index,
     )
-    for item in services.read_crm():
-        if isinstance(item, CrmGroup):
-            builder.add_group(item)
-        else:
-            builder.add_customer(item)
-    aside = sorted(builder.set_aside)
-    with _reading_supabase("tracking rows"):
-        found = services.lookup_tracking(aside) if aside else {}
-    return builder.finish(found), builder.tally
 
 
 @contextmanager

@@ -158,3 +158,12 @@ def first_line(exc: BaseException) -> str:
     context), or its class name when it has none."""
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def supabase_unavailable(exc: SupabaseError) -> DependencyUnavailable:
+    """A command's error for a Supabase call that failed: 69, with a hint when the schema is
+    old (a function or table the migrations add is missing)."""
+    hint = ""
+    if exc.code in {"PGRST202", "PGRST205", "42883", "42P01"} or exc.status == 404:
+        hint = " (are the migrations applied? run `crm-sync migrate`)"
+    return DependencyUnavailable("Supabase", f"{exc}{hint}")

@@ -27,7 +27,6 @@ class CycleOptions:
     approved_deactivations: frozenset[str] | None = None
     initial_credits: int = 4
     credentials_mode: CredentialsMode = CredentialsMode.TEMPORARY_PASSWORD
-    send_email: bool = True
     concurrency: int = 8
     max_attempts: int = 8
     outage_threshold: int = OUTAGE_THRESHOLD

@@ -14,12 +14,13 @@ a value of its action's own type (`Provision`, `Reenrol`, `ResumeEmail`, `Deacti
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import ClassVar, NamedTuple, TypeVar
 
+from sync_worker.crm_text import normalise_email
 from sync_worker.customers import (
     CrmCustomer,
     CrmGroup,
@@ -29,7 +30,6 @@ from sync_worker.customers import (
     ShardFigures,
     TrackedCustomer,
     customer_from_rows,
-    normalise_email,
     rows_by_email,
     unreadable,
 )
@@ -105,12 +105,14 @@ class Deactivate:
 
 @dataclass(frozen=True, slots=True)
 class Skip:
-    """Nothing to do in this cycle: `WAIT`, `PARKED`, or `NOTHING` for a customer with a
-    failure on file (kept so that settling the cycle can clear it)."""
+    """Nothing to do in this cycle: `WAIT` or `PARKED` (`deferred`: the step it waits to
+    take), or `NOTHING` for a customer with a failure on file (kept so that settling the
+    cycle can clear it)."""
 
     action: Action
     email: str
     failure: CustomerFailure | None = None
+    deferred: PlanEntry | None = None
 
 
 PlanEntry = Provision | Reenrol | ResumeEmail | Deactivate | Skip
@@ -143,6 +145,34 @@ class CrmTally:
 
     rows_read: int = 0
     invalid: list[InvalidCrmRow] = field(default_factory=list)
+
+
+def plan_cycle(
+    crm: Iterable[CrmGroup | CrmCustomer],
+    tracking: Iterable[TrackedCustomer],
+    failures: Mapping[str, CustomerFailure],
+    now: datetime,
+    *,
+    lookup: Callable[[Sequence[str]], Mapping[str, TrackedCustomer]],
+    owns: Callable[[str], bool] = lambda email: True,
+) -> tuple[SyncPlan, CrmTally]:
+    """The plan of a cycle (the one merge, for the cycle and `verify` alike): the CRM stream
+    merged with the tracking stream, both in email order, then the customers the merge set
+    aside, planned from their tracking rows as `lookup` finds them by email.
+
+    Args:
+        crm: the CRM's groups (or merged customers) in order.
+        tracking: the tracking rows in email order.
+        failures: recorded failures by email (another shard's are left alone).
+        now: the cycle's clock (timezone-aware).
+        lookup: the tracking rows of some emails, by email.
+        owns: whether an email is this shard's.
+    """
+    builder = PlanBuilder(tracking, failures, now, owns)
+    for item in crm:
+        builder.add(item)
+    aside = sorted(builder.set_aside)
+    return builder.finish(lookup(aside) if aside else {}), builder.tally
 
 
 class PlanBuilder:
@@ -212,6 +242,13 @@ class PlanBuilder:
                 self._merge(customer)
             else:
                 self._aside(customer)
+
+    def add(self, item: CrmGroup | CrmCustomer) -> None:
+        """One item of the CRM stream, in order."""
+        if isinstance(item, CrmGroup):
+            self.add_group(item)
+        else:
+            self.add_customer(item)
 
     def add_customer(self, customer: CrmCustomer) -> None:
         """One customer already merged and validated (in email order)."""
@@ -304,9 +341,9 @@ class PlanBuilder:
             entry = Skip(Action.NOTHING, email, failure)
         if not isinstance(entry, Skip | Deactivate) and failure:
             if failure.parked:
-                entry = Skip(Action.PARKED, email, failure)
+                entry = Skip(Action.PARKED, email, failure, entry)
             elif failure.next_attempt_at is not None and failure.next_attempt_at > self._now:
-                entry = Skip(Action.WAIT, email, failure)
+                entry = Skip(Action.WAIT, email, failure, entry)
         self._counted[entry.action.value] += 1
         if entry.action is not Action.NOTHING or failure is not None:
             self._steps.append(_Placed(customer, tracked, entry))

@@ -3,7 +3,7 @@
 
 `Provisioner` (the Auth admin API), `EnrolmentStore` (what the cycle writes to Supabase) and
 `Mailer` (what delivers a welcome email). The cycle imports these and no adapter; the adapters
-(`auth_admin.SupabaseProvisioner`, `record.SupabaseStore`, the mailers) implement them, and
+(`auth_admin.SupabaseProvisioner`, `store.SupabaseStore`, the mailers) implement them, and
 the tests' in-memory fakes do too.
 """
 
@@ -129,7 +129,7 @@ class CycleServices:
     load_failures: Callable[[], dict[str, CustomerFailure]]
     provisioner: Provisioner
     store: EnrolmentStore
-    mailer: Mailer
+    mailer: Mailer | None  # None: EMAIL_BACKEND=disabled; every welcome email stays owed
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
     should_stop: Callable[[], bool] = lambda: False
     # Told of the recorder of accepted emails while it is open (None once it closed), so that

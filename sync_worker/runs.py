@@ -8,10 +8,11 @@ from typing import Any
 
 import structlog
 
-from sync_worker.customers import Outcome, shard_label
+from sync_worker.customers import Outcome
 from sync_worker.errors import SupabaseError
 from sync_worker.logs import mask_secrets
 from sync_worker.report import CycleReport
+from sync_worker.shards import shard_label
 from sync_worker.supabase_api import SupabaseApi
 
 log = structlog.get_logger("crm_sync.runs")

@@ -24,7 +24,7 @@ __all__ = ["SentEmailRecorder"]
 
 Record = Callable[[Sequence[SentEmail]], object]
 # At most this many accepted emails are recorded by one call.
-RECORD_BATCH_SIZE = 200
+SENT_EMAIL_BATCH_SIZE = 200
 # How long the first email accepted waits for others to share its call.
 LINGER_SECONDS = 0.1
 
@@ -44,7 +44,7 @@ class SentEmailRecorder:
         self,
         record: Record,
         *,
-        batch_size: int = RECORD_BATCH_SIZE,
+        batch_size: int = SENT_EMAIL_BATCH_SIZE,
         linger: float = LINGER_SECONDS,
     ) -> None:
         self._record = record

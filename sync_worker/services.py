@@ -10,11 +10,13 @@ from types import TracebackType
 from sync_worker.auth_admin import SupabaseProvisioner
 from sync_worker.config import CrmSettings, EmailBackend, Settings
 from sync_worker.cycle import CycleOptions, CycleServices
-from sync_worker.mailers import build_mailer
-from sync_worker.record import SupabaseStore
+from sync_worker.mailer import ConsoleMailer, Mailer
+from sync_worker.resend_mailer import ResendMailer
 from sync_worker.retrying import RetryPolicy
+from sync_worker.smtp_mailer import SmtpMailer
 from sync_worker.source import CrmColumns, stream_groups
 from sync_worker.state import load_failures, lookup_tracking, stream_tracking
+from sync_worker.store import SupabaseStore
 from sync_worker.supabase_api import SupabaseApi
 from sync_worker.welcome_email import sender_domain
 
@@ -37,7 +39,6 @@ def cycle_options(settings: Settings, *, allow_mass_deactivation: bool = False) 
         setup_url=settings.app_setup_url or settings.app_login_url,
         initial_credits=settings.initial_credits,
         credentials_mode=settings.credentials_mode,
-        send_email=settings.email_backend is not EmailBackend.DISABLED,
         concurrency=settings.sync_concurrency,
         max_attempts=settings.sync_max_attempts,
         deactivation_limit=settings.sync_deactivation_limit,
@@ -48,6 +49,28 @@ def cycle_options(settings: Settings, *, allow_mass_deactivation: bool = False) 
         setup_link_reuse_seconds=settings.setup_link_reuse_seconds,
         message_domain=sender_domain(settings.email_from),
     )
+
+
+def build_mailer(settings: Settings) -> Mailer | None:
+    """The mailer `EMAIL_BACKEND` asks for, configured from `settings`; None when it is
+    `disabled` (the cycle then sends nothing, and every welcome email stays owed)."""
+    backend = settings.email_backend
+    if backend is EmailBackend.SMTP:
+        return SmtpMailer(
+            settings.smtp_host,
+            settings.smtp_port,
+            settings.email_from,
+            security=settings.smtp_security,
+            username=settings.smtp_username,
+            password=settings.smtp_password,
+        )
+    if backend is EmailBackend.RESEND:
+        if settings.resend_api_key is None:  # config validation forbids it; keep mypy honest
+            raise ValueError("RESEND_API_KEY is required when EMAIL_BACKEND=resend")
+        return ResendMailer(settings.resend_api_key, settings.email_from)
+    if backend is EmailBackend.CONSOLE:
+        return ConsoleMailer()
+    return None
 
 
 def credential_key(settings: Settings) -> bytes:

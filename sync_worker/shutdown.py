@@ -27,10 +27,10 @@ import structlog
 from sync_worker.customers import Outcome
 from sync_worker.errors import SupabaseError
 from sync_worker.lease import SyncLease
-from sync_worker.record import SupabaseStore
 from sync_worker.retrying import RetryPolicy
 from sync_worker.runs import RunHistory
 from sync_worker.sent_emails import SentEmailRecorder
+from sync_worker.store import SupabaseStore
 from sync_worker.supabase_api import SupabaseApi
 
 log = structlog.get_logger("crm_sync.shutdown")
@@ -110,7 +110,7 @@ def _record_accepted(run: InFlightRun, api: SupabaseApi, done: list[bool] | None
     ok = True
     if pending:
         try:
-            SupabaseStore(api, patient_records=False).record_welcome_emails(pending)
+            SupabaseStore(api, patient_sent_emails=False).record_welcome_emails(pending)
             log.warning("accepted_emails_recorded_at_cut_off", count=len(pending))
         except SupabaseError as exc:
             ok = False

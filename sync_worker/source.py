@@ -4,7 +4,8 @@ Table and column names come from configuration and are quoted as identifiers; el
 (`value > 0`, where NULL, zero, negative and non-numeric values are not eligible) is decided
 by the database so ineligible rows never leave it. Rows come sorted by their order key (the
 email trimmed and lower-cased, compared byte by byte) and grouped per key, so the cycle can
-merge them with the tracking rows sorted the same way without holding either.
+merge them with the tracking rows sorted the same way without holding either (`plan.PlanBuilder`,
+which `crm-sync verify` plans with too).
 """
 
 from __future__ import annotations
@@ -16,15 +17,9 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import sql
 
-from sync_worker.customers import (
-    CrmGroup,
-    CrmRow,
-    CrmSnapshot,
-    customer_from_rows,
-    rows_by_email,
-    unreadable,
-)
+from sync_worker.customers import CrmGroup, CrmRow
 from sync_worker.errors import CrmDataError, CrmSourceError, DependencyUnavailable, first_line
+from sync_worker.shards import Shard
 
 STATEMENT_TIMEOUT_MS = 120_000
 FETCH_SIZE = 5_000
@@ -37,10 +32,6 @@ _PREVIEW = 96
 # The order key trims what btrim() is given; the tracking rows' emails are stored trimmed and
 # lower-cased, so for every email already enrolled the key is that email.
 _BLANKS = " \t\r\n"
-
-
-# (index, count): this worker's share of the customers; (0, 1) is everyone.
-Shard = tuple[int, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,23 +110,6 @@ def group_rows(rows: Iterable[Row]) -> Iterator[CrmGroup]:
         )
 
 
-def merge_rows(rows: Iterable[CrmRow]) -> CrmSnapshot:
-    """Every customer of some CRM rows, one per normalised email, validating each (pure)."""
-    snapshot = CrmSnapshot()
-    readable: list[CrmRow] = []
-    for row in rows:
-        snapshot.rows_read += 1
-        if row.readable:
-            readable.append(row)
-        else:
-            snapshot.invalid.append(unreadable(row))
-    by_email = rows_by_email(readable, snapshot.invalid)
-    snapshot.customers = {
-        email: customer_from_rows(email, own) for email, own in sorted(by_email.items())
-    }
-    return snapshot
-
-
 def stream_groups(
     database_url: str, columns: CrmColumns, shard: Shard = (0, 1)
 ) -> Iterator[CrmGroup]:
@@ -176,13 +150,3 @@ def stream_groups(
         raise CrmDataError(f"reading the CRM failed on its data: {first_line(exc)}") from exc
     except psycopg.Error as exc:
         raise CrmSourceError(f"reading the CRM failed: {first_line(exc)}") from exc
-
-
-def read_snapshot(database_url: str, columns: CrmColumns) -> CrmSnapshot:
-    """Every eligible CRM customer at once (for `crm-sync verify`; a cycle streams instead).
-
-    Raises:
-        DependencyUnavailable: the CRM database cannot be reached.
-        CrmSourceError: the configured table or columns do not exist, or the query failed.
-    """
-    return merge_rows(row for group in stream_groups(database_url, columns) for row in group.rows)

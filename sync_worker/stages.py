@@ -104,7 +104,8 @@ def send_welcome_emails(
     """The email stage: each welcome email owed, sent once, recorded only after the server
     accepted it (in the background, while the next ones are sent)."""
     owed = [work for work in works if work.owes_email]
-    if not owed or not options.send_email or tally.aborted is not None:
+    mailer = services.mailer
+    if not owed or mailer is None or tally.aborted is not None:
         return
     with SentEmailRecorder(services.store.record_welcome_emails) as recorder:
         services.on_recorder(recorder)
@@ -115,7 +116,7 @@ def send_welcome_emails(
                 progress.advance()
             try:
                 message = welcome_email_for(options, services.provisioner, work)
-                services.mailer.send(message)
+                mailer.send(message)
             except MailUnavailable as exc:
                 # Every later message would fail too; they stay owed for the next cycle.
                 tally.abort("mail", str(exc))

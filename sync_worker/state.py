@@ -86,11 +86,6 @@ def lookup_tracking(api: SupabaseApi, emails: Sequence[str]) -> dict[str, Tracke
     return found
 
 
-def load_tracking(api: SupabaseApi) -> dict[str, TrackedCustomer]:
-    """Every tracking row, by email (for `crm-sync verify`; a cycle streams instead)."""
-    return {tracked.email: tracked for tracked in stream_tracking(api)}
-
-
 def read_failures(api: SupabaseApi) -> Iterator[CustomerFailure]:
     """Every recorded failure, ordered by email."""
     for row in api.select("crm_sync_failures", FAILURE_COLUMNS, order=("email",)):

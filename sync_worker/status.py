@@ -4,27 +4,30 @@ monitoring queries, read from Supabase and shown as tables or JSON."""
 from __future__ import annotations
 
 import io
-import shutil
 from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import BaseModel, Field
-from rich import box
 from rich.console import Console
 from rich.table import Table
 
 from sync_worker.config import SupabaseSettings
 from sync_worker.customers import CustomerFailure
-from sync_worker.display import printable
-from sync_worker.errors import DependencyUnavailable, ExitCode, SupabaseError
+from sync_worker.errors import ExitCode, SupabaseError, supabase_unavailable
 from sync_worker.state import parse_timestamp, read_failures
 from sync_worker.supabase_api import SupabaseApi
+from sync_worker.tables import (
+    add_text_row,
+    plain_text,
+    terminal_width,
+    text_console,
+    titled_table,
+)
 
 SHOWN_ROWS = 50
 RENDER_WIDTH = 160  # wide enough for a run id, its counts and a one-line error
-MIN_WIDTH = 100
 
-_RUN_COLUMNS = "id,run_id,shard,worker_id,started_at,finished_at,status,dry_run,counts,error"
+_RUN_COLUMNS = "id,run_id,shard,worker_id,started_at,finished_at,status,counts,error"
 _PENDING_COLUMNS = "email,user_id,full_name,created_at,last_sync_at"
 # What a run's counts say, in the order an operator reads them (keys of CycleReport.log_fields).
 _SUMMARY_KEYS = (
@@ -53,7 +56,6 @@ class RunLine(BaseModel):
     finished_at: datetime | None = None
     duration_seconds: float | None = None
     status: str
-    dry_run: bool = False
     summary: str
     counts: dict[str, Any] = Field(default_factory=dict)
     error: str | None = None
@@ -128,7 +130,6 @@ def _run_line(row: dict[str, Any]) -> RunLine:
         finished_at=finished,
         duration_seconds=round((finished - started).total_seconds(), 3) if finished else None,
         status=row["status"],
-        dry_run=bool(row.get("dry_run")),
         summary=summarise_counts(counts),
         counts=counts,
         error=row.get("error"),
@@ -264,7 +265,7 @@ def render_status(report: StatusReport, *, width: int = RENDER_WIDTH) -> str:
             (run.run_id or "-") + (f" (shard {run.shard})" if run.shard else ""),
             _shown(run.started_at),
             f"{run.duration_seconds:.1f} s" if run.duration_seconds is not None else "-",
-            run.status + (" (dry run)" if run.dry_run else ""),
+            run.status,
             run.worker_id,
             run.summary,
             run.error or "",
@@ -352,24 +353,12 @@ def status_command(settings: SupabaseSettings, *, as_json: bool, email: str | No
             return ExitCode.OK
         report = collect_status(api)
     except SupabaseError as exc:
-        raise unavailable(exc) from exc
+        raise supabase_unavailable(exc) from exc
     finally:
         api.close()
-    width = max(shutil.get_terminal_size((RENDER_WIDTH, 24)).columns, MIN_WIDTH)
+    width = terminal_width(RENDER_WIDTH)
     print(report.model_dump_json(indent=2) if as_json else render_status(report, width=width))
     return ExitCode.OK
-
-
-def unavailable(exc: SupabaseError) -> DependencyUnavailable:
-    """The command-level error for a failed read: 69, with a hint when the schema is old."""
-    hint = ""
-    if exc.code in {"PGRST202", "PGRST205", "42883", "42P01"} or exc.status == 404:
-        hint = " (are the migrations applied? run `crm-sync migrate`)"
-    return DependencyUnavailable("Supabase", f"{exc}{hint}")
-
-
-def titled_table(title: str) -> Table:
-    return Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False)
 
 
 def _print(console: Console, table: Table, total: int, empty: str) -> None:
@@ -380,30 +369,6 @@ def _print(console: Console, table: Table, total: int, empty: str) -> None:
     if total > table.row_count:
         console.print(f"  ... and {total - table.row_count} more (see --json)")
     console.print()
-
-
-def add_text_row(table: Table, *cells: str) -> None:
-    """Adds a row of data, each control character escaped before the table is laid out."""
-    table.add_row(*(printable(cell) for cell in cells))
-
-
-def text_console(buffer: io.StringIO, width: int) -> Console:
-    return Console(
-        file=buffer,
-        width=width,
-        color_system=None,
-        highlight=False,
-        emoji=False,
-        markup=False,
-        soft_wrap=False,
-    )
-
-
-def plain_text(buffer: io.StringIO) -> str:
-    """What a console printed into `buffer`, without trailing blanks, every control character
-    of the data in it escaped."""
-    text = "\n".join(line.rstrip() for line in buffer.getvalue().splitlines()).strip() + "\n"
-    return printable(text, keep="\n")
 
 
 def _shown(value: datetime | None) -> str:

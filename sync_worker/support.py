@@ -16,18 +16,14 @@ import structlog
 from pydantic import BaseModel, Field
 
 from sync_worker.auth_admin import account_from
-from sync_worker.customers import (
-    CrmCustomer,
-    Outcome,
-    normalise_email,
-    parse_shard_label,
-    shard_of,
-)
+from sync_worker.crm_text import normalise_email
+from sync_worker.customers import CrmCustomer, Outcome
 from sync_worker.display import printable
 from sync_worker.errors import ConfigError
 from sync_worker.lease import SyncLease
 from sync_worker.runs import RunHistory
 from sync_worker.services import LiveServices
+from sync_worker.shards import parse_shard_label, shard_of
 from sync_worker.stages import welcome_email_for
 from sync_worker.supabase_api import SupabaseApi
 from sync_worker.welcome_email import accepted
@@ -58,9 +54,10 @@ def resend(live: LiveServices, raw_email: str, *, worker: str, run_id: str, ttl:
     """
     email = customer_email(raw_email)
     options = live.options
-    if not options.send_email:
-        raise ConfigError(["EMAIL_BACKEND: is disabled, so no email can be re-sent"])
     services = live.for_cycle()
+    mailer = services.mailer
+    if mailer is None:
+        raise ConfigError(["EMAIL_BACKEND: is disabled, so no email can be re-sent"])
     # The lease of the customer's own shard, so no cycle of that shard acts on them meanwhile.
     count = options.shard[1]
     shard = (shard_of(email, count), count)
@@ -76,7 +73,7 @@ def resend(live: LiveServices, raw_email: str, *, worker: str, run_id: str, ttl:
                 raise ConfigError([f"{email} was deactivated: nothing to re-send"])
             work = CustomerWork.tracked(CrmCustomer(email, name=tracked.full_name), tracked)
             message = welcome_email_for(options, services.provisioner, work)
-            services.mailer.send(message)
+            mailer.send(message)
             services.store.record_welcome_emails(
                 [accepted(message, run_id, options.message_domain)]
             )
@@ -84,7 +81,7 @@ def resend(live: LiveServices, raw_email: str, *, worker: str, run_id: str, ttl:
             history.finish(history_id, datetime.now(UTC), Outcome.FAILED, None, str(exc))
             raise
         finally:
-            services.mailer.close()
+            mailer.close()
         history.finish(
             history_id,
             datetime.now(UTC),

@@ -1,32 +1,37 @@
 """`crm-sync verify [--repair]`: checks the seed's success metrics (credit accuracy, dashboard
 accuracy, data isolation, every eligible CRM customer enrolled) and, on request, recomputes
-the derived rows that can safely be recomputed (stats and credit mirrors, never a balance)."""
+the derived rows that can safely be recomputed (stats and credit mirrors, never a balance).
+
+Which CRM customers are eligible, and under which email, is what a cycle would plan now: the
+CRM's stream merged with the tracking rows by `plan.plan_cycle`, as `cycle.run_cycle` does,
+so verify never judges an email otherwise than the cycle.
+"""
 
 from __future__ import annotations
 
 import io
-import shutil
 from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import BaseModel, Field
 
 from sync_worker.config import VerifySettings
-from sync_worker.customers import CrmSnapshot
-from sync_worker.errors import ExitCode, SupabaseError
+from sync_worker.customers import CrmGroup, CustomerFailure, TrackedCustomer
+from sync_worker.errors import ExitCode, SupabaseError, supabase_unavailable
+from sync_worker.plan import Provision, Reenrol, Skip, SyncPlan, plan_cycle
 from sync_worker.services import crm_columns
-from sync_worker.source import read_snapshot
-from sync_worker.state import load_failures, load_tracking
-from sync_worker.status import (
-    MIN_WIDTH,
+from sync_worker.source import stream_groups
+from sync_worker.state import load_failures, lookup_tracking, stream_tracking
+from sync_worker.supabase_api import SupabaseApi
+from sync_worker.tables import (
     add_text_row,
     plain_text,
+    terminal_width,
     text_console,
     titled_table,
-    unavailable,
 )
-from sync_worker.supabase_api import SupabaseApi
 
 # The database checks (crm_sync_verify in migration 0006) and the one made here from the CRM.
 DATABASE_CHECKS = ("credit_accuracy", "credit_mirror", "dashboard_stats", "data_isolation")
@@ -93,24 +98,48 @@ def repair_derived_rows(api: SupabaseApi) -> dict[str, int]:
     return {str(row["check"]): int(row["repaired"]) for row in rows}
 
 
-def enrolment_mismatches(api: SupabaseApi, snapshot: CrmSnapshot) -> list[Mismatch]:
-    """Eligible CRM customers without an active tracking row, with their last failure if any."""
-    tracking = load_tracking(api)
-    failures = load_failures(api)
+def crm_plan(
+    groups: Iterable[CrmGroup],
+    tracking: Iterable[TrackedCustomer],
+    failures: Mapping[str, CustomerFailure],
+    lookup_tracking: Callable[[Sequence[str]], Mapping[str, TrackedCustomer]],
+    now: datetime,
+) -> SyncPlan:
+    """What a cycle over the whole CRM would plan now, made by the cycle's own merge
+    (`plan.plan_cycle`).
+
+    Args:
+        groups: the CRM stream (`source.stream_groups`).
+        tracking: every tracking row in email order (`state.stream_tracking`).
+        failures: recorded failures by email.
+        lookup_tracking: the tracking rows of some emails, by email.
+        now: the clock the plan is made at.
+    """
+    plan, _ = plan_cycle(groups, tracking, failures, now, lookup=lookup_tracking)
+    return plan
+
+
+def enrolment_mismatches(plan: SyncPlan) -> list[Mismatch]:
+    """The plan's eligible CRM customers without an active tracking row (those a cycle would
+    provision or reactivate), with their last failure if any."""
     found: list[Mismatch] = []
-    for email in sorted(snapshot.customers):
-        tracked = tracking.get(email)
-        if tracked is not None and tracked.is_active:
+    for step in plan.steps:
+        entry = step.deferred if isinstance(step, Skip) else step
+        if isinstance(entry, Provision):
+            tracked = None
+        elif isinstance(entry, Reenrol) and not entry.tracked.is_active:
+            tracked = entry.tracked
+        else:
             continue
         actual = "no tracking row" if tracked is None else "tracking row inactive"
-        failure = failures.get(email)
+        failure = step.failure
         if failure is not None:
             state = "parked" if failure.parked else f"attempt {failure.attempts}"
             actual += f" ({failure.step} failed, {state}: {failure.reason})"
         found.append(
             Mismatch(
                 check=ENROLMENT_CHECK,
-                email=email,
+                email=step.email,
                 user_id=tracked.user_id if tracked else None,
                 expected="an active tracking row",
                 actual=actual,
@@ -119,12 +148,13 @@ def enrolment_mismatches(api: SupabaseApi, snapshot: CrmSnapshot) -> list[Mismat
     return found
 
 
-def verify(api: SupabaseApi, snapshot: CrmSnapshot | None, *, repair: bool) -> VerifyReport:
+def verify(api: SupabaseApi, plan: SyncPlan | None, *, repair: bool) -> VerifyReport:
     """Checks the success metrics; with `repair`, repairs stats and mirrors, then checks again.
 
     Args:
         api: the service-role client.
-        snapshot: the CRM's eligible customers, for the enrolment check (skipped when None).
+        plan: what a cycle would plan now (`crm_plan`), for the enrolment check (skipped when
+            None).
         repair: run `crm_sync_repair` after the first check.
 
     Raises:
@@ -137,7 +167,7 @@ def verify(api: SupabaseApi, snapshot: CrmSnapshot | None, *, repair: bool) -> V
     if repair:
         repaired = repair_derived_rows(api)
         remaining = database_mismatches(api)
-    enrolment = enrolment_mismatches(api, snapshot) if snapshot is not None else []
+    enrolment = enrolment_mismatches(plan) if plan is not None else []
 
     profiles = api.count("profiles")
     tracked = api.count("digital_resume_by_crm")
@@ -159,11 +189,11 @@ def verify(api: SupabaseApi, snapshot: CrmSnapshot | None, *, repair: bool) -> V
         )
         for name in DATABASE_CHECKS
     ]
-    if snapshot is not None:
+    if plan is not None:
         checks.append(
             CheckResult(
                 check=ENROLMENT_CHECK,
-                checked=len(snapshot.customers),
+                checked=plan.eligible,
                 found=len(enrolment),
                 remaining=len(enrolment),
             )
@@ -232,21 +262,28 @@ def render_verify(report: VerifyReport, *, width: int = RENDER_WIDTH) -> str:
 
 
 def verify_command(settings: VerifySettings, *, repair: bool) -> int:
-    """`crm-sync verify [--repair]`: reads the CRM, checks, prints; 1 if mismatches remain.
+    """`crm-sync verify [--repair]`: plans against the CRM, checks, prints; 1 if mismatches
+    remain.
 
     Raises:
         DependencyUnavailable: the CRM or Supabase could not be reached (exit 69).
         CrmSourceError: the CRM table or columns are misconfigured (exit 2).
     """
-    snapshot = read_snapshot(settings.crm_database_url.get_secret_value(), crm_columns(settings))
     api = SupabaseApi(settings.supabase_url, settings.supabase_service_role_key.get_secret_value())
     try:
-        report = verify(api, snapshot, repair=repair)
+        plan = crm_plan(
+            stream_groups(settings.crm_database_url.get_secret_value(), crm_columns(settings)),
+            stream_tracking(api),
+            load_failures(api),
+            lambda emails: lookup_tracking(api, emails),
+            datetime.now(UTC),
+        )
+        report = verify(api, plan, repair=repair)
     except SupabaseError as exc:
-        raise unavailable(exc) from exc
+        raise supabase_unavailable(exc) from exc
     finally:
         api.close()
-    width = max(shutil.get_terminal_size((RENDER_WIDTH, 24)).columns, MIN_WIDTH)
+    width = terminal_width(RENDER_WIDTH)
     print(render_verify(report, width=width))
     # 1 is the "finished, but something needs attention" code of every crm-sync command.
     return ExitCode.CUSTOMERS_FAILED if report.mismatches else ExitCode.OK

@@ -28,7 +28,8 @@ from string import Template
 from typing import Literal, NamedTuple
 
 from sync_worker.config import MASK
-from sync_worker.customers import Credentials, clean_name
+from sync_worker.crm_text import clean_name
+from sync_worker.customers import Credentials
 
 __all__ = [
     "MORE_CREDITS",
@@ -48,8 +49,9 @@ MORE_CREDITS_PRICE = "$9.99"
 _IDEMPOTENCY_PREFIX = "crm-welcome-"
 # Keys the credential digests of an email built without a key of its own (tests, previews).
 _PROCESS_KEY = secrets.token_bytes(32)
-# A name longer than this is cut (with an ellipsis) in the To header and the greeting.
-MAX_NAME_LENGTH = 64
+# A name longer than this is cut (with an ellipsis) in the To header and the greeting; the name
+# stored may be longer (`crm_text.MAX_STORED_NAME_LENGTH`).
+MAX_SHOWN_NAME_LENGTH = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -318,7 +320,7 @@ def render(email: WelcomeEmail, sender: str, *, smtputf8: bool = False) -> bytes
     message = MIMEMultipart("alternative", boundary=_boundary(parts))
     message["Subject"] = render_subject(email)
     message["From"] = _address(sender_name, sender_address or sender, smtputf8=smtputf8)
-    message["To"] = _address(_clean_name(email.name) or "", email.to, smtputf8=smtputf8)
+    message["To"] = _address(_shown_name(email.name) or "", email.to, smtputf8=smtputf8)
     message["Date"] = formatdate(usegmt=True)
     message["Message-ID"] = message_id(email, sender_domain(sender))
     for part in parts:
@@ -387,7 +389,7 @@ def _address(name: str, address: str, *, smtputf8: bool) -> str:
 
 
 def _values(email: WelcomeEmail) -> dict[str, str]:
-    name = _clean_name(email.name)
+    name = _shown_name(email.name)
     if name is not None and looks_like_contact(name):
         # Written into an email from the company's own domain, a link, an address or a phone
         # number would read as the company's own call to action: a plain "Hello," instead.
@@ -431,17 +433,17 @@ def looks_like_contact(name: str) -> bool:
     return "@" in name or _LINK.search(name) is not None or _PHONE.search(name) is not None
 
 
-def _clean_name(name: str | None) -> str | None:
+def _shown_name(name: str | None) -> str | None:
     """The CRM name as it may appear in a header and a greeting, whatever the interpreter.
 
     NFC; control, format, private-use and line/paragraph-separator characters become spaces;
     whitespace collapses; the `=?` that opens an RFC 2047 encoded word is broken up, so that
     no version of the email package decodes CR/LF out of it (CVE-2024-6923); at most
-    `MAX_NAME_LENGTH` characters.
+    `MAX_SHOWN_NAME_LENGTH` characters.
     """
     text = (clean_name(name) or "").replace("=?", "= ?")
-    if len(text) > MAX_NAME_LENGTH:
-        text = text[: MAX_NAME_LENGTH - 3].rstrip() + "..."
+    if len(text) > MAX_SHOWN_NAME_LENGTH:
+        text = text[: MAX_SHOWN_NAME_LENGTH - 3].rstrip() + "..."
     return text or None
 
 

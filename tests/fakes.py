@@ -31,11 +31,11 @@ from sync_worker.customers import (
     LayoutFigures,
     ShardFigures,
     TrackedCustomer,
-    shard_of,
 )
 from sync_worker.cycle import CycleOptions, CycleServices
 from sync_worker.errors import MailError, SupabaseError
 from sync_worker.provision import AccountExists
+from sync_worker.shards import shard_of
 from sync_worker.source import group_rows
 from sync_worker.welcome_email import SentEmail, WelcomeEmail
 

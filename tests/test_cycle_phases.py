@@ -18,13 +18,13 @@ from sync_worker.customers import (
     IdentityHolder,
     Outcome,
     Step,
-    shard_of,
 )
 from sync_worker.cycle import CycleOptions, run_cycle
 from sync_worker.errors import ExitCode, MailError, MailUnavailable, SupabaseError
 from sync_worker.metrics import SyncMetrics
 from sync_worker.report import CycleReport
 from sync_worker.settle import OUTAGE_THRESHOLD
+from sync_worker.shards import shard_of
 from sync_worker.welcome_email import WelcomeEmail
 from tests.fakes import NOW, OPTIONS, FakeProject, outage, refusal
 
@@ -163,7 +163,8 @@ def test_setup_links_open_the_configured_setup_page_and_keep_its_query() -> None
 def test_email_disabled_enrols_and_sends_nothing() -> None:
     project = FakeProject()
     project.sell("quiet@example.com")
-    report = run(project, dataclasses.replace(OPTIONS, send_email=False))
+    services = dataclasses.replace(project.services(), mailer=None)  # EMAIL_BACKEND=disabled
+    report = run_cycle(OPTIONS, services, run_id="test")
     assert (report.enrolled, report.emails_sent) == (1, 0)
     assert project.mailer.sent == []
     assert not project.store.tracking["quiet@example.com"].welcome_email_sent

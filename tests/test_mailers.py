@@ -1,4 +1,5 @@
-"""The mailers: SMTP against a real in-process server (aiosmtpd), Resend with `responses`."""
+"""The mailers: SMTP against a real in-process server (aiosmtpd), Resend with `responses`, the
+console and disabled mailers, and the choice between them."""
 
 from __future__ import annotations
 
@@ -29,17 +30,14 @@ from aiosmtpd.smtp import AuthResult, LoginPassword
 from pydantic import SecretStr
 from structlog.testing import capture_logs
 
-from sync_worker import mailers
+from sync_worker import smtp_mailer as smtp_module
 from sync_worker.config import EmailBackend, Settings, SmtpSecurity
 from sync_worker.errors import MailError, MailUnavailable
-from sync_worker.mailers import (
-    ConsoleMailer,
-    DisabledMailer,
-    ResendMailer,
-    SmtpMailer,
-    build_mailer,
-)
+from sync_worker.mailer import ConsoleMailer
+from sync_worker.resend_mailer import ResendMailer
 from sync_worker.retrying import RetryPolicy
+from sync_worker.services import build_mailer
+from sync_worker.smtp_mailer import SmtpMailer
 from sync_worker.welcome_email import WelcomeEmail
 
 SENDER = "CareerCast <noreply@careercast.example>"
@@ -843,15 +841,6 @@ def test_console_mailer_defaults_to_stdout(capsys: pytest.CaptureFixture[str]) -
     assert "4 free credits were added" in capsys.readouterr().out
 
 
-def test_disabled_mailer_sends_nothing(capsys: pytest.CaptureFixture[str]) -> None:
-    with capture_logs() as logs:
-        DisabledMailer().send(welcome())
-    assert capsys.readouterr().out == ""
-    assert [e["event"] for e in logs] == ["email_disabled"]
-    assert logs[0]["log_level"] == "debug"
-    assert no_secrets_in(logs, PASSWORD)
-
-
 def settings(**overrides: Any) -> Settings:
     values: dict[str, Any] = {
         "crm_database_url": "postgresql://crm@localhost/crm",
@@ -871,7 +860,6 @@ def settings(**overrides: Any) -> Settings:
         (EmailBackend.SMTP, {"smtp_password": SMTP_PASSWORD, "smtp_username": "u"}, SmtpMailer),
         (EmailBackend.RESEND, {"resend_api_key": API_KEY}, ResendMailer),
         (EmailBackend.CONSOLE, {}, ConsoleMailer),
-        (EmailBackend.DISABLED, {}, DisabledMailer),
     ],
 )
 def test_build_mailer_follows_email_backend(
@@ -884,6 +872,10 @@ def test_build_mailer_follows_email_backend(
         assert API_KEY not in repr(mailer)
     finally:
         mailer.close()
+
+
+def test_email_backend_disabled_builds_no_mailer() -> None:
+    assert build_mailer(settings(email_backend=EmailBackend.DISABLED)) is None
 
 
 def test_build_mailer_smtp_uses_the_configured_server() -> None:
@@ -912,7 +904,7 @@ class SlowToAnswer(Collector):
 
 def test_smtp_a_lost_answer_after_data_is_never_resent(monkeypatch: pytest.MonkeyPatch) -> None:
     """The server may have accepted the message: resending would deliver it twice."""
-    monkeypatch.setattr(mailers, "DATA_REPLY_TIMEOUT", 0.3)
+    monkeypatch.setattr(smtp_module, "DATA_REPLY_TIMEOUT", 0.3)
     handler = SlowToAnswer()
     with smtp_server(handler) as server:
         mailer = smtp_mailer(server.port, timeout=0.3)

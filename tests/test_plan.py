@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 
 import pytest
 
+from sync_worker.crm_text import normalise_email
 from sync_worker.customers import (
     MAX_LEAD_ID_LENGTH,
     MAX_STORED_LEAD_IDS,
@@ -18,9 +20,8 @@ from sync_worker.customers import (
     Step,
     TrackedCustomer,
     customer_from_rows,
-    normalise_email,
 )
-from sync_worker.plan import Action, PlanBuilder, Provision, next_attempt_delay
+from sync_worker.plan import Action, PlanBuilder, Provision, SyncPlan, next_attempt_delay
 from tests.plans import make_plan
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
@@ -209,6 +210,45 @@ def test_two_spellings_of_one_new_email_make_one_step() -> None:
     assert step.customer.sale_rows == 2
     assert plan.eligible == 1
     assert plan.counts()["provision"] == 1
+
+
+def customers_of(plan: SyncPlan) -> dict[str, CrmCustomer]:
+    return {step.email: step.customer for step in plan.steps if step.customer is not None}
+
+
+def test_the_merge_of_one_customers_rows_is_pure() -> None:
+    builder = PlanBuilder([], {}, NOW)
+    builder.add_group(
+        CrmGroup(
+            "b@x.co",
+            (
+                CrmRow("b@x.co", "1", None, "L2"),
+                CrmRow(" B@X.CO", "2", "Bea", "L1"),
+                CrmRow("b@x.co", "3", "Other", "L2"),
+            ),
+        )
+    )
+    [customer] = customers_of(builder.finish({})).values()
+    assert (customer.name, customer.lead_ids, customer.sale_rows, customer.sale_value) == (
+        "Bea",
+        ("L1", "L2"),
+        3,
+        Decimal(6),
+    )
+
+
+def test_one_customer_in_two_normal_forms_is_one_customer() -> None:
+    """The CRM sorts the two forms apart (the decomposed one first, byte by byte); both are
+    set aside and merged into one customer."""
+    builder = PlanBuilder([], {}, NOW)
+    for raw, value, lead in (
+        ("ann@bu\u0308cher.example", "2", "L2"),
+        ("ann@b\u00fccher.example", "1", "L1"),
+    ):
+        builder.add_group(CrmGroup(raw, (CrmRow(raw, value, None, lead),)))
+    customers = customers_of(builder.finish({}))
+    assert list(customers) == ["ann@xn--bcher-kva.example"]
+    assert customers["ann@xn--bcher-kva.example"].sale_rows == 2
 
 
 def test_what_a_tracking_row_keeps_of_the_crm_sales_is_bounded() -> None:

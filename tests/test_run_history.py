@@ -107,9 +107,9 @@ def test_shard_workers_split_the_customers_and_an_unsharded_run_excludes_them(
 ) -> None:
     """Shards are disjoint and cover everyone; two shard workers and one unsharded
     worker never both act on one customer."""
-    from sync_worker.customers import shard_of
     from sync_worker.errors import LeaseHeld
     from sync_worker.lease import SyncLease
+    from sync_worker.shards import shard_of
 
     emails = [f"s{i:03}@example.com" for i in range(40)] + ["ann@b\u00fccher.example"]
     add_sales(crm_url, *[(e, None, 1) for e in emails])
@@ -151,7 +151,7 @@ def _users(sandbox: Sandbox) -> list[tuple[Any, ...]]:
 
 
 def test_the_database_and_the_worker_agree_on_every_shard(sandbox: Sandbox) -> None:
-    from sync_worker.customers import shard_of
+    from sync_worker.shards import shard_of
 
     emails = [f"user{i}@example.com" for i in range(200)]
     with psycopg.connect(sandbox.db_url) as conn:
@@ -259,3 +259,25 @@ def test_an_operator_approves_exactly_the_held_back_set_they_reviewed(
     capsys.readouterr()
     assert main(["deactivations"]) == 0
     assert "No deactivations are held back." in capsys.readouterr().out
+
+
+def test_a_dry_run_has_no_row_so_the_history_has_no_dry_run_flag(
+    sandbox: Sandbox, crm_url: str
+) -> None:
+    """A dry run writes nothing, its row in the history neither: the `dry_run` column of
+    0005 was never set, and 0020 dropped it."""
+    add_sales(crm_url, ("dry@example.com", None, 1))
+    with psycopg.connect(sandbox.db_url) as conn:
+        before = conn.execute("select count(*) from public.crm_sync_runs").fetchone()
+    with LiveServices(settings_for(sandbox, crm_url), policy=FAST) as live:
+        report = run_guarded_cycle(live, worker="dry-pod:1", run_id="dry-run", dry_run=True)
+    assert report.dry_run
+    assert report.planned["provision"] == 1
+    with psycopg.connect(sandbox.db_url) as conn:
+        assert conn.execute("select count(*) from public.crm_sync_runs").fetchone() == before
+        columns = conn.execute(
+            "select column_name from information_schema.columns"
+            " where table_schema = 'public' and table_name = 'crm_sync_runs'"
+        ).fetchall()
+    assert ("status",) in columns
+    assert ("dry_run",) not in columns

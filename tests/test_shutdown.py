@@ -13,10 +13,10 @@ import psycopg
 import pytest
 
 from supabase_sandbox.stack import Sandbox
-from sync_worker.record import SupabaseStore
 from sync_worker.runner import run_guarded_cycle
 from sync_worker.services import LiveServices
 from sync_worker.shutdown import InFlightRun, cut_off
+from sync_worker.store import SupabaseStore
 from sync_worker.welcome_email import SentEmail
 from tests.stack import FAST, add_sales, crm_database, settings_for
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -10,9 +12,10 @@ import psycopg
 import pytest
 
 from supabase_sandbox import database
-from sync_worker.customers import CrmRow
+from sync_worker.customers import CrmCustomer, InvalidCrmRow
 from sync_worker.errors import CrmSourceError, DependencyUnavailable
-from sync_worker.source import CrmColumns, merge_rows, read_snapshot, stream_groups
+from sync_worker.plan import PlanBuilder
+from sync_worker.source import CrmColumns, stream_groups
 
 LIVE = CrmColumns(
     table="sales_closure",
@@ -21,6 +24,28 @@ LIVE = CrmColumns(
     name="lead_name",
     lead_id="lead_id",
 )
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What the cycle's merge makes of the CRM's stream while nobody is tracked yet."""
+
+    customers: dict[str, CrmCustomer]
+    invalid: list[InvalidCrmRow]
+    rows_read: int
+
+
+def read_snapshot(database_url: str, columns: CrmColumns) -> Snapshot:
+    """Every eligible CRM customer, read and merged as a cycle reads and merges them."""
+    builder = PlanBuilder([], {}, datetime.now(UTC))
+    for group in stream_groups(database_url, columns):
+        builder.add_group(group)
+    plan = builder.finish({})
+    return Snapshot(
+        {step.email: step.customer for step in plan.steps if step.customer is not None},
+        builder.tally.invalid,
+        builder.tally.rows_read,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -151,23 +176,6 @@ def test_thousands_of_rows_past_every_page(admin_url: str) -> None:
         database.drop_database(admin_url, name)
 
 
-def test_merge_rows_is_pure() -> None:
-    snapshot = merge_rows(
-        [
-            CrmRow("b@x.co", "1", None, "L2"),
-            CrmRow(" B@X.CO", "2", "Bea", "L1"),
-            CrmRow("b@x.co", "3", "Other", "L2"),
-        ]
-    )
-    [customer] = snapshot.customers.values()
-    assert (customer.name, customer.lead_ids, customer.sale_rows, customer.sale_value) == (
-        "Bea",
-        ("L1", "L2"),
-        3,
-        Decimal(6),
-    )
-
-
 @pytest.fixture
 def text_crm(admin_url: str) -> Iterator[str]:
     name = database.unique_name("crm_sync_poison")
@@ -216,7 +224,7 @@ def test_a_poison_eligibility_value_is_one_invalid_row_not_a_failed_read(text_cr
     ],
 )
 def test_emails_are_nfc_and_their_domains_ascii(raw: str, expected: str) -> None:
-    from sync_worker.customers import normalise_email
+    from sync_worker.crm_text import normalise_email
 
     assert normalise_email(raw) == (expected, None)
 
@@ -232,22 +240,11 @@ def test_emails_are_nfc_and_their_domains_ascii(raw: str, expected: str) -> None
     ],
 )
 def test_emails_auth_would_refuse_are_invalid_up_front(raw: str) -> None:
-    from sync_worker.customers import normalise_email
+    from sync_worker.crm_text import normalise_email
 
     email, reason = normalise_email(raw)
     assert email is None
     assert reason
-
-
-def test_one_customer_in_two_normal_forms_is_one_customer() -> None:
-    snapshot = merge_rows(
-        [
-            CrmRow("ann@b\u00fccher.example", "1", None, "L1"),
-            CrmRow("ann@bu\u0308cher.example", "2", None, "L2"),
-        ]
-    )
-    assert list(snapshot.customers) == ["ann@xn--bcher-kva.example"]
-    assert snapshot.customers["ann@xn--bcher-kva.example"].sale_rows == 2
 
 
 def test_a_row_without_an_email_is_reported_by_exactly_one_shard(crm_url: str) -> None:

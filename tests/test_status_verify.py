@@ -19,12 +19,23 @@ from supabase import create_client
 from supabase_sandbox.stack import Sandbox
 from sync_worker import supabase_api
 from sync_worker.config import Settings
-from sync_worker.mailers import SmtpMailer
+from sync_worker.crm_text import normalise_email
+from sync_worker.customers import CrmGroup, CrmRow
+from sync_worker.cycle import run_cycle
+from sync_worker.plan import SyncPlan
 from sync_worker.runner import run_guarded_cycle
 from sync_worker.services import LiveServices
+from sync_worker.smtp_mailer import SmtpMailer
 from sync_worker.status import collect_status, render_status, status_command
 from sync_worker.supabase_api import SupabaseApi
-from sync_worker.verify import render_verify, verify, verify_command
+from sync_worker.verify import (
+    crm_plan,
+    enrolment_mismatches,
+    render_verify,
+    verify,
+    verify_command,
+)
+from tests.fakes import NOW, OPTIONS, FakeProject
 from tests.pg import acting_as, create_auth_user
 from tests.stack import BLOCK_SIGNUPS, FAST, add_sales, closed_port, crm_database, settings_for
 
@@ -477,3 +488,68 @@ def test_render_verify_says_all_checks_passed_without_a_mismatch_table(seeded: S
     assert "all checks passed" in text
     assert "Mismatches" not in text
     assert "crm_enrolment" not in text  # no CRM snapshot, no enrolment check
+
+
+# -- the enrolment check plans as a cycle does -----------------------------------------------------
+
+
+def planned_by_verify(project: FakeProject, groups: list[CrmGroup]) -> SyncPlan:
+    """What verify plans from these CRM groups and the project's tracking rows and failures."""
+    tracking = project.store.tracking
+    return crm_plan(
+        groups,
+        [tracking[email] for email in sorted(tracking)],
+        project.store.failures,
+        lambda emails: {e: tracking[e] for e in emails if e in tracking},
+        NOW,
+    )
+
+
+def cycle_over(project: FakeProject, groups: list[CrmGroup]) -> None:
+    """One cycle of the project with the CRM stream holding these groups."""
+    services = project.services()
+    services.read_crm = lambda: groups
+    run_cycle(OPTIONS, services, run_id="crm-groups")
+
+
+def test_verify_judges_an_email_the_old_snapshot_refused_as_the_cycle_does() -> None:
+    """ "İNES@EXAMPLE.COM" (a capital dotted I, as Turkish case rules write "ines") has the
+    order key "ines@example.com": PostgreSQL's lower() in a Unicode locale makes the I an "i".
+    Python's lower() leaves a combining dot, which Supabase Auth refuses. The cycle merges the
+    row with the tracking row under its key: an eligible customer, reactivated. verify's own
+    reader (`merge_rows`) normalised every row again, called this one invalid and checked
+    nobody; planning as the cycle plans, verify reports what the cycle then does."""
+    ines, stays = "ines@example.com", "stays@example.com"
+    turkish = CrmGroup(ines, (CrmRow("\u0130NES@EXAMPLE.COM", "49.99", "Ines"),))
+    assert normalise_email("\u0130NES@EXAMPLE.COM")[0] is None  # the old snapshot's judgement
+    others = [CrmGroup(stays, (CrmRow(stays, "49.99"),))]
+    project = FakeProject()
+    cycle_over(project, [CrmGroup(ines, (CrmRow(ines, "49.99", "Ines"),)), *others])  # enrolled
+    cycle_over(project, others)  # left the CRM: deactivated
+    assert not project.store.tracking[ines].is_active
+
+    plan = planned_by_verify(project, [turkish, *others])
+    assert plan.eligible == 2
+    assert [(m.email, m.actual) for m in enrolment_mismatches(plan)] == [
+        (ines, "tracking row inactive")
+    ]
+
+    cycle_over(project, [turkish, *others])
+    assert project.store.tracking[ines].is_active  # the cycle reactivated exactly that customer
+    plan = planned_by_verify(project, [turkish, *others])
+    assert (plan.eligible, enrolment_mismatches(plan)) == (2, [])
+
+
+def test_verify_looks_up_the_customers_the_merge_set_aside() -> None:
+    """An internationalised domain sorts by its Unicode form in the CRM and by its ASCII form
+    in the tracking table: set aside by the merge, then judged from its looked-up row."""
+    idna = "ann@xn--bcher-kva.example"
+    groups = [CrmGroup("ann@bücher.example", (CrmRow("Ann@Bücher.example", "10"),))]
+    project = FakeProject()
+    plan = planned_by_verify(project, groups)
+    assert [(m.email, m.actual) for m in enrolment_mismatches(plan)] == [(idna, "no tracking row")]
+
+    cycle_over(project, groups)
+    assert project.store.tracking[idna].is_active
+    plan = planned_by_verify(project, groups)
+    assert (plan.eligible, enrolment_mismatches(plan)) == (1, [])

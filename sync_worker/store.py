@@ -1,5 +1,6 @@
-"""Writes what a cycle did to Supabase: enrolments (RPC), deactivations, the welcome email's
-delivery, and per-customer failures."""
+"""The cycle's store in Supabase (`EnrolmentStore`): enrolments (RPC), deactivations, the
+welcome emails accepted, per-customer failures, and what a cycle keeps for operators and for
+the other shards (invalid CRM rows, held-back deactivations, shard figures)."""
 
 from __future__ import annotations
 
@@ -22,8 +23,9 @@ from sync_worker.ports import ENROL_BATCH_SIZE
 from sync_worker.supabase_api import SupabaseApi
 from sync_worker.welcome_email import SentEmail
 
-RECORD_ATTEMPTS = 12
-RECORD_DEADLINE_SECONDS = 120.0
+# Accepted emails are recorded with more patience than other calls.
+SENT_EMAIL_ATTEMPTS = 12
+SENT_EMAIL_DEADLINE_SECONDS = 120.0
 FAILURES_TABLE = "crm_sync_failures"
 
 
@@ -61,10 +63,11 @@ def failure_row(failure: CustomerFailure) -> dict[str, Any]:
 class SupabaseStore:
     """`EnrolmentStore` over PostgREST (RPCs and the bookkeeping tables), as service role."""
 
-    def __init__(self, api: SupabaseApi, *, patient_records: bool = True) -> None:
+    def __init__(self, api: SupabaseApi, *, patient_sent_emails: bool = True) -> None:
         self._api = api
-        # False: records get the client's own policy (a shutdown's short margin).
-        self._patient_records = patient_records
+        # False: recording accepted emails gets the client's own policy (a shutdown's short
+        # margin).
+        self._patient_sent_emails = patient_sent_emails
 
     def report_invalid_rows(
         self, reported_by: str, rows: Sequence[InvalidCrmRow]
@@ -176,10 +179,10 @@ class SupabaseStore:
         patient = (
             replace(
                 policy,
-                attempts=max(policy.attempts, RECORD_ATTEMPTS),
-                deadline=max(policy.deadline, RECORD_DEADLINE_SECONDS),
+                attempts=max(policy.attempts, SENT_EMAIL_ATTEMPTS),
+                deadline=max(policy.deadline, SENT_EMAIL_DEADLINE_SECONDS),
             )
-            if self._patient_records
+            if self._patient_sent_emails
             else policy
         )
         rows = self._api.rpc(
