@@ -17,8 +17,8 @@ from urllib.parse import quote
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
-from sync_worker.config import MASK
 from sync_worker.display import printable
+from sync_worker.masking import MASK
 
 _SECRET_KEY = re.compile(
     r"pass(word|wd)?|secret|token|api_?key|authorization|credential|private_?key|cookie",

@@ -27,8 +27,8 @@ from html import escape
 from string import Template
 from typing import Literal
 
-from sync_worker.config import MASK
 from sync_worker.customers import Credentials, clean_name
+from sync_worker.masking import MASK
 
 __all__ = [
     "MORE_CREDITS",

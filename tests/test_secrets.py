@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from sync_worker import config
+from sync_worker import config, masking
 from sync_worker.cli import main
-from sync_worker.config import MASK
 from sync_worker.errors import ConfigError
 from sync_worker.logs import MaskSecrets, configure_logging
+from sync_worker.masking import MASK
 from tests.test_config import MINIMAL, NAMES, SERVICE_KEY, fake_jwt
 
 BAD_PASSWORD = "Tr0ub4dor%&3xK9"
@@ -179,11 +179,11 @@ def test_database_urls_of_every_form_are_accepted_wherever_one_is_and_masked(
     migrating = config.load(config.MigrateSettings)  # `crm-sync migrate` reads it alone
     assert migrating.supabase_db_url.get_secret_value() == url
 
-    assert password in config.url_passwords(url)
-    masked = config.mask_url(url)
+    assert password in masking.url_passwords(url)
+    masked = masking.mask_url(url)
     assert MASK in masked
     assert password not in masked
-    assert any(masked == url.replace(p, MASK) for p in config.url_passwords(url))  # the rest shown
+    assert any(masked == url.replace(p, MASK) for p in masking.url_passwords(url))  # the rest shown
     assert password in settings.secret_values()
 
     assert main(["config"]) == 0
@@ -218,7 +218,7 @@ def test_a_socket_url_without_a_password_is_shown_as_it_is(
     url = "postgresql://postgres@/crm?host=/tmp/crm-sync-postgres-x/data"
     settings = load(monkeypatch, CRM_DATABASE_URL=url)
     assert settings.crm_database_url.get_secret_value() == url
-    assert config.mask_url(url) == url
-    assert config.url_passwords(url) == []
+    assert masking.mask_url(url) == url
+    assert masking.url_passwords(url) == []
     assert main(["config"]) == 0
     assert "host=/tmp/crm-sync-postgres-x/data" in capsys.readouterr().out
