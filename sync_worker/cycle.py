@@ -46,8 +46,8 @@ from sync_worker.errors import (
     SyncError,
     is_outage,
 )
-from sync_worker.logs import mask_secrets
 from sync_worker.mailers import Mailer
+from sync_worker.masking import SecretMasker
 from sync_worker.plan import (
     Action,
     CustomerStep,
@@ -123,6 +123,7 @@ class CycleServices:
     # Told of the recorder of accepted emails while it is open (None once it closed), so that
     # a shutdown past its grace can record what it holds (`shutdown.cut_off`).
     on_recorder: Callable[[SentEmailRecorder | None], None] = lambda recorder: None
+    masker: SecretMasker = field(default_factory=SecretMasker)  # failure reasons are stored masked
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,14 +262,16 @@ def _read_state(what: str, load: Callable[[], Mapping[str, S]]) -> Mapping[str, 
         return load()
 
 
-def _failure(email: str, step: Step, error: SyncError | str) -> CustomerFailure:
+def _failure(
+    services: CycleServices, email: str, step: Step, error: SyncError | str
+) -> CustomerFailure:
     """One customer's failure as the domain records it (its reason is stored: masked)."""
     if isinstance(error, str):
-        return CustomerFailure(email, step, mask_secrets.mask_text(error))
+        return CustomerFailure(email, step, services.masker.mask_text(error))
     return CustomerFailure(
         email,
         step,
-        mask_secrets.mask_text(str(error)),
+        services.masker.mask_text(str(error)),
         retriable=bool(getattr(error, "retriable", True)),
         outage=is_outage(error),
         permanent=bool(getattr(error, "permanent", False)),
@@ -352,7 +355,7 @@ def _provision_accounts(
         except SyncError as exc:
             log.warning("account_failed", email=step.email, error=str(exc))
             # Noted as it happens, so that a run of outages stops the tasks still queued.
-            tally.fail(_failure(step.email, Step.ACCOUNT, exc))
+            tally.fail(_failure(services, step.email, Step.ACCOUNT, exc))
             return None
         tally.account_ready(step.email, result.origin)
         log.info("account_ready", email=step.email, origin=result.origin.value)
@@ -450,7 +453,9 @@ def _enrol(
             if exc.retriable:
                 tally.abort("Supabase", f"enrolment: {exc}")
             for enrolment in chunk:
-                tally.fail(_failure(enrolment.customer.email, Step.ENROL, exc), in_a_row=False)
+                tally.fail(
+                    _failure(services, enrolment.customer.email, Step.ENROL, exc), in_a_row=False
+                )
     enrolled: list[EnrolmentResult] = []
     for result in results:
         if result.ok:
@@ -465,7 +470,9 @@ def _enrol(
         else:
             log.warning("enrolment_refused", email=result.email, error=result.error)
             tally.fail(
-                _failure(result.email, Step.ENROL, f"{result.outcome.value}: {result.error}"),
+                _failure(
+                    services, result.email, Step.ENROL, f"{result.outcome.value}: {result.error}"
+                ),
                 in_a_row=False,
             )
     return enrolled
@@ -528,14 +535,14 @@ def _send(
                 break
             except (MailError, SupabaseError) as exc:
                 log.warning("welcome_email_failed", email=item.email, error=str(exc))
-                tally.fail(_failure(item.email, Step.EMAIL, exc))
+                tally.fail(_failure(services, item.email, Step.EMAIL, exc))
                 continue
             recorder.add(sent_email(message, options, tally.run_id))
     for (email, kind, *_), error in recorder.results:
         if error is not None:
             # Sent but not recorded: the next cycle sends again (better twice than never).
             log.error("welcome_email_not_recorded", email=email, error=str(error))
-            tally.fail(_failure(email, Step.RECORD_EMAIL, error))
+            tally.fail(_failure(services, email, Step.RECORD_EMAIL, error))
             continue
         tally.email_recorded(email)
         log.info("welcome_email_sent", email=email, kind=kind)
@@ -556,7 +563,7 @@ def _deactivate_phase(
         tally.deactivated = services.store.deactivate(emails)
     except SupabaseError as exc:
         for email in emails:
-            tally.fail(_failure(email, Step.DEACTIVATE, exc), in_a_row=False)
+            tally.fail(_failure(services, email, Step.DEACTIVATE, exc), in_a_row=False)
     for email in tally.deactivated:
         log.info("customer_deactivated", email=email)
 

@@ -23,6 +23,7 @@ from sync_worker.config import Settings
 from sync_worker.errors import KeyRefused, LeaseHeld, SupabaseError, SyncError
 from sync_worker.health import HealthServer
 from sync_worker.lease import worker_id
+from sync_worker.masking import SecretMasker
 from sync_worker.metrics import SyncMetrics
 from sync_worker.retrying import RETRY_LISTENERS, RetryPolicy
 from sync_worker.runner import run_guarded_cycle
@@ -42,8 +43,11 @@ READINESS_POLICY = RetryPolicy(attempts=1, deadline=3.0)
 class Daemon:
     """Runs cycles on a schedule until told to stop."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, masker: SecretMasker) -> None:
+        """`masker`: the one the edge made from `settings` (the logs mask with it too), for
+        what the runs store."""
         self.settings = settings
+        self.masker = masker
         self.worker = worker_id()
         self.metrics = SyncMetrics()
         self._signals = StopSignals()
@@ -64,7 +68,7 @@ class Daemon:
             self._idle.set()
             return
         run_id = uuid.uuid4().hex[:12]
-        in_flight = InFlightRun(run_id, self.worker, self._live.options.shard)
+        in_flight = InFlightRun(run_id, self.worker, self._live.options.shard, masker=self.masker)
         self._in_flight = in_flight
         try:
             with structlog.contextvars.bound_contextvars(run_id=run_id, worker=self.worker):
@@ -146,7 +150,7 @@ class Daemon:
         settings = self.settings
         self._signals.install()
         RETRY_LISTENERS.append(self.metrics.observe_retry)
-        with LiveServices(settings) as live:
+        with LiveServices(settings, masker=self.masker) as live:
             self._live = live
             self._preflight(live)
             health = None

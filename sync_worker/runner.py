@@ -36,7 +36,7 @@ def run_guarded_cycle(
     if dry_run:
         return run_cycle(live.options, live.for_cycle(should_stop), dry_run=True, run_id=run_id)
     lease = SyncLease(live.api, worker, lease_ttl_seconds, shard=live.options.shard)
-    history = RunHistory(live.api, worker, live.options.shard)
+    history = RunHistory(live.api, worker, live.options.shard, masker=live.masker)
 
     def stop() -> bool:
         return should_stop() or lease.lost.is_set() or lease.expiring()

@@ -10,7 +10,7 @@ import structlog
 
 from sync_worker.customers import Outcome, shard_label
 from sync_worker.errors import SupabaseError
-from sync_worker.logs import mask_secrets
+from sync_worker.masking import SecretMasker
 from sync_worker.report import CycleReport
 from sync_worker.supabase_api import SupabaseApi
 
@@ -21,10 +21,18 @@ ABANDONED = "abandoned"
 class RunHistory:
     """Writes the run history; a failure to write it never fails the cycle itself."""
 
-    def __init__(self, api: SupabaseApi, worker: str, shard: tuple[int, int] = (0, 1)) -> None:
+    def __init__(
+        self,
+        api: SupabaseApi,
+        worker: str,
+        shard: tuple[int, int] = (0, 1),
+        *,
+        masker: SecretMasker,
+    ) -> None:
         self._api = api
         self.worker = worker
         self.shard = None if shard[1] <= 1 else shard_label(shard)
+        self._masker = masker  # a run's error is stored masked
 
     def start(self, run_id: str, started: datetime) -> str | None:
         """Opens the run's row, keyed by its run id (the one every log line carries)."""
@@ -83,7 +91,7 @@ class RunHistory:
             "finished_at": finished.isoformat(),
             "status": status.value,
             # An error's text may quote what a server said back; no secret is ever stored.
-            "error": mask_secrets.mask_text(error) if error else None,
+            "error": self._masker.mask_text(error) if error else None,
             "counts": report.log_fields() | {"run_id": report.run_id} if report else counts or {},
         }
         try:

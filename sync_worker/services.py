@@ -10,6 +10,7 @@ from types import TracebackType
 from sync_worker.config import CrmSettings, EmailBackend, Settings
 from sync_worker.cycle import CycleOptions, CycleServices
 from sync_worker.mailers import build_mailer
+from sync_worker.masking import SecretMasker
 from sync_worker.provision import SupabaseProvisioner
 from sync_worker.record import SupabaseStore
 from sync_worker.retrying import RetryPolicy
@@ -61,7 +62,8 @@ def credential_key(settings: Settings) -> bytes:
 
 
 class LiveServices(AbstractContextManager["LiveServices"]):
-    """Owns the Supabase client for as long as the process needs it."""
+    """Owns the Supabase client for as long as the process needs it, and the masker of what
+    its runs store (failure reasons, run errors)."""
 
     def __init__(
         self,
@@ -69,8 +71,12 @@ class LiveServices(AbstractContextManager["LiveServices"]):
         policy: RetryPolicy | None = None,
         *,
         allow_mass_deactivation: bool = False,
+        masker: SecretMasker | None = None,
     ) -> None:
+        """`masker`: the one the edge made (the logs use it too); by default one that knows
+        the secrets of `settings`."""
         self.settings = settings
+        self.masker = masker or SecretMasker(settings.secret_values())
         self.options = cycle_options(settings, allow_mass_deactivation=allow_mass_deactivation)
         self.api = SupabaseApi(
             settings.supabase_url,
@@ -93,6 +99,7 @@ class LiveServices(AbstractContextManager["LiveServices"]):
             store=SupabaseStore(self.api),
             mailer=build_mailer(settings),
             should_stop=should_stop,
+            masker=self.masker,
         )
 
     def __exit__(

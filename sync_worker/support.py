@@ -57,7 +57,7 @@ def resend(live: LiveServices, raw_email: str, *, worker: str, run_id: str, ttl:
     count = options.shard[1]
     shard = (shard_of(email, count), count)
     lease = SyncLease(live.api, worker, ttl, shard=shard)
-    history = RunHistory(live.api, worker, shard)
+    history = RunHistory(live.api, worker, shard, masker=live.masker)
     with lease.held():
         history_id = history.start(run_id, datetime.now(UTC))
         try:

@@ -29,6 +29,7 @@ from sync_worker.customers import (
 )
 from sync_worker.cycle import CycleOptions, CycleServices
 from sync_worker.errors import MailError, SupabaseError
+from sync_worker.masking import SecretMasker
 from sync_worker.provision import AccountExists
 from sync_worker.record import SentEmail
 from sync_worker.welcome_email import WelcomeEmail
@@ -346,6 +347,7 @@ class FakeProject:
     mailer: FakeMailer = field(default_factory=FakeMailer)
     clock: datetime = NOW
     stop: Callable[[], bool] = lambda: False
+    masker: SecretMasker = field(default_factory=SecretMasker)
 
     def sell(self, *emails: str, name: str | None = None) -> None:
         for email in emails:
@@ -372,4 +374,5 @@ class FakeProject:
             mailer=self.mailer,
             clock=lambda: self.clock,
             should_stop=lambda: self.stop(),  # noqa: PLW0108 (read when called)
+            masker=self.masker,
         )

@@ -50,9 +50,9 @@ def test_no_import_cycles_and_the_sandbox_stays_outside() -> None:
 
 
 def test_masking_is_not_configuration() -> None:
-    """What masks (the logs, the welcome email) and the local stack take the masking helpers
-    from `masking`: none of them imports the configuration."""
+    """What masks (the logs, the run history, the welcome email) and the local stack take the
+    masking helpers from `masking`: none of them imports the configuration."""
     sandbox = PACKAGE.parent / "sandbox" / "supabase_sandbox"
-    maskers = ("masking.py", "logs.py", "welcome_email.py")
+    maskers = ("masking.py", "logs.py", "runs.py", "welcome_email.py")
     for path in [*(PACKAGE / name for name in maskers), *sandbox.glob("*.py")]:
         assert "sync_worker.config" not in imports_of(path), path.name

@@ -23,6 +23,7 @@ from sync_worker.config import Settings
 from sync_worker.cycle import run_cycle
 from sync_worker.errors import ExitCode
 from sync_worker.logs import configure_logging
+from sync_worker.masking import SecretMasker
 from sync_worker.report import CycleReport
 from sync_worker.retrying import RetryPolicy
 from sync_worker.services import LiveServices
@@ -541,7 +542,7 @@ def test_every_log_line_carries_the_run_id_and_no_secret(sandbox: Sandbox, crm_u
     add_sales(crm_url, *[(f"log{i}@example.com", None, 1) for i in range(8)])
     settings = settings_for(sandbox, crm_url, sync_concurrency=4)
     stream = io.StringIO()
-    configure_logging("json", "DEBUG", secrets=settings.secret_values(), stream=stream)
+    configure_logging("json", "DEBUG", masker=SecretMasker(settings.secret_values()), stream=stream)
     sandbox.faults = FaultPlan(fault_rate=0.4, mix={FaultKind.UNAVAILABLE: 1}, seed=3)
     report = run(settings)
     lines = [json.loads(line) for line in stream.getvalue().splitlines()]
@@ -668,7 +669,9 @@ def test_an_invalid_crm_row_is_reported_when_it_appears_or_changes_and_listed_in
 
     def warnings() -> list[dict[str, Any]]:
         stream = io.StringIO()
-        configure_logging("json", "INFO", secrets=settings.secret_values(), stream=stream)
+        configure_logging(
+            "json", "INFO", masker=SecretMasker(settings.secret_values()), stream=stream
+        )
         run(settings)
         lines = [json.loads(line) for line in stream.getvalue().splitlines()]
         return [line for line in lines if line["event"] == "crm_row_invalid"]

@@ -13,7 +13,7 @@ import pytest
 
 from supabase_sandbox.stack import Sandbox
 from sync_worker import runner
-from sync_worker.logs import mask_secrets
+from sync_worker.masking import SecretMasker
 from sync_worker.runner import run_guarded_cycle
 from sync_worker.services import LiveServices
 from sync_worker.status import collect_status, render_status
@@ -51,13 +51,16 @@ def test_a_crash_is_recorded_as_failed_and_a_killed_run_as_abandoned(
             " values ('killed-pod:1', now() - interval '1 hour')"
         )
     secret = "s3cr3t-in-a-crash-message"
-    mask_secrets.add([secret])
+    masker = SecretMasker([secret, *settings.secret_values()])
 
     def crash(*_args: object, **_kwargs: object) -> None:
         raise RuntimeError(f"unexpected {secret}")
 
     monkeypatch.setattr(runner, "run_cycle", crash)
-    with LiveServices(settings, policy=FAST) as live, pytest.raises(RuntimeError):
+    with (
+        LiveServices(settings, policy=FAST, masker=masker) as live,
+        pytest.raises(RuntimeError),
+    ):
         run_guarded_cycle(live, worker="crashing:2", run_id=uuid.uuid4().hex[:12])
     [killed, crashed] = runs(sandbox)
     assert killed[:3] == ("killed-pod:1", "abandoned", True)

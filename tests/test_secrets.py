@@ -13,8 +13,8 @@ import pytest
 from sync_worker import config, masking
 from sync_worker.cli import main
 from sync_worker.errors import ConfigError
-from sync_worker.logs import MaskSecrets, configure_logging
-from sync_worker.masking import MASK
+from sync_worker.logs import configure_logging
+from sync_worker.masking import MASK, SecretMasker
 from tests.test_config import MINIMAL, NAMES, SERVICE_KEY, fake_jwt
 
 BAD_PASSWORD = "Tr0ub4dor%&3xK9"
@@ -67,7 +67,7 @@ def test_a_secret_with_a_line_break_inside_is_refused(monkeypatch: pytest.Monkey
 def test_the_masker_catches_escaped_forms_of_a_secret() -> None:
     secret = 'p"a\\ss\u00e9word-42'
     stream = io.StringIO()
-    configure_logging("json", "INFO", secrets=[secret], stream=stream)
+    configure_logging("json", "INFO", masker=SecretMasker([secret]), stream=stream)
     import structlog
 
     structlog.get_logger("t").info("leak", note=f"with {secret}", nested={"x": [secret]})
@@ -79,7 +79,7 @@ def test_the_masker_catches_escaped_forms_of_a_secret() -> None:
         json.dumps(secret, ensure_ascii=False)[1:-1],
     ):
         assert form not in out
-    assert MaskSecrets([secret]).mask_text(repr(secret)) == f"'{MASK}'"
+    assert SecretMasker([secret]).mask_text(repr(secret)) == f"'{MASK}'"
 
 
 @pytest.mark.parametrize(
@@ -192,7 +192,8 @@ def test_database_urls_of_every_form_are_accepted_wherever_one_is_and_masked(
     assert out.count(MASK) >= 2  # both database URLs
 
     stream = io.StringIO()
-    configure_logging("json", "INFO", secrets=settings.secret_values(), stream=stream)
+    masker = SecretMasker(settings.secret_values())
+    configure_logging("json", "INFO", masker=masker, stream=stream)
     import structlog
 
     structlog.get_logger("t").info("connecting", url=url, note=f"password {password}")
