@@ -25,7 +25,7 @@ from sync_worker.health import HealthServer
 from sync_worker.lease import worker_id
 from sync_worker.masking import SecretMasker
 from sync_worker.metrics import SyncMetrics
-from sync_worker.retrying import RETRY_LISTENERS, RetryPolicy
+from sync_worker.retrying import RetryPolicy
 from sync_worker.runner import run_guarded_cycle
 from sync_worker.schedule import trigger_for
 from sync_worker.services import LiveServices
@@ -149,8 +149,9 @@ class Daemon:
         """Runs until SIGTERM/SIGINT; returns the process exit code."""
         settings = self.settings
         self._signals.install()
-        RETRY_LISTENERS.append(self.metrics.observe_retry)
-        with LiveServices(settings, masker=self.masker) as live:
+        # Every retry of the process's calls (Supabase, mail, the lease) counted in /metrics.
+        policy = RetryPolicy(listeners=(self.metrics.observe_retry,))
+        with LiveServices(settings, policy, masker=self.masker) as live:
             self._live = live
             self._preflight(live)
             health = None

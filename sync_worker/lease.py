@@ -111,7 +111,12 @@ class SyncLease:
     def renew(self) -> bool:
         """Extends the lease this holder still has; False when it is gone or expired."""
         # A renewal that cannot finish well inside the lease's life is no use.
-        quick = RetryPolicy(attempts=2, initial_wait=0.2, deadline=self.ttl_seconds / 3)
+        quick = RetryPolicy(
+            attempts=2,
+            initial_wait=0.2,
+            deadline=self.ttl_seconds / 3,
+            listeners=self._api.policy.listeners,
+        )
         return self._extend("renew_sync_lease", "renew lease", quick)
 
     def _extend(

@@ -12,7 +12,7 @@ import smtplib
 import ssl
 import sys
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from email.utils import parseaddr
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TextIO
 
@@ -581,8 +581,11 @@ class DisabledMailer:
         """Nothing to release."""
 
 
-def build_mailer(settings: Settings) -> Mailer:
-    """The mailer `EMAIL_BACKEND` asks for, configured from `settings`."""
+def build_mailer(
+    settings: Settings, *, retry_listeners: Sequence[Callable[[str], None]] = ()
+) -> Mailer:
+    """The mailer `EMAIL_BACKEND` asks for, configured from `settings`; its retries are
+    told to `retry_listeners` (the daemon's metrics)."""
     backend = settings.email_backend
     if backend is EmailBackend.SMTP:
         return SmtpMailer(
@@ -592,11 +595,16 @@ def build_mailer(settings: Settings) -> Mailer:
             security=settings.smtp_security,
             username=settings.smtp_username,
             password=settings.smtp_password,
+            retry=SmtpMailer.DEFAULT_RETRY.observed_by(retry_listeners),
         )
     if backend is EmailBackend.RESEND:
         if settings.resend_api_key is None:  # config validation forbids it; keep mypy honest
             raise ValueError("RESEND_API_KEY is required when EMAIL_BACKEND=resend")
-        return ResendMailer(settings.resend_api_key, settings.email_from)
+        return ResendMailer(
+            settings.resend_api_key,
+            settings.email_from,
+            retry=ResendMailer.DEFAULT_RETRY.observed_by(retry_listeners),
+        )
     if backend is EmailBackend.CONSOLE:
         return ConsoleMailer()
     return DisabledMailer()

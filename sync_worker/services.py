@@ -97,7 +97,7 @@ class LiveServices(AbstractContextManager["LiveServices"]):
             load_failures=lambda: load_failures(self.api),
             provisioner=SupabaseProvisioner(self.api),
             store=SupabaseStore(self.api),
-            mailer=build_mailer(settings),
+            mailer=build_mailer(settings, retry_listeners=self.api.policy.listeners),
             should_stop=should_stop,
             masker=self.masker,
         )
