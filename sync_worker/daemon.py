@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
 from datetime import UTC, datetime
 
 import psycopg
@@ -27,6 +26,7 @@ from sync_worker.masking import SecretMasker
 from sync_worker.metrics import SyncMetrics
 from sync_worker.retrying import RetryPolicy
 from sync_worker.runner import run_guarded_cycle
+from sync_worker.runs import new_run_id
 from sync_worker.schedule import trigger_for
 from sync_worker.services import LiveServices
 from sync_worker.shutdown import InFlightRun, cut_off, exit_cut_off
@@ -67,7 +67,7 @@ class Daemon:
         if self.stop_requested.is_set() or self._live is None:
             self._idle.set()
             return
-        run_id = uuid.uuid4().hex[:12]
+        run_id = new_run_id()  # this cycle's, in place of the process's own
         in_flight = InFlightRun(run_id, self.worker, self._live.options.shard, masker=self.masker)
         self._in_flight = in_flight
         try:

@@ -1,4 +1,6 @@
-"""The run history in Supabase: one `crm_sync_runs` row per cycle, opened and closed."""
+"""The run history in Supabase: one `crm_sync_runs` row per cycle, opened and closed, keyed by
+its run id. `new_run_id` is the one place a run id is minted: at the edge (the command line for
+a one-off command, the daemon for each scheduled cycle), then passed down."""
 
 from __future__ import annotations
 
@@ -16,6 +18,11 @@ from sync_worker.supabase_api import SupabaseApi
 
 log = structlog.get_logger("crm_sync.runs")
 ABANDONED = "abandoned"
+
+
+def new_run_id() -> str:
+    """A new run's id: what its log lines, its history row and its recorded emails carry."""
+    return uuid.uuid4().hex[:12]
 
 
 class RunHistory:

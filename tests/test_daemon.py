@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import signal
 import socket
@@ -212,6 +213,12 @@ def test_daemon_runs_cycles_serves_probes_and_stops_cleanly(
     log = "".join(p.read_text() for p in tmp_path.glob("worker-*.log"))
     assert sandbox.service_role_key not in log
     assert '"event": "daemon_stopped"' in log
+    # Each cycle has a run id of its own, minted by the daemon: its history row and its lines.
+    lines = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
+    finished = [line["run_id"] for line in lines if line["event"] == "cycle_finished"]
+    recorded = [r[0] for r in rows(sandbox, "select run_id from public.crm_sync_runs")]
+    assert len(set(recorded)) == len(recorded) >= 2
+    assert set(recorded) <= set(finished)
 
 
 @pytest.mark.parametrize(
