@@ -18,6 +18,7 @@ from apscheduler.events import EVENT_JOB_ERROR, JobExecutionEvent
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 
+from sync_worker.clock import SYSTEM_CLOCK, Clock
 from sync_worker.config import Settings
 from sync_worker.errors import KeyRefused, LeaseHeld, SupabaseError, SyncError
 from sync_worker.health import HealthServer
@@ -43,11 +44,14 @@ READINESS_POLICY = RetryPolicy(attempts=1, deadline=3.0)
 class Daemon:
     """Runs cycles on a schedule until told to stop."""
 
-    def __init__(self, settings: Settings, masker: SecretMasker) -> None:
+    def __init__(
+        self, settings: Settings, masker: SecretMasker, *, clock: Clock = SYSTEM_CLOCK
+    ) -> None:
         """`masker`: the one the edge made from `settings` (the logs mask with it too), for
-        what the runs store."""
+        what the runs store; `clock`: the cycles' (their lease, history and times)."""
         self.settings = settings
         self.masker = masker
+        self.clock = clock
         self.worker = worker_id()
         self.metrics = SyncMetrics()
         self._signals = StopSignals()
@@ -79,6 +83,7 @@ class Daemon:
                     should_stop=self.stop_requested.is_set,
                     lease_ttl_seconds=self.settings.sync_lease_ttl_seconds,
                     in_flight=in_flight,
+                    clock=self.clock,
                 )
                 self.metrics.observe_cycle(report)
                 self._last_outcome = report.outcome.value

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from types import TracebackType
 
+from sync_worker.clock import SYSTEM_CLOCK, Clock
 from sync_worker.config import CrmSettings, EmailBackend, Settings
 from sync_worker.cycle import CycleOptions, CycleServices
 from sync_worker.mailers import build_mailer
@@ -85,8 +86,11 @@ class LiveServices(AbstractContextManager["LiveServices"]):
             max_connections=max(settings.sync_concurrency * 2, 4),
         )
 
-    def for_cycle(self, should_stop: Callable[[], bool] = lambda: False) -> CycleServices:
-        """Fresh per-cycle collaborators (a mailer holds one SMTP connection per cycle)."""
+    def for_cycle(
+        self, should_stop: Callable[[], bool] = lambda: False, *, clock: Clock = SYSTEM_CLOCK
+    ) -> CycleServices:
+        """Fresh per-cycle collaborators (a mailer holds one SMTP connection per cycle); the
+        cycle reads the time of `clock`."""
         settings = self.settings
         database_url = settings.crm_database_url.get_secret_value()
         columns = crm_columns(settings)
@@ -98,6 +102,7 @@ class LiveServices(AbstractContextManager["LiveServices"]):
             provisioner=SupabaseProvisioner(self.api),
             store=SupabaseStore(self.api),
             mailer=build_mailer(settings, retry_listeners=self.api.policy.listeners),
+            clock=clock.now,
             should_stop=should_stop,
             masker=self.masker,
         )

@@ -146,8 +146,8 @@ def test_faults_and_kills_lose_nobody_double_nothing_and_duplicate_only_after_an
         with LiveServices(settings, policy=policy) as live:
             build = live.for_cycle
 
-            def for_cycle(*args: Any, build: Any = build) -> CycleServices:
-                services: CycleServices = build(*args)
+            def for_cycle(*args: Any, build: Any = build, **kwargs: Any) -> CycleServices:
+                services: CycleServices = build(*args, **kwargs)
                 services.mailer = KillingMailer(services.mailer, assassin)  # type: ignore[assignment]
                 services.provisioner = KillingProvisioner(services.provisioner, assassin)
                 return services
