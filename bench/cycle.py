@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import time
-import uuid
 
 from harness import crm_with_sales, postgres_server
 
@@ -19,6 +18,7 @@ from supabase_sandbox import FaultPlan, Sandbox
 from sync_worker.config import Settings
 from sync_worker.cycle import run_cycle
 from sync_worker.logs import configure_logging
+from sync_worker.runs import new_run_id
 from sync_worker.services import LiveServices
 
 
@@ -58,7 +58,7 @@ def main() -> None:
             sandbox.requests.reset()
             began = time.perf_counter()
             with LiveServices(settings) as live:
-                report = run_cycle(live.options, live.for_cycle(), run_id=uuid.uuid4().hex[:12])
+                report = run_cycle(live.options, live.for_cycle(), run_id=new_run_id())
             took = time.perf_counter() - began
             print(
                 f"{label:>12}: {took:7.2f} s  {args.customers / took:8.1f} customers/s"

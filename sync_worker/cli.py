@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import gc
 import sys
-import uuid
 from collections.abc import Sequence
 from typing import NoReturn
 
@@ -90,8 +89,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command is None:
         args.command = "run"
-    args.run_id = uuid.uuid4().hex[:12]
     from sync_worker.commands import run_command  # noqa: PLC0415 (after --help, not before)
+    from sync_worker.runs import new_run_id  # noqa: PLC0415
+
+    # The command's run id (the daemon mints one per cycle too): every log line carries it.
+    args.run_id = new_run_id()
 
     return run_command(args)
 

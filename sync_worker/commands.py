@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
+from typing import TypeVar
 
 import structlog
 
@@ -23,16 +24,35 @@ from sync_worker.errors import (
     supabase_unavailable,
 )
 from sync_worker.lease import worker_id
-from sync_worker.logs import configure_logging, mask_secrets
+from sync_worker.logs import configure_logging
+from sync_worker.masking import SecretMasker
 from sync_worker.runner import run_guarded_cycle
 from sync_worker.services import LiveServices
 from sync_worker.shutdown import InFlightRun, run_within_grace
 from sync_worker.signals import StopSignals
 
 log = structlog.get_logger("crm_sync.cli")
+S = TypeVar("S", bound=config.LoggingSettings)
 
 
-def _cmd_config(_args: argparse.Namespace) -> int:
+class _Edge:
+    """What one command makes at the edge: its settings, the one masker made from them, and
+    the logging that masks with it. Before the settings are known (or when they cannot be
+    read), logging has defaults and the masker knows no secret values."""
+
+    def __init__(self) -> None:
+        self.masker = SecretMasker()
+        configure_logging(masker=self.masker)
+
+    def load(self, kind: type[S]) -> S:
+        """The command's settings; logging (and the masker) follow them from now on."""
+        settings = config.load(kind)
+        self.masker = SecretMasker(settings.secret_values())
+        configure_logging(settings.log_format, settings.log_level, masker=self.masker)
+        return settings
+
+
+def _cmd_config(_args: argparse.Namespace, _edge: _Edge) -> int:
     settings = config.load(config.Settings)
     width = max(len(name) for name, _ in config.describe(settings))
     for name, shown in config.describe(settings):
@@ -40,11 +60,10 @@ def _cmd_config(_args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
-def _cmd_migrate(args: argparse.Namespace) -> int:
+def _cmd_migrate(args: argparse.Namespace, edge: _Edge) -> int:
     from sync_worker.migrate import migrate  # noqa: PLC0415 (this command's own)
 
-    settings = config.load(config.MigrateSettings)
-    _configure(settings, *settings.secret_values())
+    settings = edge.load(config.MigrateSettings)
     result = migrate(settings.supabase_db_url.get_secret_value(), dry_run=args.dry_run)
     if args.dry_run:
         for name in result.pending:
@@ -63,20 +82,21 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
-def _cmd_run(args: argparse.Namespace) -> int:
-    settings = config.load(config.Settings)
-    _configure(settings, *settings.secret_values())
+def _cmd_run(args: argparse.Namespace, edge: _Edge) -> int:
+    settings = edge.load(config.Settings)
     if not args.once and not args.dry_run:
         from sync_worker.daemon import Daemon  # noqa: PLC0415 (the scheduler: the daemon's own)
 
-        return Daemon(settings).run()
+        return Daemon(settings, edge.masker).run()
     # A cron or CronJob run is stopped like the daemon: finish in-flight calls, record,
     # release the lease; a second signal exits at once.
     # Past the grace, what the run owes is settled and the process exits 1 (`shutdown`).
     stop = StopSignals().install()
     worker = worker_id()
-    with LiveServices(settings, allow_mass_deactivation=args.allow_mass_deactivation) as services:
-        in_flight = InFlightRun(args.run_id, worker, services.options.shard)
+    with LiveServices(
+        settings, allow_mass_deactivation=args.allow_mass_deactivation, masker=edge.masker
+    ) as services:
+        in_flight = InFlightRun(args.run_id, worker, services.options.shard, masker=edge.masker)
         report = run_within_grace(
             lambda: run_guarded_cycle(
                 services,
@@ -97,23 +117,21 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return report.exit_code
 
 
-def _cmd_status(args: argparse.Namespace) -> int:
+def _cmd_status(args: argparse.Namespace, edge: _Edge) -> int:
     from sync_worker.status import status_command  # noqa: PLC0415 (this command's own)
 
-    settings = config.load(config.SupabaseSettings)
-    _configure(settings, *settings.secret_values())
+    settings = edge.load(config.SupabaseSettings)
     return status_command(settings, as_json=args.json, email=args.email)
 
 
-def _cmd_deactivations(args: argparse.Namespace) -> int:
+def _cmd_deactivations(args: argparse.Namespace, edge: _Edge) -> int:
     """`crm-sync deactivations [--json]` lists the held-back sets; `--approve RUN_ID` runs one
     cycle that deactivates exactly that set (those of it still not eligible)."""
     import dataclasses  # noqa: PLC0415
 
     from sync_worker.support import approved_set, held_deactivations, render_held  # noqa: PLC0415
 
-    settings = config.load(config.Settings if args.approve else config.SupabaseSettings)
-    _configure(settings, *settings.secret_values())
+    settings = edge.load(config.Settings if args.approve else config.SupabaseSettings)
     if not args.approve:
         from sync_worker.supabase_api import SupabaseApi  # noqa: PLC0415
 
@@ -132,7 +150,7 @@ def _cmd_deactivations(args: argparse.Namespace) -> int:
             print(render_held(sets))
         return ExitCode.OK
     assert isinstance(settings, config.Settings)
-    with LiveServices(settings) as services:
+    with LiveServices(settings, masker=edge.masker) as services:
         approved, shard = approved_set(services.api, args.approve)
         services.options = dataclasses.replace(
             services.options, approved_deactivations=approved, shard=shard
@@ -149,12 +167,11 @@ def _cmd_deactivations(args: argparse.Namespace) -> int:
     return report.exit_code
 
 
-def _cmd_resend(args: argparse.Namespace) -> int:
+def _cmd_resend(args: argparse.Namespace, edge: _Edge) -> int:
     from sync_worker.support import resend  # noqa: PLC0415 (this command's own)
 
-    settings = config.load(config.Settings)
-    _configure(settings, *settings.secret_values())
-    with LiveServices(settings) as services:
+    settings = edge.load(config.Settings)
+    with LiveServices(settings, masker=edge.masker) as services:
         kind = resend(
             services,
             args.email,
@@ -166,19 +183,14 @@ def _cmd_resend(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
-def _cmd_verify(args: argparse.Namespace) -> int:
+def _cmd_verify(args: argparse.Namespace, edge: _Edge) -> int:
     from sync_worker.verify import verify_command  # noqa: PLC0415 (this command's own)
 
-    settings = config.load(config.VerifySettings)
-    _configure(settings, *settings.secret_values())
+    settings = edge.load(config.VerifySettings)
     return verify_command(settings, repair=args.repair)
 
 
-def _configure(settings: config.LoggingSettings, *secrets: str) -> None:
-    configure_logging(settings.log_format, settings.log_level, secrets=secrets)
-
-
-_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+_COMMANDS: dict[str, Callable[[argparse.Namespace, _Edge], int]] = {
     "config": _cmd_config,
     "migrate": _cmd_migrate,
     "deactivations": _cmd_deactivations,
@@ -193,9 +205,9 @@ def run_command(args: argparse.Namespace) -> int:
     """Runs the parsed command; returns the process exit code."""
     structlog.contextvars.bind_contextvars(run_id=args.run_id)
     # Logging before settings are known: defaults, so even config errors are structured.
-    configure_logging()
+    edge = _Edge()
     try:
-        return _COMMANDS[args.command](args)
+        return _COMMANDS[args.command](args, edge)
     except ConfigError as exc:
         for problem in exc.problems:
             print(f"configuration error: {printable(problem)}", file=sys.stderr)
@@ -214,6 +226,6 @@ def run_command(args: argparse.Namespace) -> int:
         # A bug, not an outcome: logged with its traceback and printed in one line, both
         # through the masker, so a crash never shows a secret (EX_SOFTWARE).
         log.error("command_crashed", command=args.command, exc_info=exc)
-        shown = mask_secrets.mask_text(f"{type(exc).__name__}: {exc}")
+        shown = edge.masker.mask_text(f"{type(exc).__name__}: {exc}")
         print(f"crm-sync {args.command}: internal error: {printable(shown)}", file=sys.stderr)
         return ExitCode.SOFTWARE

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from email_validator import EmailNotValidError, validate_email
 from pydantic import (
@@ -31,10 +31,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from sync_worker.customers import CredentialsMode
 from sync_worker.errors import ConfigError
+from sync_worker.masking import MASK, mask_url, url_passwords
 
 SECRETS_DIR = Path("/run/secrets")
 LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
-MASK = "********"
 
 
 class EmailBackend(StrEnum):
@@ -379,21 +379,6 @@ def _libpq_problem(message: str) -> str:
     return "is not a valid libpq connection URL"
 
 
-# As libpq reads a URL: the userinfo ends at the first "@" or "/" (a "?", "#" or ":" before it
-# belongs to the password), and the user name at its first ":".
-_USERINFO_PASSWORD = re.compile(r"(?P<head>://[^:@/]*:)(?P<pw>[^@/]*)(?=@)")
-# libpq's parameters that hold a secret: `password` and `sslpassword` (the client key's).
-_QUERY_PASSWORD = re.compile(r"(?P<head>[?&](?:ssl)?password=)(?P<pw>[^&#]*)", re.IGNORECASE)
-
-
-def url_passwords(url: str) -> list[str]:
-    """The passwords written in a connection URL (userinfo and `password=`), as written and
-    percent-decoded."""
-    found = [m["pw"] for m in _USERINFO_PASSWORD.finditer(url)]
-    found += [m["pw"] for m in _QUERY_PASSWORD.finditer(url)]
-    return [p for raw in found if raw for p in {raw, unquote(raw)}]
-
-
 def service_role_key_problem(key: str) -> str | None:
     """Says why `key` is not a Supabase service-role key, or None if it is one.
 
@@ -425,13 +410,6 @@ def jwt_role(token: str) -> str | None:
         return None
     role = claims.get("role") if isinstance(claims, dict) else None
     return role if isinstance(role, str) else None
-
-
-def mask_url(url: str) -> str:
-    """Hides the passwords of a URL (userinfo and `password=`), keeping what an operator needs
-    to recognise it; any libpq form, several hosts included."""
-    url = _USERINFO_PASSWORD.sub(lambda m: m["head"] + MASK if m["pw"] else m[0], url)
-    return _QUERY_PASSWORD.sub(lambda m: m["head"] + MASK, url)
 
 
 def _secret_values(settings: BaseSettings) -> list[str]:

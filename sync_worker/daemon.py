@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
 from datetime import UTC, datetime
 
 import psycopg
@@ -19,13 +18,16 @@ from apscheduler.events import EVENT_JOB_ERROR, JobExecutionEvent
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 
+from sync_worker.clock import SYSTEM_CLOCK, Clock
 from sync_worker.config import Settings
 from sync_worker.errors import KeyRefused, LeaseHeld, SupabaseError, SyncError
 from sync_worker.health import HealthServer
 from sync_worker.lease import worker_id
+from sync_worker.masking import SecretMasker
 from sync_worker.metrics import SyncMetrics
-from sync_worker.retrying import RETRY_LISTENERS, RetryPolicy
+from sync_worker.retrying import RetryPolicy
 from sync_worker.runner import run_guarded_cycle
+from sync_worker.runs import new_run_id
 from sync_worker.schedule import trigger_for
 from sync_worker.services import LiveServices
 from sync_worker.shutdown import InFlightRun, cut_off, exit_cut_off
@@ -42,8 +44,14 @@ READINESS_POLICY = RetryPolicy(attempts=1, deadline=3.0)
 class Daemon:
     """Runs cycles on a schedule until told to stop."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(
+        self, settings: Settings, masker: SecretMasker, *, clock: Clock = SYSTEM_CLOCK
+    ) -> None:
+        """`masker`: the one the edge made from `settings` (the logs mask with it too), for
+        what the runs store; `clock`: the cycles' (their lease, history and times)."""
         self.settings = settings
+        self.masker = masker
+        self.clock = clock
         self.worker = worker_id()
         self.metrics = SyncMetrics()
         self._signals = StopSignals()
@@ -63,8 +71,8 @@ class Daemon:
         if self.stop_requested.is_set() or self._live is None:
             self._idle.set()
             return
-        run_id = uuid.uuid4().hex[:12]
-        in_flight = InFlightRun(run_id, self.worker, self._live.options.shard)
+        run_id = new_run_id()  # this cycle's, in place of the process's own
+        in_flight = InFlightRun(run_id, self.worker, self._live.options.shard, masker=self.masker)
         self._in_flight = in_flight
         try:
             with structlog.contextvars.bound_contextvars(run_id=run_id, worker=self.worker):
@@ -75,6 +83,7 @@ class Daemon:
                     should_stop=self.stop_requested.is_set,
                     lease_ttl_seconds=self.settings.sync_lease_ttl_seconds,
                     in_flight=in_flight,
+                    clock=self.clock,
                 )
                 self.metrics.observe_cycle(report)
                 self._last_outcome = report.outcome.value
@@ -145,8 +154,9 @@ class Daemon:
         """Runs until SIGTERM/SIGINT; returns the process exit code."""
         settings = self.settings
         self._signals.install()
-        RETRY_LISTENERS.append(self.metrics.observe_retry)
-        with LiveServices(settings) as live:
+        # Every retry of the process's calls (Supabase, mail, the lease) counted in /metrics.
+        policy = RetryPolicy(listeners=(self.metrics.observe_retry,))
+        with LiveServices(settings, policy, masker=self.masker) as live:
             self._live = live
             self._preflight(live)
             health = None

@@ -2,7 +2,9 @@
 
 Taken and renewed through the `acquire_sync_lease` RPC (a time-to-live plus a heartbeat), so
 a crashed holder's lease runs out and another run takes over. Each shard has a lease of its
-own; an unsharded run's lease excludes every shard's.
+own; an unsharded run's lease excludes every shard's. The database decides when a lease
+expires, by its own clock; the holder's injected `Clock` paces the heartbeat and says when
+its last renewal is too old to keep taking work.
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ import contextvars
 import os
 import socket
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,6 +20,7 @@ from dataclasses import replace
 
 import structlog
 
+from sync_worker.clock import SYSTEM_CLOCK, Clock
 from sync_worker.errors import LeaseHeld, SupabaseError
 from sync_worker.retrying import RetryPolicy
 from sync_worker.supabase_api import SupabaseApi
@@ -42,20 +44,23 @@ class SyncLease:
         holder: str,
         ttl_seconds: int = DEFAULT_TTL_SECONDS,
         shard: tuple[int, int] = (0, 1),
+        *,
+        clock: Clock = SYSTEM_CLOCK,
     ):
         self._api = api
         self.holder = holder
         self.ttl_seconds = ttl_seconds
         self.shard = shard
         self.lost = threading.Event()
+        self._clock = clock
         # When the last successful take or renewal was *sent*: the database counts the
         # time-to-live from its arrival, so this errs on the safe side.
-        self._renewed_at = time.monotonic()
+        self._renewed_at = clock.monotonic()
 
     def expiring(self) -> bool:
         """True once two thirds of the time-to-live passed since the last renewal: whether or
         not the heartbeat has noticed (it may be stuck in a slow call), stop taking work."""
-        return time.monotonic() - self._renewed_at > self.ttl_seconds * 2 / 3
+        return self._clock.monotonic() - self._renewed_at > self.ttl_seconds * 2 / 3
 
     def acquire(self) -> bool:
         """Takes (or renews) the lease; False when someone else holds it."""
@@ -111,7 +116,12 @@ class SyncLease:
     def renew(self) -> bool:
         """Extends the lease this holder still has; False when it is gone or expired."""
         # A renewal that cannot finish well inside the lease's life is no use.
-        quick = RetryPolicy(attempts=2, initial_wait=0.2, deadline=self.ttl_seconds / 3)
+        quick = RetryPolicy(
+            attempts=2,
+            initial_wait=0.2,
+            deadline=self.ttl_seconds / 3,
+            listeners=self._api.policy.listeners,
+        )
         return self._extend("renew_sync_lease", "renew lease", quick)
 
     def _extend(
@@ -122,7 +132,7 @@ class SyncLease:
         extra: dict[str, int] | None = None,
     ) -> bool:
         """Calls a lease RPC that sets a new expiry; on success, remembers when it was sent."""
-        sent = time.monotonic()
+        sent = self._clock.monotonic()
         arguments = {"p_holder": self.holder, "p_ttl_seconds": self.ttl_seconds, **(extra or {})}
         taken = bool(self._api.rpc(function, arguments, operation=operation, policy=policy))
         if taken:
@@ -130,7 +140,7 @@ class SyncLease:
         return taken
 
     def _heartbeat(self, stop: threading.Event) -> None:
-        while not stop.wait(self.ttl_seconds / 3):
+        while not self._clock.wait(stop, self.ttl_seconds / 3):
             try:
                 renewed: bool | None = self.renew()
             except SupabaseError as exc:

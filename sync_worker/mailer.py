@@ -16,7 +16,7 @@ from typing import TextIO
 
 import structlog
 
-from sync_worker.config import MASK
+from sync_worker.masking import MASK
 from sync_worker.ports import Mailer
 from sync_worker.welcome_email import WelcomeEmail, render_bodies, render_subject
 

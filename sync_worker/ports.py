@@ -10,7 +10,7 @@ the tests' in-memory fakes do too.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Protocol
 
@@ -27,6 +27,7 @@ from sync_worker.customers import (
     ShardFigures,
     TrackedCustomer,
 )
+from sync_worker.masking import SecretMasker
 from sync_worker.welcome_email import SentEmail, WelcomeEmail
 
 if TYPE_CHECKING:
@@ -135,3 +136,4 @@ class CycleServices:
     # Told of the recorder of accepted emails while it is open (None once it closed), so that
     # a shutdown past its grace can record what it holds (`shutdown.cut_off`).
     on_recorder: Callable[[SentEmailRecorder | None], None] = lambda recorder: None
+    masker: SecretMasker = field(default_factory=SecretMasker)  # failure reasons are stored masked

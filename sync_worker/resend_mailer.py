@@ -14,9 +14,9 @@ import structlog
 from pydantic import SecretStr
 
 from sync_worker import __version__
-from sync_worker.config import MASK
 from sync_worker.errors import MailError, MailUnavailable
 from sync_worker.mailer import scrubbed
+from sync_worker.masking import MASK
 from sync_worker.retrying import RetryPolicy, retry_after_seconds
 from sync_worker.welcome_email import WelcomeEmail, render_bodies, render_subject
 

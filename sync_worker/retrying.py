@@ -1,13 +1,15 @@
 """The retry policy of every external call: which errors, how long to wait, when to give up.
 
 Only errors that say they are retriable (`errors.is_retriable`) are retried, with exponential
-backoff and jitter, never sooner than a server's Retry-After, and never past a deadline.
+backoff and jitter, never sooner than a server's Retry-After, and never past a deadline. A
+policy tells its listeners of every retry (the daemon's counts them in /metrics); a policy
+derived from it (`dataclasses.replace`, `observed_by`) tells them too.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import ParamSpec, TypeVar
@@ -26,8 +28,6 @@ from tenacity import (
 from sync_worker.errors import is_retriable
 
 log = structlog.get_logger("crm_sync.retry")
-# Called with the operation's name before every retry (the daemon counts them in /metrics).
-RETRY_LISTENERS: list[Callable[[str], None]] = []
 P = ParamSpec("P")
 T = TypeVar("T")
 
@@ -43,6 +43,13 @@ class RetryPolicy:
     # Never wait longer than this for a Retry-After; past it the call fails and a later cycle
     # tries again.
     max_retry_after: float = 30.0
+    # Called with the operation's name before every retry.
+    listeners: tuple[Callable[[str], None], ...] = ()
+
+    def observed_by(self, listeners: Iterable[Callable[[str], None]]) -> RetryPolicy:
+        """This policy, telling `listeners` of every retry too."""
+        added = tuple(listeners)
+        return replace(self, listeners=self.listeners + added) if added else self
 
     def retrying(self, operation: str) -> Retrying:
         """A tenacity `Retrying` for one call site; `operation` names it in logs."""
@@ -64,7 +71,7 @@ class RetryPolicy:
                 wait_seconds=round(state.upcoming_sleep, 3),
                 error=str(exc),
             )
-            for listener in RETRY_LISTENERS:
+            for listener in self.listeners:
                 listener(operation)
 
         return Retrying(

@@ -1,11 +1,11 @@
 """Runs one guarded cycle: under the lease, recorded in the run history. Used by `--once`,
-cron and every daemon tick alike."""
+cron and every daemon tick alike. Its `Clock` is the lease's, the history's and the cycle's."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime
 
+from sync_worker.clock import SYSTEM_CLOCK, Clock
 from sync_worker.customers import Outcome
 from sync_worker.cycle import run_cycle
 from sync_worker.errors import DependencyUnavailable, KeyRefused, SupabaseError, SyncError
@@ -25,18 +25,21 @@ def run_guarded_cycle(
     should_stop: Callable[[], bool] = lambda: False,
     lease_ttl_seconds: int = 60,
     in_flight: InFlightRun | None = None,
+    clock: Clock = SYSTEM_CLOCK,
 ) -> CycleReport:
     """One cycle under the lease. A dry run writes nothing, so it takes no lease either.
-    `in_flight` is kept up to date with what a shutdown past its grace must settle.
+    `in_flight` is kept up to date with what a shutdown past its grace must settle; `clock`
+    paces the lease and dates the run and the cycle.
 
     Raises:
         LeaseHeld: another run holds the lease (exit 75).
         DependencyUnavailable: Supabase or the CRM could not be reached (exit 69).
     """
     if dry_run:
-        return run_cycle(live.options, live.for_cycle(should_stop), dry_run=True, run_id=run_id)
-    lease = SyncLease(live.api, worker, lease_ttl_seconds, shard=live.options.shard)
-    history = RunHistory(live.api, worker, live.options.shard)
+        services = live.for_cycle(should_stop, clock=clock)
+        return run_cycle(live.options, services, dry_run=True, run_id=run_id)
+    lease = SyncLease(live.api, worker, lease_ttl_seconds, shard=live.options.shard, clock=clock)
+    history = RunHistory(live.api, worker, live.options.shard, masker=live.masker)
 
     def stop() -> bool:
         return should_stop() or lease.lost.is_set() or lease.expiring()
@@ -44,8 +47,8 @@ def run_guarded_cycle(
     try:
         with lease.held():
             history.close_abandoned()
-            history_id = history.start(run_id, datetime.now(UTC))
-            services = live.for_cycle(stop)
+            history_id = history.start(run_id, clock.now())
+            services = live.for_cycle(stop, clock=clock)
             if in_flight is not None:
                 in_flight.history_id = history_id
                 services.on_recorder = in_flight.watch
@@ -54,11 +57,11 @@ def run_guarded_cycle(
             except Exception as exc:
                 # A crash (a bug included) is recorded as a failed run, never left 'running'.
                 error = str(exc) if isinstance(exc, SyncError) else f"{type(exc).__name__}: {exc}"
-                history.finish(history_id, datetime.now(UTC), Outcome.FAILED, None, error)
+                history.finish(history_id, clock.now(), Outcome.FAILED, None, error)
                 raise
             history.finish(
                 history_id,
-                datetime.now(UTC),
+                clock.now(),
                 report.outcome,
                 report,
                 report.aborted or report.deactivation_blocked,

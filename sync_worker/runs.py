@@ -1,4 +1,6 @@
-"""The run history in Supabase: one `crm_sync_runs` row per cycle, opened and closed."""
+"""The run history in Supabase: one `crm_sync_runs` row per cycle, opened and closed, keyed by
+its run id. `new_run_id` is the one place a run id is minted: at the edge (the command line for
+a one-off command, the daemon for each scheduled cycle), then passed down."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import structlog
 
 from sync_worker.customers import Outcome
 from sync_worker.errors import SupabaseError
-from sync_worker.logs import mask_secrets
+from sync_worker.masking import SecretMasker
 from sync_worker.report import CycleReport
 from sync_worker.shards import shard_label
 from sync_worker.supabase_api import SupabaseApi
@@ -19,13 +21,26 @@ log = structlog.get_logger("crm_sync.runs")
 ABANDONED = "abandoned"
 
 
+def new_run_id() -> str:
+    """A new run's id: what its log lines, its history row and its recorded emails carry."""
+    return uuid.uuid4().hex[:12]
+
+
 class RunHistory:
     """Writes the run history; a failure to write it never fails the cycle itself."""
 
-    def __init__(self, api: SupabaseApi, worker: str, shard: tuple[int, int] = (0, 1)) -> None:
+    def __init__(
+        self,
+        api: SupabaseApi,
+        worker: str,
+        shard: tuple[int, int] = (0, 1),
+        *,
+        masker: SecretMasker,
+    ) -> None:
         self._api = api
         self.worker = worker
         self.shard = None if shard[1] <= 1 else shard_label(shard)
+        self._masker = masker  # a run's error is stored masked
 
     def start(self, run_id: str, started: datetime) -> str | None:
         """Opens the run's row, keyed by its run id (the one every log line carries)."""
@@ -84,7 +99,7 @@ class RunHistory:
             "finished_at": finished.isoformat(),
             "status": status.value,
             # An error's text may quote what a server said back; no secret is ever stored.
-            "error": mask_secrets.mask_text(error) if error else None,
+            "error": self._masker.mask_text(error) if error else None,
             "counts": report.log_fields() | {"run_id": report.run_id} if report else counts or {},
         }
         try:

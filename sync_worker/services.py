@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import hmac
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from types import TracebackType
 
 from sync_worker.auth_admin import SupabaseProvisioner
+from sync_worker.clock import SYSTEM_CLOCK, Clock
 from sync_worker.config import CrmSettings, EmailBackend, Settings
 from sync_worker.cycle import CycleOptions, CycleServices
 from sync_worker.mailer import ConsoleMailer, Mailer
+from sync_worker.masking import SecretMasker
 from sync_worker.resend_mailer import ResendMailer
 from sync_worker.retrying import RetryPolicy
 from sync_worker.smtp_mailer import SmtpMailer
@@ -51,9 +53,12 @@ def cycle_options(settings: Settings, *, allow_mass_deactivation: bool = False) 
     )
 
 
-def build_mailer(settings: Settings) -> Mailer | None:
-    """The mailer `EMAIL_BACKEND` asks for, configured from `settings`; None when it is
-    `disabled` (the cycle then sends nothing, and every welcome email stays owed)."""
+def build_mailer(
+    settings: Settings, *, retry_listeners: Sequence[Callable[[str], None]] = ()
+) -> Mailer | None:
+    """The mailer `EMAIL_BACKEND` asks for, configured from `settings`, its retries told to
+    `retry_listeners` (the daemon's metrics); None when it is `disabled` (the cycle then
+    sends nothing, and every welcome email stays owed)."""
     backend = settings.email_backend
     if backend is EmailBackend.SMTP:
         return SmtpMailer(
@@ -63,11 +68,16 @@ def build_mailer(settings: Settings) -> Mailer | None:
             security=settings.smtp_security,
             username=settings.smtp_username,
             password=settings.smtp_password,
+            retry=SmtpMailer.DEFAULT_RETRY.observed_by(retry_listeners),
         )
     if backend is EmailBackend.RESEND:
         if settings.resend_api_key is None:  # config validation forbids it; keep mypy honest
             raise ValueError("RESEND_API_KEY is required when EMAIL_BACKEND=resend")
-        return ResendMailer(settings.resend_api_key, settings.email_from)
+        return ResendMailer(
+            settings.resend_api_key,
+            settings.email_from,
+            retry=ResendMailer.DEFAULT_RETRY.observed_by(retry_listeners),
+        )
     if backend is EmailBackend.CONSOLE:
         return ConsoleMailer()
     return None
@@ -84,7 +94,8 @@ def credential_key(settings: Settings) -> bytes:
 
 
 class LiveServices(AbstractContextManager["LiveServices"]):
-    """Owns the Supabase client for as long as the process needs it."""
+    """Owns the Supabase client for as long as the process needs it, and the masker of what
+    its runs store (failure reasons, run errors)."""
 
     def __init__(
         self,
@@ -92,8 +103,12 @@ class LiveServices(AbstractContextManager["LiveServices"]):
         policy: RetryPolicy | None = None,
         *,
         allow_mass_deactivation: bool = False,
+        masker: SecretMasker | None = None,
     ) -> None:
+        """`masker`: the one the edge made (the logs use it too); by default one that knows
+        the secrets of `settings`."""
         self.settings = settings
+        self.masker = masker or SecretMasker(settings.secret_values())
         self.options = cycle_options(settings, allow_mass_deactivation=allow_mass_deactivation)
         self.api = SupabaseApi(
             settings.supabase_url,
@@ -102,8 +117,11 @@ class LiveServices(AbstractContextManager["LiveServices"]):
             max_connections=max(settings.sync_concurrency * 2, 4),
         )
 
-    def for_cycle(self, should_stop: Callable[[], bool] = lambda: False) -> CycleServices:
-        """Fresh per-cycle collaborators (a mailer holds one SMTP connection per cycle)."""
+    def for_cycle(
+        self, should_stop: Callable[[], bool] = lambda: False, *, clock: Clock = SYSTEM_CLOCK
+    ) -> CycleServices:
+        """Fresh per-cycle collaborators (a mailer holds one SMTP connection per cycle); the
+        cycle reads the time of `clock`."""
         settings = self.settings
         database_url = settings.crm_database_url.get_secret_value()
         columns = crm_columns(settings)
@@ -114,8 +132,10 @@ class LiveServices(AbstractContextManager["LiveServices"]):
             load_failures=lambda: load_failures(self.api),
             provisioner=SupabaseProvisioner(self.api),
             store=SupabaseStore(self.api),
-            mailer=build_mailer(settings),
+            mailer=build_mailer(settings, retry_listeners=self.api.policy.listeners),
+            clock=clock.now,
             should_stop=should_stop,
+            masker=self.masker,
         )
 
     def __exit__(

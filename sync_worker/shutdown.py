@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TypeVar
 
@@ -27,6 +27,7 @@ import structlog
 from sync_worker.customers import Outcome
 from sync_worker.errors import SupabaseError
 from sync_worker.lease import SyncLease
+from sync_worker.masking import SecretMasker
 from sync_worker.retrying import RetryPolicy
 from sync_worker.runs import RunHistory
 from sync_worker.sent_emails import SentEmailRecorder
@@ -49,6 +50,7 @@ class InFlightRun:
     shard: tuple[int, int] = (0, 1)
     history_id: str | None = None
     recorder: SentEmailRecorder | None = None
+    masker: SecretMasker = field(kw_only=True)  # the edge's: the run's error is stored masked
 
     def watch(self, recorder: SentEmailRecorder | None) -> None:
         """The cycle's recorder of accepted emails while it is open (None once closed)."""
@@ -120,7 +122,7 @@ def _record_accepted(run: InFlightRun, api: SupabaseApi, done: list[bool] | None
 
 
 def _finish_run(run: InFlightRun, api: SupabaseApi, _done: list[bool] | None) -> None:
-    RunHistory(api, run.worker, run.shard).finish(
+    RunHistory(api, run.worker, run.shard, masker=run.masker).finish(
         run.history_id, datetime.now(UTC), Outcome.INTERRUPTED, None, CUT_OFF_REASON
     )
 

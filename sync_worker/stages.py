@@ -12,7 +12,6 @@ import structlog
 
 from sync_worker.customers import CustomerFailure, Step
 from sync_worker.errors import MailError, MailUnavailable, SupabaseError, SyncError, is_outage
-from sync_worker.logs import mask_secrets
 from sync_worker.options import CycleOptions
 from sync_worker.plan import Provision
 from sync_worker.ports import ENROL_BATCH_SIZE, CycleServices, Provisioner
@@ -49,7 +48,7 @@ def account(
     except SyncError as exc:
         log.warning("account_failed", email=entry.email, error=str(exc))
         # Noted as it happens, so that a run of outages stops the tasks still queued.
-        tally.fail(failure_of(entry.email, Step.ACCOUNT, exc))
+        tally.fail(failure_of(services, entry.email, Step.ACCOUNT, exc))
         return None
     tally.account_ready(entry.email, ready.origin)
     log.info("account_ready", email=entry.email, origin=ready.origin.value)
@@ -75,13 +74,13 @@ def enrol(
             if exc.retriable:
                 tally.abort("Supabase", f"enrolment: {exc}")
             for email in chunk:
-                tally.fail(failure_of(email, Step.ENROL, exc), in_a_row=False)
+                tally.fail(failure_of(services, email, Step.ENROL, exc), in_a_row=False)
             continue
         for result in results:
             if not result.ok:
                 log.warning("enrolment_refused", email=result.email, error=result.error)
                 reason = f"{result.outcome.value}: {result.error}"
-                tally.fail(failure_of(result.email, Step.ENROL, reason), in_a_row=False)
+                tally.fail(failure_of(services, result.email, Step.ENROL, reason), in_a_row=False)
                 continue
             tally.enrolment(result)
             log.info(
@@ -124,14 +123,14 @@ def send_welcome_emails(
                 break
             except (MailError, SupabaseError) as exc:
                 log.warning("welcome_email_failed", email=work.email, error=str(exc))
-                tally.fail(failure_of(work.email, Step.EMAIL, exc))
+                tally.fail(failure_of(services, work.email, Step.EMAIL, exc))
                 continue
             recorder.add(accepted(message, tally.run_id, options.message_domain))
     for (email, kind, *_), error in recorder.results:
         if error is not None:
             # Sent but not recorded: the next cycle sends again (better twice than never).
             log.error("welcome_email_not_recorded", email=email, error=str(error))
-            tally.fail(failure_of(email, Step.RECORD_EMAIL, error))
+            tally.fail(failure_of(services, email, Step.RECORD_EMAIL, error))
             continue
         tally.email_recorded(email)
         log.info("welcome_email_sent", email=email, kind=kind)
@@ -180,7 +179,7 @@ def deactivate(services: CycleServices, emails: list[str], tally: CycleTally) ->
         deactivated = services.store.deactivate(emails)
     except SupabaseError as exc:
         for email in emails:
-            tally.fail(failure_of(email, Step.DEACTIVATE, exc), in_a_row=False)
+            tally.fail(failure_of(services, email, Step.DEACTIVATE, exc), in_a_row=False)
         return
     tally.deactivated(deactivated)
     for email in deactivated:
@@ -192,14 +191,16 @@ def stopping(services: CycleServices, tally: CycleTally) -> bool:
     return tally.stopping(services.should_stop)
 
 
-def failure_of(email: str, step: Step, error: SyncError | str) -> CustomerFailure:
+def failure_of(
+    services: CycleServices, email: str, step: Step, error: SyncError | str
+) -> CustomerFailure:
     """One customer's failure as the domain records it (its reason is stored: masked)."""
     if isinstance(error, str):
-        return CustomerFailure(email, step, mask_secrets.mask_text(error))
+        return CustomerFailure(email, step, services.masker.mask_text(error))
     return CustomerFailure(
         email,
         step,
-        mask_secrets.mask_text(str(error)),
+        services.masker.mask_text(str(error)),
         retriable=bool(getattr(error, "retriable", True)),
         outage=is_outage(error),
         permanent=bool(getattr(error, "permanent", False)),

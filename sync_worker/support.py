@@ -9,13 +9,14 @@ support can answer "I never got my login" without reading logs.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import structlog
 from pydantic import BaseModel, Field
 
 from sync_worker.auth_admin import account_from
+from sync_worker.clock import SYSTEM_CLOCK, Clock
 from sync_worker.crm_text import normalise_email
 from sync_worker.customers import CrmCustomer, Outcome
 from sync_worker.display import printable
@@ -44,8 +45,17 @@ def customer_email(raw: str) -> str:
     return email
 
 
-def resend(live: LiveServices, raw_email: str, *, worker: str, run_id: str, ttl: int) -> str:
-    """Sends the customer's welcome email again; returns its kind.
+def resend(
+    live: LiveServices,
+    raw_email: str,
+    *,
+    worker: str,
+    run_id: str,
+    ttl: int,
+    clock: Clock = SYSTEM_CLOCK,
+) -> str:
+    """Sends the customer's welcome email again, under a lease paced by `clock` and in the
+    run history; returns its kind.
 
     Raises:
         ConfigError: not an enrolled, active customer (exit 2; nothing was sent).
@@ -54,17 +64,17 @@ def resend(live: LiveServices, raw_email: str, *, worker: str, run_id: str, ttl:
     """
     email = customer_email(raw_email)
     options = live.options
-    services = live.for_cycle()
+    services = live.for_cycle(clock=clock)
     mailer = services.mailer
     if mailer is None:
         raise ConfigError(["EMAIL_BACKEND: is disabled, so no email can be re-sent"])
     # The lease of the customer's own shard, so no cycle of that shard acts on them meanwhile.
     count = options.shard[1]
     shard = (shard_of(email, count), count)
-    lease = SyncLease(live.api, worker, ttl, shard=shard)
-    history = RunHistory(live.api, worker, shard)
+    lease = SyncLease(live.api, worker, ttl, shard=shard, clock=clock)
+    history = RunHistory(live.api, worker, shard, masker=live.masker)
     with lease.held():
-        history_id = history.start(run_id, datetime.now(UTC))
+        history_id = history.start(run_id, clock.now())
         try:
             tracked = services.lookup_tracking([email]).get(email)
             if tracked is None:
@@ -78,13 +88,13 @@ def resend(live: LiveServices, raw_email: str, *, worker: str, run_id: str, ttl:
                 [accepted(message, run_id, options.message_domain)]
             )
         except Exception as exc:
-            history.finish(history_id, datetime.now(UTC), Outcome.FAILED, None, str(exc))
+            history.finish(history_id, clock.now(), Outcome.FAILED, None, str(exc))
             raise
         finally:
             mailer.close()
         history.finish(
             history_id,
-            datetime.now(UTC),
+            clock.now(),
             Outcome.SUCCEEDED,
             None,
             counts={"resent": 1, "kind": message.kind},

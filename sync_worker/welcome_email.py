@@ -27,9 +27,9 @@ from html import escape
 from string import Template
 from typing import Literal, NamedTuple
 
-from sync_worker.config import MASK
 from sync_worker.crm_text import clean_name
 from sync_worker.customers import Credentials
+from sync_worker.masking import MASK
 
 __all__ = [
     "MORE_CREDITS",

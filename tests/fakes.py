@@ -34,6 +34,7 @@ from sync_worker.customers import (
 )
 from sync_worker.cycle import CycleOptions, CycleServices
 from sync_worker.errors import MailError, SupabaseError
+from sync_worker.masking import SecretMasker
 from sync_worker.provision import AccountExists
 from sync_worker.shards import shard_of
 from sync_worker.source import group_rows
@@ -391,6 +392,7 @@ class FakeProject:
     mailer: FakeMailer = field(default_factory=FakeMailer)
     clock: datetime = NOW
     stop: Callable[[], bool] = lambda: False
+    masker: SecretMasker = field(default_factory=SecretMasker)
 
     def sell(self, *emails: str, name: str | None = None) -> None:
         """One sale to each of `emails` (its only one: a name given again replaces it)."""
@@ -428,4 +430,5 @@ class FakeProject:
             mailer=self.mailer,
             clock=lambda: self.clock,
             should_stop=lambda: self.stop(),  # noqa: PLW0108 (read when called)
+            masker=self.masker,
         )

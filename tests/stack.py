@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from typing import Any
 
 import psycopg
@@ -29,6 +30,17 @@ end $$;
 create or replace trigger block_signups after insert on auth.users
   for each row execute function public.block_signups();
 """
+
+
+def age_leases(db_url: str, seconds: float) -> None:
+    """Moves every lease `seconds` into the past, as if that much time passed in the database
+    (whose clock decides when a lease expires): a test ages a lease instead of waiting."""
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute(
+            "update public.crm_sync_lease set acquired_at = acquired_at - %(age)s,"
+            " renewed_at = renewed_at - %(age)s, expires_at = expires_at - %(age)s",
+            {"age": timedelta(seconds=seconds)},
+        )
 
 
 @contextmanager

@@ -64,3 +64,12 @@ def test_no_import_cycles_and_the_sandbox_stays_outside() -> None:
     assert set(order) == set(modules)
     for path in modules.values():
         assert "supabase_sandbox" not in path.read_text("utf-8"), path.name
+
+
+def test_masking_is_not_configuration() -> None:
+    """What masks (the logs, the run history, the welcome email) and the local stack take the
+    masking helpers from `masking`: none of them imports the configuration."""
+    sandbox = PACKAGE.parent / "sandbox" / "supabase_sandbox"
+    maskers = ("masking.py", "logs.py", "runs.py", "welcome_email.py")
+    for path in [*(PACKAGE / name for name in maskers), *sandbox.glob("*.py")]:
+        assert "sync_worker.config" not in imports_of(path), path.name

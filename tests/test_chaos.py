@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import random
 import re
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
@@ -23,6 +22,7 @@ from supabase_sandbox.stack import Sandbox
 from sync_worker.cycle import CycleServices
 from sync_worker.errors import SyncError
 from sync_worker.runner import run_guarded_cycle
+from sync_worker.runs import new_run_id
 from sync_worker.services import LiveServices
 from sync_worker.welcome_email import WelcomeEmail
 from tests.stack import FAST, add_sales, crm_database, settings_for
@@ -146,15 +146,15 @@ def test_faults_and_kills_lose_nobody_double_nothing_and_duplicate_only_after_an
         with LiveServices(settings, policy=policy) as live:
             build = live.for_cycle
 
-            def for_cycle(*args: Any, build: Any = build) -> CycleServices:
-                services: CycleServices = build(*args)
+            def for_cycle(*args: Any, build: Any = build, **kwargs: Any) -> CycleServices:
+                services: CycleServices = build(*args, **kwargs)
                 services.mailer = KillingMailer(services.mailer, assassin)  # type: ignore[assignment]
                 services.provisioner = KillingProvisioner(services.provisioner, assassin)
                 return services
 
             live.for_cycle = for_cycle  # type: ignore[method-assign]
             try:
-                report = run_guarded_cycle(live, worker="chaos", run_id=uuid.uuid4().hex[:12])
+                report = run_guarded_cycle(live, worker="chaos", run_id=new_run_id())
             except (Killed, SyncError):
                 continue
         sent = query(

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from sync_worker import config
+from sync_worker import config, masking
 from sync_worker.cli import main
 from sync_worker.errors import ConfigError
 
@@ -256,8 +256,8 @@ def test_cli_config_errors_exit_2(
 
 
 def test_mask_url() -> None:
-    assert config.mask_url("postgresql://u:p@h:5/d") == "postgresql://u:********@h:5/d"
-    assert config.mask_url("postgresql://u@h/d") == "postgresql://u@h/d"
+    assert masking.mask_url("postgresql://u:p@h:5/d") == "postgresql://u:********@h:5/d"
+    assert masking.mask_url("postgresql://u@h/d") == "postgresql://u@h/d"
 
 
 def test_the_readme_documents_every_variable() -> None:

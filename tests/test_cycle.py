@@ -6,7 +6,6 @@ import dataclasses
 import io
 import json
 import re
-import uuid
 from collections.abc import Iterator
 from decimal import Decimal
 from email.message import EmailMessage
@@ -24,8 +23,10 @@ from sync_worker.config import Settings
 from sync_worker.cycle import run_cycle
 from sync_worker.errors import ExitCode
 from sync_worker.logs import configure_logging
+from sync_worker.masking import SecretMasker
 from sync_worker.report import CycleReport
 from sync_worker.retrying import RetryPolicy
+from sync_worker.runs import new_run_id
 from sync_worker.services import LiveServices
 from sync_worker.status import status_command
 from tests.stack import (
@@ -70,7 +71,7 @@ def clean(sandbox: Sandbox) -> Iterator[None]:
 
 def run(settings: Settings, policy: RetryPolicy = FAST) -> CycleReport:
     with LiveServices(settings, policy=policy) as services:
-        return run_cycle(services.options, services.for_cycle(), run_id=uuid.uuid4().hex[:12])
+        return run_cycle(services.options, services.for_cycle(), run_id=new_run_id())
 
 
 def query(sandbox: Sandbox, sql: str, *params: Any) -> list[tuple[Any, ...]]:
@@ -494,7 +495,7 @@ def test_dry_run_writes_nothing(sandbox: Sandbox, crm_url: str) -> None:
     settings = settings_for(sandbox, crm_url)
     with LiveServices(settings, policy=FAST) as services:
         report = run_cycle(
-            services.options, services.for_cycle(), run_id=uuid.uuid4().hex[:12], dry_run=True
+            services.options, services.for_cycle(), run_id=new_run_id(), dry_run=True
         )
     assert report.planned["provision"] == 1
     assert report.preview["provision"] == ["dry@example.com"]
@@ -544,7 +545,7 @@ def test_every_log_line_carries_the_run_id_and_no_secret(sandbox: Sandbox, crm_u
     add_sales(crm_url, *[(f"log{i}@example.com", None, 1) for i in range(8)])
     settings = settings_for(sandbox, crm_url, sync_concurrency=4)
     stream = io.StringIO()
-    configure_logging("json", "DEBUG", secrets=settings.secret_values(), stream=stream)
+    configure_logging("json", "DEBUG", masker=SecretMasker(settings.secret_values()), stream=stream)
     sandbox.faults = FaultPlan(fault_rate=0.4, mix={FaultKind.UNAVAILABLE: 1}, seed=3)
     report = run(settings)
     lines = [json.loads(line) for line in stream.getvalue().splitlines()]
@@ -671,7 +672,9 @@ def test_an_invalid_crm_row_is_reported_when_it_appears_or_changes_and_listed_in
 
     def warnings() -> list[dict[str, Any]]:
         stream = io.StringIO()
-        configure_logging("json", "INFO", secrets=settings.secret_values(), stream=stream)
+        configure_logging(
+            "json", "INFO", masker=SecretMasker(settings.secret_values()), stream=stream
+        )
         run(settings)
         lines = [json.loads(line) for line in stream.getvalue().splitlines()]
         return [line for line in lines if line["event"] == "crm_row_invalid"]

@@ -562,11 +562,10 @@ def test_a_linked_account_is_told_how_to_take_it_over_from_its_inbox() -> None:
 
 
 def test_a_failure_reason_is_stored_without_any_secret() -> None:
-    from sync_worker.logs import mask_secrets
+    from sync_worker.masking import SecretMasker
 
     secret = "re_live_9f8e7d6c5b4a"
-    mask_secrets.add([secret])
-    project = FakeProject()
+    project = FakeProject(masker=SecretMasker([secret]))
     project.sell("sec@example.com")
     project.mailer.failing["sec@example.com"] = MailError(
         f"Invalid header value b'Bearer {secret}\\n'", retriable=True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import signal
 import socket
@@ -12,6 +13,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,7 @@ import pytest
 from supabase_sandbox import database
 from supabase_sandbox.faults import FaultPlan
 from supabase_sandbox.stack import Sandbox
+from tests.stack import age_leases
 
 GRACE_SECONDS = 8
 
@@ -212,6 +215,12 @@ def test_daemon_runs_cycles_serves_probes_and_stops_cleanly(
     log = "".join(p.read_text() for p in tmp_path.glob("worker-*.log"))
     assert sandbox.service_role_key not in log
     assert '"event": "daemon_stopped"' in log
+    # Each cycle has a run id of its own, minted by the daemon: its history row and its lines.
+    lines = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
+    finished = [line["run_id"] for line in lines if line["event"] == "cycle_finished"]
+    recorded = [r[0] for r in rows(sandbox, "select run_id from public.crm_sync_runs")]
+    assert len(set(recorded)) == len(recorded) >= 2
+    assert set(recorded) <= set(finished)
 
 
 @pytest.mark.parametrize(
@@ -291,7 +300,15 @@ def test_a_killed_holders_lease_is_taken_over_after_its_ttl(
 ) -> None:
     emails = add_customers(crm_url, 20, "kill")
     sandbox.faults.auth = FaultPlan(latency_ms=100)
-    env = environment(sandbox, crm_url, SYNC_CONCURRENCY="1", SYNC_INTERVAL_SECONDS="60")
+    # A time-to-live no slow machine outlives between the kill and the next run: time passes
+    # by ageing the lease, not by waiting.
+    env = environment(
+        sandbox,
+        crm_url,
+        SYNC_CONCURRENCY="1",
+        SYNC_INTERVAL_SECONDS="60",
+        SYNC_LEASE_TTL_SECONDS="60",
+    )
     daemon = start(env, tmp_path, "run")
     wait_for(lambda: rows(sandbox, "select count(*) from auth.users")[0][0] >= 2, what="work")
     daemon.kill()
@@ -299,7 +316,12 @@ def test_a_killed_holders_lease_is_taken_over_after_its_ttl(
     assert rows(sandbox, "select count(*) from public.crm_sync_lease") == [(1,)]
     assert once(env, tmp_path) == 75
     sandbox.faults.clear()
-    time.sleep(3.2)  # SYNC_LEASE_TTL_SECONDS
+    # The killed holder's lease lives SYNC_LEASE_TTL_SECONDS past its last renewal, by the
+    # database's clock: aged by that (and a little more), it has run out, with no waiting.
+    assert rows(sandbox, "select expires_at - renewed_at from public.crm_sync_lease") == [
+        (timedelta(seconds=60),)
+    ]
+    age_leases(sandbox.db_url, 60.2)
     assert once(env, tmp_path) == 0
     assert_each_customer_once(sandbox, emails)
 

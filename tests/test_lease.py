@@ -1,8 +1,10 @@
-"""The lease against the local stack: heartbeats, losing it, and never re-taking it late."""
+"""The lease against the local stack: heartbeats, losing it, and never re-taking it late.
+
+Time moves by a test clock (the heartbeat's) and by ageing the lease in the database (whose
+clock decides expiry), never by waiting."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 
 import psycopg
@@ -13,7 +15,8 @@ from supabase_sandbox.stack import Sandbox
 from sync_worker.errors import LeaseHeld
 from sync_worker.lease import SyncLease
 from sync_worker.supabase_api import SupabaseApi
-from tests.stack import FAST
+from tests.clock import ManualClock
+from tests.stack import FAST, age_leases
 
 
 @pytest.fixture(scope="module")
@@ -49,9 +52,16 @@ def test_one_holder_at_a_time_and_released_after(sandbox: Sandbox, api: Supabase
 
 
 def test_the_heartbeat_keeps_a_long_cycle_covered(sandbox: Sandbox, api: SupabaseApi) -> None:
-    lease = SyncLease(api, "long", 3)
+    clock = ManualClock()
+    lease = SyncLease(api, "long", 3, clock=clock)
     with lease.held():
-        time.sleep(4.5)  # longer than the time-to-live: only renewals keep it
+        clock.wait_for_waiters(1)  # the heartbeat, until its first renewal
+        # 4.5 s in all, longer than the time-to-live: only renewals keep it. The database's
+        # clock decides expiry, so the lease is aged there by the same time.
+        for _ in range(3):
+            age_leases(sandbox.db_url, 1.5)
+            clock.advance(1.5)
+            clock.wait_for_waiters(1)  # renewed, and waiting for the next one
         assert not lease.lost.is_set()
         assert not SyncLease(api, "intruder", 3).acquire()
 
@@ -59,13 +69,16 @@ def test_the_heartbeat_keeps_a_long_cycle_covered(sandbox: Sandbox, api: Supabas
 def test_renewals_that_keep_failing_mean_the_lease_is_lost(
     sandbox: Sandbox, api: SupabaseApi
 ) -> None:
-    lease = SyncLease(api, "cut-off", 3)
+    clock = ManualClock()
+    lease = SyncLease(api, "cut-off", 3, clock=clock)
     with lease.held():
         sandbox.faults.rest = FaultPlan(fault_rate=1.0, mix={FaultKind.UNAVAILABLE: 1})
-        deadline = time.monotonic() + 5
-        while not lease.lost.is_set():
-            assert time.monotonic() < deadline, "the lease was never given up"
-            time.sleep(0.05)
+        clock.wait_for_waiters(1)
+        clock.advance(1)  # a renewal fails; two thirds of the time-to-live have not passed
+        clock.wait_for_waiters(1)
+        assert not lease.lost.is_set()
+        clock.advance(1.5)  # the next one fails too, past two thirds of it: given up
+        assert lease.lost.wait(5), "the lease was never given up"
         sandbox.faults.clear()
 
 

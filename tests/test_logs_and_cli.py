@@ -15,10 +15,11 @@ import structlog
 from sync_worker.cli import main
 from sync_worker.errors import ExitCode
 from sync_worker.logs import MaskSecrets, configure_logging
+from sync_worker.masking import SecretMasker
 
 
 def test_mask_secrets_hides_keys_values_urls_and_jwts() -> None:
-    mask = MaskSecrets(["s3cret-value"])
+    mask = MaskSecrets(SecretMasker(["s3cret-value"]))
     event = mask(
         None,
         "info",
@@ -45,7 +46,7 @@ def test_mask_secrets_hides_keys_values_urls_and_jwts() -> None:
 
 def test_every_line_is_json_with_run_id_and_masked() -> None:
     stream = io.StringIO()
-    configure_logging("json", "INFO", secrets=["topsecret"], stream=stream)
+    configure_logging("json", "INFO", masker=SecretMasker(["topsecret"]), stream=stream)
     with structlog.contextvars.bound_contextvars(run_id="r-1"):
         log = structlog.get_logger("t")
         log.debug("hidden")

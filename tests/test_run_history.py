@@ -13,8 +13,9 @@ import pytest
 
 from supabase_sandbox.stack import Sandbox
 from sync_worker import runner
-from sync_worker.logs import mask_secrets
+from sync_worker.masking import SecretMasker
 from sync_worker.runner import run_guarded_cycle
+from sync_worker.runs import new_run_id
 from sync_worker.services import LiveServices
 from sync_worker.status import collect_status, render_status
 from tests.stack import FAST, add_sales, crm_database, settings_for
@@ -51,19 +52,40 @@ def test_a_crash_is_recorded_as_failed_and_a_killed_run_as_abandoned(
             " values ('killed-pod:1', now() - interval '1 hour')"
         )
     secret = "s3cr3t-in-a-crash-message"
-    mask_secrets.add([secret])
+    masker = SecretMasker([secret, *settings.secret_values()])
 
     def crash(*_args: object, **_kwargs: object) -> None:
         raise RuntimeError(f"unexpected {secret}")
 
     monkeypatch.setattr(runner, "run_cycle", crash)
-    with LiveServices(settings, policy=FAST) as live, pytest.raises(RuntimeError):
-        run_guarded_cycle(live, worker="crashing:2", run_id=uuid.uuid4().hex[:12])
+    with (
+        LiveServices(settings, policy=FAST, masker=masker) as live,
+        pytest.raises(RuntimeError),
+    ):
+        run_guarded_cycle(live, worker="crashing:2", run_id=new_run_id())
     [killed, crashed] = runs(sandbox)
     assert killed[:3] == ("killed-pod:1", "abandoned", True)
     assert crashed[:3] == ("crashing:2", "failed", True)
     assert "RuntimeError: unexpected" in crashed[3]
     assert secret not in crashed[3]
+
+
+def test_the_runners_clock_dates_the_run_and_its_cycle(sandbox: Sandbox, crm_url: str) -> None:
+    """The runner reads no clock of its own: the one it is given dates the history row and
+    the cycle (and paces the lease)."""
+    from tests.clock import ManualClock
+
+    clock = ManualClock()  # a cycle with nothing to do: it leaves this module's stack as it was
+    run_id = new_run_id()
+    with LiveServices(settings_for(sandbox, crm_url), policy=FAST) as live:
+        report = run_guarded_cycle(live, worker="clocked:1", run_id=run_id, clock=clock)
+    assert (report.started_at, report.finished_at) == (clock.now(), clock.now())
+    with psycopg.connect(sandbox.db_url) as conn:
+        row = conn.execute(
+            "select started_at, finished_at, status from public.crm_sync_runs where run_id = %s",
+            (run_id,),
+        ).fetchone()
+    assert row == (clock.now(), clock.now(), "succeeded")
 
 
 def test_a_key_supabase_refuses_is_a_configuration_error_not_an_outage(
@@ -179,7 +201,7 @@ def test_a_shards_start_leaves_its_live_siblings_running_and_keys_each_run_by_it
             "insert into public.crm_sync_runs (worker_id, run_id, shard, started_at)"
             " values ('sibling:1', 'sibling-run', '1/2', now())"
         )
-    run_id = uuid.uuid4().hex[:12]
+    run_id = new_run_id()
 
     def crash(*_args: object, **_kwargs: object) -> None:
         raise RuntimeError("a bug")

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from sync_worker import config
+from sync_worker import config, masking
 from sync_worker.cli import main
-from sync_worker.config import MASK
 from sync_worker.errors import ConfigError
-from sync_worker.logs import MaskSecrets, configure_logging
+from sync_worker.logs import configure_logging
+from sync_worker.masking import MASK, SecretMasker
 from tests.test_config import MINIMAL, NAMES, SERVICE_KEY, fake_jwt
 
 BAD_PASSWORD = "Tr0ub4dor%&3xK9"
@@ -66,7 +66,7 @@ def test_a_secret_with_a_line_break_inside_is_refused(monkeypatch: pytest.Monkey
 def test_the_masker_catches_escaped_forms_of_a_secret() -> None:
     secret = 'p"a\\ss\u00e9word-42'
     stream = io.StringIO()
-    configure_logging("json", "INFO", secrets=[secret], stream=stream)
+    configure_logging("json", "INFO", masker=SecretMasker([secret]), stream=stream)
     import structlog
 
     structlog.get_logger("t").info("leak", note=f"with {secret}", nested={"x": [secret]})
@@ -78,7 +78,7 @@ def test_the_masker_catches_escaped_forms_of_a_secret() -> None:
         json.dumps(secret, ensure_ascii=False)[1:-1],
     ):
         assert form not in out
-    assert MaskSecrets([secret]).mask_text(repr(secret)) == f"'{MASK}'"
+    assert SecretMasker([secret]).mask_text(repr(secret)) == f"'{MASK}'"
 
 
 @pytest.mark.parametrize(
@@ -178,11 +178,11 @@ def test_database_urls_of_every_form_are_accepted_wherever_one_is_and_masked(
     migrating = config.load(config.MigrateSettings)  # `crm-sync migrate` reads it alone
     assert migrating.supabase_db_url.get_secret_value() == url
 
-    assert password in config.url_passwords(url)
-    masked = config.mask_url(url)
+    assert password in masking.url_passwords(url)
+    masked = masking.mask_url(url)
     assert MASK in masked
     assert password not in masked
-    assert any(masked == url.replace(p, MASK) for p in config.url_passwords(url))  # the rest shown
+    assert any(masked == url.replace(p, MASK) for p in masking.url_passwords(url))  # the rest shown
     assert password in settings.secret_values()
 
     assert main(["config"]) == 0
@@ -191,7 +191,8 @@ def test_database_urls_of_every_form_are_accepted_wherever_one_is_and_masked(
     assert out.count(MASK) >= 2  # both database URLs
 
     stream = io.StringIO()
-    configure_logging("json", "INFO", secrets=settings.secret_values(), stream=stream)
+    masker = SecretMasker(settings.secret_values())
+    configure_logging("json", "INFO", masker=masker, stream=stream)
     import structlog
 
     structlog.get_logger("t").info("connecting", url=url, note=f"password {password}")
@@ -217,7 +218,7 @@ def test_a_socket_url_without_a_password_is_shown_as_it_is(
     url = "postgresql://postgres@/crm?host=/tmp/crm-sync-postgres-x/data"
     settings = load(monkeypatch, CRM_DATABASE_URL=url)
     assert settings.crm_database_url.get_secret_value() == url
-    assert config.mask_url(url) == url
-    assert config.url_passwords(url) == []
+    assert masking.mask_url(url) == url
+    assert masking.url_passwords(url) == []
     assert main(["config"]) == 0
     assert "host=/tmp/crm-sync-postgres-x/data" in capsys.readouterr().out

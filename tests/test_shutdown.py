@@ -13,7 +13,9 @@ import psycopg
 import pytest
 
 from supabase_sandbox.stack import Sandbox
+from sync_worker.masking import SecretMasker
 from sync_worker.runner import run_guarded_cycle
+from sync_worker.runs import new_run_id
 from sync_worker.services import LiveServices
 from sync_worker.shutdown import InFlightRun, cut_off
 from sync_worker.store import SupabaseStore
@@ -57,8 +59,8 @@ def test_the_emails_accepted_and_not_yet_recorded_are_recorded_at_the_cut_off(
 
     monkeypatch.setattr(SupabaseStore, "record_welcome_emails", slow_first_record)
     settings = settings_for(sandbox, crm_url, sync_concurrency=1)
-    run_id = uuid.uuid4().hex[:12]
-    in_flight = InFlightRun(run_id, "cut-worker")
+    run_id = new_run_id()
+    in_flight = InFlightRun(run_id, "cut-worker", masker=SecretMasker())
     with LiveServices(settings, policy=FAST) as live:
         cycle = threading.Thread(
             target=run_guarded_cycle,
@@ -89,7 +91,7 @@ def test_the_emails_accepted_and_not_yet_recorded_are_recorded_at_the_cut_off(
 
 
 def test_a_cut_off_that_cannot_reach_supabase_returns_within_its_margin() -> None:
-    run = InFlightRun("r", "w", history_id=str(uuid.uuid4()))
+    run = InFlightRun("r", "w", history_id=str(uuid.uuid4()), masker=SecretMasker())
     began = time.monotonic()
     cut_off(run, "http://127.0.0.1:9", "sb_secret_not_a_real_key_0000", margin=1)
     assert time.monotonic() - began < 1.5
@@ -104,7 +106,7 @@ def test_a_cut_off_against_a_supabase_that_never_answers_returns_within_its_marg
         silent.bind(("127.0.0.1", 0))
         silent.listen(16)
         port = silent.getsockname()[1]
-        run = InFlightRun("r", "w", history_id=str(uuid.uuid4()))
+        run = InFlightRun("r", "w", history_id=str(uuid.uuid4()), masker=SecretMasker())
         began = time.monotonic()
         cut_off(run, f"http://127.0.0.1:{port}", "sb_secret_not_a_real_key_0000", margin=1)
         assert time.monotonic() - began < 1.5

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +23,7 @@ from sync_worker.customers import CrmGroup, CrmRow
 from sync_worker.cycle import run_cycle
 from sync_worker.plan import SyncPlan
 from sync_worker.runner import run_guarded_cycle
+from sync_worker.runs import new_run_id
 from sync_worker.services import LiveServices
 from sync_worker.smtp_mailer import SmtpMailer
 from sync_worker.status import collect_status, render_status, status_command
@@ -61,7 +61,7 @@ def remove_sales(url: str, *emails: str) -> None:
 
 def cycle(settings: Settings, worker: str) -> None:
     with LiveServices(settings, policy=FAST) as live:
-        run_guarded_cycle(live, worker=worker, run_id=uuid.uuid4().hex[:12])
+        run_guarded_cycle(live, worker=worker, run_id=new_run_id())
 
 
 def owner(sandbox: Sandbox) -> psycopg.Connection[Any]:

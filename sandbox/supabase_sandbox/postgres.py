@@ -30,7 +30,7 @@ from urllib.parse import quote
 import psycopg
 
 from supabase_sandbox.database import DEFAULT_ADMIN_URL
-from sync_worker.config import mask_url
+from sync_worker.masking import mask_url
 
 ADMIN_URL_VARIABLE = "CRM_SYNC_TEST_ADMIN_URL"
 EMBEDDED = "embedded"
