@@ -1,14 +1,14 @@
 """The one service-role Supabase client of a process, and the edge where its errors are ours.
 
 supabase-py is given one `httpx.Client` with explicit timeouts (its auth client would
-otherwise use httpx's 5 s default) and never signs in, so its Authorization header stays the
-service role's. `SupabaseApi` offers typed methods (RPCs, paged selects, upserts, updates,
-deletes, the Auth admin calls); no other module touches supabase-py. The calls made once per
-customer (creating an account, the RPCs) and the reads supabase-py does not offer go
-straight over the same `httpx.Client`, as supabase-py would send them: its request builders
-and response models cost more CPU than the request. Every call runs under one retry policy
-and turns supabase-py, postgrest and httpx exceptions into `SupabaseError` carrying the HTTP
-status, error code and Retry-After.
+otherwise use httpx's 5 s default; a test gives it an `httpx.MockTransport`) and never signs
+in, so its Authorization header stays the service role's. `SupabaseApi` offers typed methods
+(RPCs, paged selects, upserts, updates, deletes, the Auth admin calls); no other module
+touches supabase-py. The calls made once per customer (creating an account, the RPCs) and
+the reads supabase-py does not offer go straight over the same `httpx.Client`, as
+supabase-py would send them: its request builders and response models cost more CPU than the
+request. Every call runs under one retry policy and turns supabase-py, postgrest and httpx
+exceptions into `SupabaseError` carrying the HTTP status, error code and Retry-After.
 """
 
 from __future__ import annotations
@@ -82,7 +82,10 @@ class SupabaseApi:
         policy: RetryPolicy | None = None,
         timeout: httpx.Timeout = DEFAULT_TIMEOUT,
         max_connections: int = 16,
+        transport: httpx.BaseTransport | None = None,
     ) -> None:
+        """`transport` replaces httpx's own (and with it `max_connections`): tests give an
+        `httpx.MockTransport`."""
         self.url = url.rstrip("/")
         self.policy = policy or RetryPolicy()
         self._key = service_role_key
@@ -90,6 +93,7 @@ class SupabaseApi:
         self._http = httpx.Client(
             timeout=timeout,
             limits=httpx.Limits(max_connections=max_connections),
+            transport=transport,
             event_hooks={"response": [self._remember]},
         )
         self._client: Client = create_client(
