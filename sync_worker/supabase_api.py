@@ -1,20 +1,24 @@
 """The one service-role Supabase client of a process, and the edge where its errors are ours.
 
-supabase-py is given one `httpx.Client` with explicit timeouts (its auth client would
-otherwise use httpx's 5 s default; a test gives it an `httpx.MockTransport`) and never signs
-in, so its Authorization header stays the service role's. `SupabaseApi` offers typed methods
-(RPCs, paged selects, upserts, updates, deletes, the Auth admin calls); no other module
-touches supabase-py. The calls made once per customer (creating an account, the RPCs) and
-the reads supabase-py does not offer go straight over the same `httpx.Client`, as
-supabase-py would send them: its request builders and response models cost more CPU than the
-request. Every call runs under one retry policy and turns supabase-py, postgrest and httpx
-exceptions into `SupabaseError` carrying the HTTP status, error code and Retry-After.
+Every request goes over one `httpx.Client` with explicit timeouts (a test gives it an
+`httpx.MockTransport`) and the service role's key; nothing ever signs in. `SupabaseApi` offers
+typed methods, and each kind of call is made one way:
+
+- table reads and writes (paged selects, counts, upserts, updates, deletes) through
+  supabase-py's query builder (postgrest-py); no other module touches supabase-py;
+- the RPCs and the Auth admin calls, made per customer or per batch, as plain JSON requests,
+  as supabase-py would send them: its request builders and Auth response models cost about
+  half as much CPU again as the rest of such a call.
+
+Every call runs under one retry policy and turns postgrest and httpx exceptions into
+`SupabaseError` carrying the HTTP status, error code and Retry-After.
 """
 
 from __future__ import annotations
 
 import json
 import threading
+import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -23,7 +27,6 @@ from typing import Any, TypeVar
 import httpx
 from postgrest.exceptions import APIError
 from postgrest.types import CountMethod, ReturnMethod
-from pydantic import BaseModel
 from supabase import Client, ClientOptions, create_client
 from supabase_auth.errors import AuthApiError, AuthError, AuthRetryableError
 
@@ -64,13 +67,6 @@ def is_retriable_status(status: int | None, message: str = "", code: str | None 
     return status in _RETRIABLE_STATUS
 
 
-def _user_row(user: Any) -> Row:
-    """A supabase-py `User` (a pydantic model) as the plain JSON object Auth sent."""
-    if isinstance(user, BaseModel):
-        return user.model_dump(mode="json")
-    return dict(user)
-
-
 class SupabaseApi:
     """Holds the service-role client and its HTTP client for the life of the process."""
 
@@ -88,7 +84,10 @@ class SupabaseApi:
         `httpx.MockTransport`."""
         self.url = url.rstrip("/")
         self.policy = policy or RetryPolicy()
-        self._key = service_role_key
+        self._key_headers = {
+            "apikey": service_role_key,
+            "Authorization": f"Bearer {service_role_key}",
+        }
         self._local = threading.local()
         self._http = httpx.Client(
             timeout=timeout,
@@ -110,7 +109,7 @@ class SupabaseApi:
     def __repr__(self) -> str:
         return f"SupabaseApi(url={self.url!r})"
 
-    # -- REST (PostgREST) ------------------------------------------------------------------
+    # -- RPCs (PostgREST's /rpc/<function>) ------------------------------------------------
 
     def rpc(
         self,
@@ -149,11 +148,17 @@ class SupabaseApi:
         page_size: int | None = None,
     ) -> Iterator[Row]:
         """The rows of a set-returning SQL function (GET, no arguments), page by page."""
+        path = f"rest/v1/rpc/{function}"
+        ordering = ",".join(_order_term(term) for term in order)
 
-        def query() -> Any:
-            return _ordered(self._client.rpc(function, {}, get=True), order)
+        def page(first: int, last: int) -> list[Row]:
+            params = {"order": ordering, "offset": str(first), "limit": str(last - first + 1)}
+            rows: list[Row] = self._send_json("GET", path, params=params) or []
+            return rows
 
-        return self._pages(operation or function, query, limit=None, page_size=page_size)
+        return self._pages(operation or function, page, limit=None, page_size=page_size)
+
+    # -- tables (supabase-py's query builder) ----------------------------------------------
 
     def select(
         self,
@@ -181,15 +186,16 @@ class SupabaseApi:
         """
         filters = dict(where or {})
 
-        def query() -> Any:
+        def page(first: int, last: int) -> list[Row]:
             builder = self._client.table(table).select(columns)
             for column, value in filters.items():
                 builder = builder.eq(column, value)
             if where_in is not None:
                 builder = builder.in_(where_in[0], list(where_in[1]))
-            return _ordered(builder, order)
+            rows: list[Row] = _ordered(builder, order).range(first, last).execute().data or []
+            return rows
 
-        return self._pages(operation or f"read {table}", query, limit=limit, page_size=page_size)
+        return self._pages(operation or f"read {table}", page, limit=limit, page_size=page_size)
 
     def count(self, table: str) -> int:
         """The exact number of rows in `table` (a HEAD request)."""
@@ -281,46 +287,40 @@ class SupabaseApi:
 
     def create_user(self, attributes: Row) -> Row:
         """POST /admin/users; the created user (as Auth sent it)."""
-        user: Row = self.call(
-            "create account",
-            partial(
-                self._send_json,
-                "POST",
-                "auth/v1/admin/users",
-                body=dict(attributes),
-                headers=_AUTH_API,
-            ),
-        )
+        user: Row = self._auth("create account", "POST", "admin/users", dict(attributes))
         return user
 
     def get_user(self, user_id: str) -> Row:
-        """GET /admin/users/<id>."""
-        admin = self._client.auth.admin
-        response = self.call("get account", lambda: admin.get_user_by_id(user_id))
-        return _user_row(response.user)
+        """GET /admin/users/<id>; the user (as Auth sent it)."""
+        user: Row = self._auth("get account", "GET", _user_path(user_id))
+        return user
 
     def update_user(self, user_id: str, attributes: Row, *, operation: str) -> Row:
-        """PUT /admin/users/<id>; the updated user."""
-        admin = self._client.auth.admin
-        response = self.call(operation, lambda: admin.update_user_by_id(user_id, attributes))  # type: ignore[arg-type]
-        return _user_row(response.user)
+        """PUT /admin/users/<id>; the updated user (as Auth sent it)."""
+        user: Row = self._auth(operation, "PUT", _user_path(user_id), dict(attributes))
+        return user
 
     def delete_user(self, user_id: str, *, operation: str) -> None:
         """DELETE /admin/users/<id>: the user and, by the database's cascade, their identities,
         sessions and refresh tokens (a hard delete)."""
-        admin = self._client.auth.admin
-        self.call(operation, lambda: admin.delete_user(user_id))
+        self._auth(operation, "DELETE", _user_path(user_id), {"should_soft_delete": False})
 
     def recovery_token_hash(self, email: str) -> str:
         """POST /admin/generate_link (type recovery): the link's `hashed_token`, which the app
         redeems with `verifyOtp({ token_hash, type: "recovery" })`. Auth sends nothing itself,
         and only the newest recovery token of a user is valid."""
-        admin = self._client.auth.admin
-        response = self.call(
+        link = self._auth(
             "generate setup link",
-            lambda: admin.generate_link({"type": "recovery", "email": email}),
+            "POST",
+            "admin/generate_link",
+            {"type": "recovery", "email": email},
         )
-        return str(response.properties.hashed_token)
+        return str(link["hashed_token"])
+
+    def _auth(self, operation: str, method: str, path: str, body: Row | None = None) -> Any:
+        """One Auth admin call, in the API version whose error bodies carry `code`."""
+        request = partial(self._send_json, method, f"auth/v1/{path}", body=body, headers=_AUTH_API)
+        return self.call(operation, request)
 
     def _send_json(
         self,
@@ -331,12 +331,10 @@ class SupabaseApi:
         body: Any = None,
         headers: Mapping[str, str] | None = None,
     ) -> Any:
-        """One request with the service key straight over the HTTP client: for the calls made
-        per customer (supabase-py's request builders and response models cost more CPU than
-        the request itself) and for what supabase-py does not offer. The answer is parsed once
-        the response is closed and released (freed after the parsed objects, a large body
-        left holes that the heap kept growing around); an empty answer is None."""
-        sent = {"apikey": self._key, "Authorization": f"Bearer {self._key}", **(headers or {})}
+        """One request with the service key, straight over the HTTP client. The answer is
+        parsed once the response is closed and released (freed after the parsed objects, a
+        large body left holes that the heap kept growing around); an empty answer is None."""
+        sent = {**self._key_headers, **(headers or {})}
         content = None
         if body is not None:
             content = json.dumps(body, separators=(",", ":")).encode()
@@ -357,8 +355,7 @@ class SupabaseApi:
         try:
             return json.loads(answer) if answer else None
         except ValueError as exc:
-            # Not what Supabase sends (a proxy's page, a cut body): like a lost connection,
-            # as supabase-py's Auth client treats it.
+            # Not what Supabase sends (a proxy's page, a cut body): like a lost connection.
             raise httpx.DecodingError(f"the answer is not JSON ({exc})") from exc
 
     # -- the edge --------------------------------------------------------------------------
@@ -376,15 +373,20 @@ class SupabaseApi:
         return (policy or self.policy).call(operation, attempt)
 
     def _pages(
-        self, operation: str, query: Callable[[], Any], *, limit: int | None, page_size: int | None
+        self,
+        operation: str,
+        page: Callable[[int, int], list[Row]],
+        *,
+        limit: int | None,
+        page_size: int | None,
     ) -> Iterator[Row]:
-        """The one pager: explicit ranges over a query with a total order."""
+        """The one pager: explicit ranges (first and last row) over a query with a total
+        order."""
         page_size = page_size or PAGE_SIZE
         start = 0
         while limit is None or start < limit:
             end = start + page_size - 1 if limit is None else min(start + page_size, limit) - 1
-            response = self.call(operation, partial(_page, query, start, end))
-            rows: list[Row] = response.data or []
+            rows = self.call(operation, partial(page, start, end))
             yield from rows
             if len(rows) < end - start + 1:
                 return
@@ -454,8 +456,19 @@ class _Answer:
     retry_after: str | None
 
 
-def _page(query: Callable[[], Any], first: int, last: int) -> Any:
-    return query().range(first, last).execute()
+def _order_term(term: str) -> str:
+    """`"column"` or `"column.desc"` as PostgREST's order term (`column.asc`)."""
+    column, _, direction = term.partition(".")
+    return f"{column}.{'desc' if direction == 'desc' else 'asc'}"
+
+
+def _user_path(user_id: str) -> str:
+    """admin/users/<id>, for a user id only (it goes into the path)."""
+    try:
+        uuid.UUID(user_id)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"Invalid id, {user_id!r} is not a valid uuid") from exc
+    return f"admin/users/{user_id}"
 
 
 def _ordered(builder: Any, order: Sequence[str]) -> Any:

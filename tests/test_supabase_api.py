@@ -88,6 +88,37 @@ def test_an_account_is_created_with_the_service_key_and_auths_api_version(
     assert json.loads(request.content) == {"email": "ann@example.com", "email_confirm": True}
 
 
+def test_every_auth_admin_call_sends_the_service_key_and_auths_api_version(
+    server: Server, api: SupabaseApi
+) -> None:
+    user = {"id": USER_ID, "email": "ann@example.com", "app_metadata": {}}
+    server.answer(
+        httpx.Response(200, json=user),
+        httpx.Response(200, json={**user, "user_metadata": {"must_change_password": True}}),
+        httpx.Response(200, json={}),
+        httpx.Response(200, json={**user, "hashed_token": "abc123", "action_link": "x"}),
+    )
+    assert api.get_user(USER_ID) == user
+    changed = api.update_user(USER_ID, {"password": "Temp-Pass-1"}, operation="set password")
+    assert changed["user_metadata"] == {"must_change_password": True}
+    api.delete_user(USER_ID, operation="delete account")
+    assert api.recovery_token_hash("ann@example.com") == "abc123"
+    sent = [
+        (r.method, r.url.path, json.loads(r.content) if r.content else None)
+        for r in server.received
+    ]
+    assert sent == [
+        ("GET", f"/auth/v1/admin/users/{USER_ID}", None),
+        ("PUT", f"/auth/v1/admin/users/{USER_ID}", {"password": "Temp-Pass-1"}),
+        ("DELETE", f"/auth/v1/admin/users/{USER_ID}", {"should_soft_delete": False}),
+        ("POST", "/auth/v1/admin/generate_link", {"type": "recovery", "email": "ann@example.com"}),
+    ]
+    for request in server.received:
+        assert request.headers["apikey"] == KEY
+        assert request.headers["Authorization"] == f"Bearer {KEY}"
+        assert request.headers["X-Supabase-Api-Version"] == "2024-01-01"
+
+
 def test_a_user_id_that_is_not_one_never_reaches_the_path(server: Server, api: SupabaseApi) -> None:
     with pytest.raises(ValueError, match="not a valid uuid"):
         api.get_user("../../rest/v1/customers")
@@ -242,6 +273,24 @@ def test_auths_database_error_is_retriable_and_other_500s_are_not(
     )
     assert failure(lambda: api.create_user({"email": "a@x.com"})).retriable
     assert not failure(lambda: api.create_user({"email": "a@x.com"})).retriable
+
+
+def test_a_missing_account_is_a_404_whichever_admin_call_meets_it(
+    server: Server, api: SupabaseApi
+) -> None:
+    server.answer(refusal(404, {"code": "user_not_found", "message": "User not found"}))
+    for call in (
+        lambda: api.get_user(USER_ID),
+        lambda: api.delete_user(USER_ID, operation="delete account"),
+        lambda: api.recovery_token_hash("ann@example.com"),
+    ):
+        error = failure(call)
+        assert (error.status, error.code, error.retriable, error.permanent) == (
+            404,
+            "user_not_found",
+            False,
+            False,
+        )
 
 
 def test_a_rate_limit_carries_its_retry_after_and_is_retried_after_it(
