@@ -7,28 +7,28 @@ typed methods, and each kind of call is made one way:
 - table reads and writes (paged selects, counts, upserts, updates, deletes) through
   supabase-py's query builder (postgrest-py); no other module touches supabase-py;
 - the RPCs and the Auth admin calls, made per customer or per batch, as plain JSON requests,
-  as supabase-py would send them: its request builders and Auth response models cost about
-  half as much CPU again as the rest of such a call.
+  as supabase-py would send them: its request builders and Auth response models cost a third
+  to a half more CPU per call.
 
-Every call runs under one retry policy and turns postgrest and httpx exceptions into
-`SupabaseError` carrying the HTTP status, error code and Retry-After.
+A non-2xx answer, whichever way the request went, is raised as one exception of ours by the
+HTTP client's response hook, carrying its status, error code, message and Retry-After: there
+is no side channel. supabase-py and postgrest-py catch httpx's exceptions, never this one, so
+it reaches `SupabaseApi.call` unchanged; there every call runs under one retry policy, and one
+short function turns it, or an httpx error (no answer, or one that is not JSON), into a
+`SupabaseError`.
 """
 
 from __future__ import annotations
 
 import json
-import threading
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar
 
 import httpx
-from postgrest.exceptions import APIError
 from postgrest.types import CountMethod, ReturnMethod
 from supabase import Client, ClientOptions, create_client
-from supabase_auth.errors import AuthApiError, AuthError, AuthRetryableError
 
 from sync_worker.errors import KeyRefused, SupabaseError
 from sync_worker.retrying import RetryPolicy, retry_after_seconds
@@ -49,6 +49,8 @@ _RETRIABLE_POSTGREST_CODES = frozenset({"PGRST000", "PGRST001", "PGRST002", "PGR
 # Auth answers errors as {"code", "message"} to clients that ask for this API version (as
 # supabase-py does), and as the legacy {"code": <status>, "error_code", "msg"} to others.
 _AUTH_API = {"X-Supabase-Api-Version": "2024-01-01"}
+# Where Auth, PostgREST and a gateway put an error's text, in the order they are read.
+_MESSAGE_KEYS = ("message", "msg", "error_description", "error")
 
 
 def is_retriable_status(status: int | None, message: str = "", code: str | None = None) -> bool:
@@ -65,6 +67,65 @@ def is_retriable_status(status: int | None, message: str = "", code: str | None 
     if status == 500:
         return "database error" in message.lower()
     return status in _RETRIABLE_STATUS
+
+
+class _Refusal(Exception):
+    """A non-2xx answer as the response hook read it. Not an httpx error on purpose:
+    supabase-py and postgrest-py turn httpx's errors into theirs, and let this one pass."""
+
+    def __init__(
+        self, status: int, code: str | None, message: str, retry_after: str | None
+    ) -> None:
+        self.status = status
+        self.code = code
+        self.message = message
+        self.retry_after = retry_after
+        super().__init__(status, code, message)
+
+
+def _raise_refusal(response: httpx.Response) -> None:
+    """The HTTP client's response hook: raises a `_Refusal` for a non-2xx answer (httpx
+    closes the response on the way out). Its code is the body's (Auth's current `code` or
+    legacy `error_code`, PostgREST's `code`), else the one PostgREST names in Proxy-Status
+    (a HEAD answer has no body)."""
+    if response.is_success:
+        return
+    status = response.status_code
+    try:
+        body = json.loads(response.read())
+    except ValueError:
+        body = None
+    code = message = None
+    if isinstance(body, dict):
+        code = next((body[k] for k in ("code", "error_code") if isinstance(body.get(k), str)), None)
+        message = next((str(body[k]) for k in _MESSAGE_KEYS if body.get(k)), None)
+    raise _Refusal(
+        status,
+        code or _proxy_status_code(response.headers.get("proxy-status")),
+        message or f"HTTP {status}",
+        response.headers.get("retry-after"),
+    )
+
+
+def _translate(exc: _Refusal | httpx.HTTPError, operation: str) -> SupabaseError:
+    """The one translation into a `SupabaseError` (never with a secret in it): a refusal
+    keeps its status, code, message and Retry-After; an httpx error (no answer, a timeout, an
+    answer that is not JSON) is status 0."""
+    if isinstance(exc, _Refusal):
+        status, code, message = exc.status, exc.code, exc.message
+        retry_after = retry_after_seconds(exc.retry_after)
+    else:
+        status, code, message, retry_after = 0, None, f"{type(exc).__name__}: {exc}", None
+    if status in (401, 403):
+        return KeyRefused(f"{operation}: {message}", status=status, code=code)
+    return SupabaseError(
+        f"{operation}: {message}",
+        status=status,
+        code=code,
+        retriable=is_retriable_status(status, message, code),
+        permanent=status in _PERMANENT_STATUS and code != "email_exists",
+        retry_after=retry_after,
+    )
 
 
 class SupabaseApi:
@@ -88,12 +149,11 @@ class SupabaseApi:
             "apikey": service_role_key,
             "Authorization": f"Bearer {service_role_key}",
         }
-        self._local = threading.local()
         self._http = httpx.Client(
             timeout=timeout,
             limits=httpx.Limits(max_connections=max_connections),
             transport=transport,
-            event_hooks={"response": [self._remember]},
+            event_hooks={"response": [_raise_refusal]},
         )
         self._client: Client = create_client(
             self.url,
@@ -331,9 +391,10 @@ class SupabaseApi:
         body: Any = None,
         headers: Mapping[str, str] | None = None,
     ) -> Any:
-        """One request with the service key, straight over the HTTP client. The answer is
-        parsed once the response is closed and released (freed after the parsed objects, a
-        large body left holes that the heap kept growing around); an empty answer is None."""
+        """One request with the service key, straight over the HTTP client (the response hook
+        has raised for a non-2xx answer). The answer is parsed once the response is closed
+        and released (freed after the parsed objects, a large body left holes that the heap
+        kept growing around); an empty answer is None."""
         sent = {**self._key_headers, **(headers or {})}
         content = None
         if body is not None:
@@ -347,7 +408,6 @@ class SupabaseApi:
             headers=sent,
         )
         try:
-            response.raise_for_status()
             answer = response.content
         finally:
             response.close()
@@ -364,11 +424,10 @@ class SupabaseApi:
         """Runs `fn` (one request) under the retry policy, translating its errors."""
 
         def attempt() -> T:
-            self._local.response = None
             try:
                 return fn()
-            except (AuthError, APIError, httpx.HTTPError) as exc:
-                raise self.translate(exc, operation) from exc
+            except (_Refusal, httpx.HTTPError) as exc:
+                raise _translate(exc, operation) from exc
 
         return (policy or self.policy).call(operation, attempt)
 
@@ -392,68 +451,8 @@ class SupabaseApi:
                 return
             start = end + 1
 
-    def _remember(self, response: httpx.Response) -> None:
-        # Only what `translate` needs: holding the response itself kept its whole body alive.
-        self._local.response = _Answer(response.status_code, response.headers.get("retry-after"))
-
-    def translate(self, exc: BaseException, operation: str) -> SupabaseError:
-        """Turns a library exception into a `SupabaseError` (never with a secret in it)."""
-        answer: _Answer | None = getattr(self._local, "response", None)
-        status: int | None = answer.status if answer is not None else None
-        retry_after = answer.retry_after if answer is not None else None
-        code: str | None = None
-        message = str(exc) or type(exc).__name__
-        if isinstance(exc, AuthApiError):
-            status = exc.status
-            code = exc.code
-            message = exc.message
-        elif isinstance(exc, AuthRetryableError):
-            status = exc.status or status or 0
-            message = exc.message
-        elif isinstance(exc, AuthError):
-            message = exc.message
-        elif isinstance(exc, APIError):
-            code = exc.code
-            message = exc.message or message
-        elif isinstance(exc, httpx.HTTPStatusError):
-            status = exc.response.status_code
-            retry_after = exc.response.headers.get("retry-after")
-            answer = _Answer(status, retry_after)
-            message = f"HTTP {status}"
-            try:
-                body = exc.response.json()
-            except ValueError:
-                body = None
-            if isinstance(body, dict):
-                code = body.get("code") if isinstance(body.get("code"), str) else None
-                code = code or body.get("error_code")
-                message = str(body.get("message") or body.get("msg") or message)
-        elif isinstance(exc, httpx.HTTPError):
-            status = 0
-            message = f"{type(exc).__name__}: {exc}"
-        if answer is None and status is None:
-            status = 0
-        if status in (401, 403):
-            return KeyRefused(f"{operation}: {message}", status=status, code=code)
-        return SupabaseError(
-            f"{operation}: {message}",
-            status=status,
-            code=code,
-            retriable=is_retriable_status(status, message, code),
-            permanent=status in _PERMANENT_STATUS and code != "email_exists",
-            retry_after=retry_after_seconds(retry_after),
-        )
-
     def close(self) -> None:
         self._http.close()
-
-
-@dataclass(frozen=True, slots=True)
-class _Answer:
-    """The status and Retry-After of the last response a thread received."""
-
-    status: int
-    retry_after: str | None
 
 
 def _order_term(term: str) -> str:
@@ -469,6 +468,19 @@ def _user_path(user_id: str) -> str:
     except (TypeError, ValueError) as exc:
         raise ValueError(f"Invalid id, {user_id!r} is not a valid uuid") from exc
     return f"admin/users/{user_id}"
+
+
+def _proxy_status_code(header: str | None) -> str | None:
+    """The error PostgREST names in a Proxy-Status header (`PostgREST; error=PGRST002`)."""
+    for member in (header or "").split(","):
+        name, *params = member.split(";")
+        if name.strip().strip('"').lower() != "postgrest":
+            continue
+        for param in params:
+            key, _, value = param.partition("=")
+            if key.strip() == "error":
+                return value.strip().strip('"') or None
+    return None
 
 
 def _ordered(builder: Any, order: Sequence[str]) -> Any:

@@ -243,6 +243,13 @@ def test_a_refusal_through_supabase_py_is_translated_as_a_plain_request_is(
     assert str(error) == "read crm_sync_runs: Could not query the database"
 
 
+def test_a_head_refusal_has_its_code_in_proxy_status(server: Server, api: SupabaseApi) -> None:
+    server.answer(refusal(503, headers={"Proxy-Status": 'PostgREST; error="PGRST001"'}))
+    error = failure(lambda: api.count("crm_sync_runs"))
+    assert (error.status, error.code, error.retriable) == (503, "PGRST001", True)
+    assert str(error) == "count crm_sync_runs: HTTP 503"
+
+
 def test_auths_refusals_keep_their_code_in_either_error_format(
     server: Server, api: SupabaseApi
 ) -> None:
