@@ -1,31 +1,34 @@
 """The one service-role Supabase client of a process, and the edge where its errors are ours.
 
-supabase-py is given one `httpx.Client` with explicit timeouts (its auth client would
-otherwise use httpx's 5 s default) and never signs in, so its Authorization header stays the
-service role's. `SupabaseApi` offers typed methods (RPCs, paged selects, upserts, updates,
-deletes, the Auth admin calls); no other module touches supabase-py. The calls made once per
-customer (creating an account, the RPCs) and the reads supabase-py does not offer go
-straight over the same `httpx.Client`, as supabase-py would send them: its request builders
-and response models cost more CPU than the request. Every call runs under one retry policy
-and turns supabase-py, postgrest and httpx exceptions into `SupabaseError` carrying the HTTP
-status, error code and Retry-After.
+Every request goes over one `httpx.Client` with explicit timeouts (a test gives it an
+`httpx.MockTransport`) and the service role's key; nothing ever signs in. `SupabaseApi` offers
+typed methods, and each kind of call is made one way:
+
+- table reads and writes (paged selects, counts, upserts, updates, deletes) through
+  supabase-py's query builder (postgrest-py); no other module touches supabase-py;
+- the RPCs and the Auth admin calls, made per customer or per batch, as plain JSON requests,
+  as supabase-py would send them: its request builders and Auth response models cost a third
+  to a half more CPU per call.
+
+A non-2xx answer, whichever way the request went, is raised as one exception of ours by the
+HTTP client's response hook, carrying its status, error code, message and Retry-After: there
+is no side channel. supabase-py and postgrest-py catch httpx's exceptions, never this one, so
+it reaches `SupabaseApi.call` unchanged; there every call runs under one retry policy, and one
+short function turns it, or an httpx error (no answer, or one that is not JSON), into a
+`SupabaseError`.
 """
 
 from __future__ import annotations
 
 import json
-import threading
+import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar
 
 import httpx
-from postgrest.exceptions import APIError
 from postgrest.types import CountMethod, ReturnMethod
-from pydantic import BaseModel
 from supabase import Client, ClientOptions, create_client
-from supabase_auth.errors import AuthApiError, AuthError, AuthRetryableError
 
 from sync_worker.errors import KeyRefused, SupabaseError
 from sync_worker.retrying import RetryPolicy, retry_after_seconds
@@ -46,6 +49,8 @@ _RETRIABLE_POSTGREST_CODES = frozenset({"PGRST000", "PGRST001", "PGRST002", "PGR
 # Auth answers errors as {"code", "message"} to clients that ask for this API version (as
 # supabase-py does), and as the legacy {"code": <status>, "error_code", "msg"} to others.
 _AUTH_API = {"X-Supabase-Api-Version": "2024-01-01"}
+# Where Auth, PostgREST and a gateway put an error's text, in the order they are read.
+_MESSAGE_KEYS = ("message", "msg", "error_description", "error")
 
 
 def is_retriable_status(status: int | None, message: str = "", code: str | None = None) -> bool:
@@ -64,11 +69,63 @@ def is_retriable_status(status: int | None, message: str = "", code: str | None 
     return status in _RETRIABLE_STATUS
 
 
-def _user_row(user: Any) -> Row:
-    """A supabase-py `User` (a pydantic model) as the plain JSON object Auth sent."""
-    if isinstance(user, BaseModel):
-        return user.model_dump(mode="json")
-    return dict(user)
+class _Refusal(Exception):
+    """A non-2xx answer as the response hook read it. Not an httpx error on purpose:
+    supabase-py and postgrest-py turn httpx's errors into theirs, and let this one pass."""
+
+    def __init__(
+        self, status: int, code: str | None, message: str, retry_after: str | None
+    ) -> None:
+        self.status = status
+        self.code = code
+        self.message = message
+        self.retry_after = retry_after
+        super().__init__(status, code, message)
+
+
+def _raise_refusal(response: httpx.Response) -> None:
+    """The HTTP client's response hook: raises a `_Refusal` for a non-2xx answer (httpx
+    closes the response on the way out). Its code is the body's (Auth's current `code` or
+    legacy `error_code`, PostgREST's `code`), else the one PostgREST names in Proxy-Status
+    (a HEAD answer has no body)."""
+    if response.is_success:
+        return
+    status = response.status_code
+    try:
+        body = json.loads(response.read())
+    except ValueError:
+        body = None
+    code = message = None
+    if isinstance(body, dict):
+        code = next((body[k] for k in ("code", "error_code") if isinstance(body.get(k), str)), None)
+        message = next((str(body[k]) for k in _MESSAGE_KEYS if body.get(k)), None)
+    raise _Refusal(
+        status,
+        code or _proxy_status_code(response.headers.get("proxy-status")),
+        message or f"HTTP {status}",
+        response.headers.get("retry-after"),
+    )
+
+
+def _translate(exc: _Refusal | httpx.HTTPError, operation: str) -> SupabaseError:
+    """The one translation into a `SupabaseError` (never with a secret in it): a refusal
+    keeps its status, code, message and Retry-After; an httpx error (no answer, a timeout, an
+    answer that is not JSON) is status 0."""
+    if isinstance(exc, _Refusal):
+        status, code, message = exc.status, exc.code, exc.message
+        retry_after = retry_after_seconds(exc.retry_after)
+    else:
+        status, code, message, retry_after = 0, None, f"{type(exc).__name__}: {exc}", None
+    if status in (401, 403):
+        return KeyRefused(f"{operation}: {message}", status=status, code=code)
+    return SupabaseError(
+        f"{operation}: {message}",
+        status=status,
+        code=code,
+        retriable=is_retriable_status(status, message, code),
+        permanent=status in _PERMANENT_STATUS and code != "email_exists",
+        retry_after=retry_after,
+    )
 
 
 class SupabaseApi:
@@ -82,15 +139,21 @@ class SupabaseApi:
         policy: RetryPolicy | None = None,
         timeout: httpx.Timeout = DEFAULT_TIMEOUT,
         max_connections: int = 16,
+        transport: httpx.BaseTransport | None = None,
     ) -> None:
+        """`transport` replaces httpx's own (and with it `max_connections`): tests give an
+        `httpx.MockTransport`."""
         self.url = url.rstrip("/")
         self.policy = policy or RetryPolicy()
-        self._key = service_role_key
-        self._local = threading.local()
+        self._key_headers = {
+            "apikey": service_role_key,
+            "Authorization": f"Bearer {service_role_key}",
+        }
         self._http = httpx.Client(
             timeout=timeout,
             limits=httpx.Limits(max_connections=max_connections),
-            event_hooks={"response": [self._remember]},
+            transport=transport,
+            event_hooks={"response": [_raise_refusal]},
         )
         self._client: Client = create_client(
             self.url,
@@ -106,7 +169,7 @@ class SupabaseApi:
     def __repr__(self) -> str:
         return f"SupabaseApi(url={self.url!r})"
 
-    # -- REST (PostgREST) ------------------------------------------------------------------
+    # -- RPCs (PostgREST's /rpc/<function>) ------------------------------------------------
 
     def rpc(
         self,
@@ -145,11 +208,17 @@ class SupabaseApi:
         page_size: int | None = None,
     ) -> Iterator[Row]:
         """The rows of a set-returning SQL function (GET, no arguments), page by page."""
+        path = f"rest/v1/rpc/{function}"
+        ordering = ",".join(_order_term(term) for term in order)
 
-        def query() -> Any:
-            return _ordered(self._client.rpc(function, {}, get=True), order)
+        def page(first: int, last: int) -> list[Row]:
+            params = {"order": ordering, "offset": str(first), "limit": str(last - first + 1)}
+            rows: list[Row] = self._send_json("GET", path, params=params) or []
+            return rows
 
-        return self._pages(operation or function, query, limit=None, page_size=page_size)
+        return self._pages(operation or function, page, limit=None, page_size=page_size)
+
+    # -- tables (supabase-py's query builder) ----------------------------------------------
 
     def select(
         self,
@@ -177,15 +246,16 @@ class SupabaseApi:
         """
         filters = dict(where or {})
 
-        def query() -> Any:
+        def page(first: int, last: int) -> list[Row]:
             builder = self._client.table(table).select(columns)
             for column, value in filters.items():
                 builder = builder.eq(column, value)
             if where_in is not None:
                 builder = builder.in_(where_in[0], list(where_in[1]))
-            return _ordered(builder, order)
+            rows: list[Row] = _ordered(builder, order).range(first, last).execute().data or []
+            return rows
 
-        return self._pages(operation or f"read {table}", query, limit=limit, page_size=page_size)
+        return self._pages(operation or f"read {table}", page, limit=limit, page_size=page_size)
 
     def count(self, table: str) -> int:
         """The exact number of rows in `table` (a HEAD request)."""
@@ -277,46 +347,40 @@ class SupabaseApi:
 
     def create_user(self, attributes: Row) -> Row:
         """POST /admin/users; the created user (as Auth sent it)."""
-        user: Row = self.call(
-            "create account",
-            partial(
-                self._send_json,
-                "POST",
-                "auth/v1/admin/users",
-                body=dict(attributes),
-                headers=_AUTH_API,
-            ),
-        )
+        user: Row = self._auth("create account", "POST", "admin/users", dict(attributes))
         return user
 
     def get_user(self, user_id: str) -> Row:
-        """GET /admin/users/<id>."""
-        admin = self._client.auth.admin
-        response = self.call("get account", lambda: admin.get_user_by_id(user_id))
-        return _user_row(response.user)
+        """GET /admin/users/<id>; the user (as Auth sent it)."""
+        user: Row = self._auth("get account", "GET", _user_path(user_id))
+        return user
 
     def update_user(self, user_id: str, attributes: Row, *, operation: str) -> Row:
-        """PUT /admin/users/<id>; the updated user."""
-        admin = self._client.auth.admin
-        response = self.call(operation, lambda: admin.update_user_by_id(user_id, attributes))  # type: ignore[arg-type]
-        return _user_row(response.user)
+        """PUT /admin/users/<id>; the updated user (as Auth sent it)."""
+        user: Row = self._auth(operation, "PUT", _user_path(user_id), dict(attributes))
+        return user
 
     def delete_user(self, user_id: str, *, operation: str) -> None:
         """DELETE /admin/users/<id>: the user and, by the database's cascade, their identities,
         sessions and refresh tokens (a hard delete)."""
-        admin = self._client.auth.admin
-        self.call(operation, lambda: admin.delete_user(user_id))
+        self._auth(operation, "DELETE", _user_path(user_id), {"should_soft_delete": False})
 
     def recovery_token_hash(self, email: str) -> str:
         """POST /admin/generate_link (type recovery): the link's `hashed_token`, which the app
         redeems with `verifyOtp({ token_hash, type: "recovery" })`. Auth sends nothing itself,
         and only the newest recovery token of a user is valid."""
-        admin = self._client.auth.admin
-        response = self.call(
+        link = self._auth(
             "generate setup link",
-            lambda: admin.generate_link({"type": "recovery", "email": email}),
+            "POST",
+            "admin/generate_link",
+            {"type": "recovery", "email": email},
         )
-        return str(response.properties.hashed_token)
+        return str(link["hashed_token"])
+
+    def _auth(self, operation: str, method: str, path: str, body: Row | None = None) -> Any:
+        """One Auth admin call, in the API version whose error bodies carry `code`."""
+        request = partial(self._send_json, method, f"auth/v1/{path}", body=body, headers=_AUTH_API)
+        return self.call(operation, request)
 
     def _send_json(
         self,
@@ -327,12 +391,11 @@ class SupabaseApi:
         body: Any = None,
         headers: Mapping[str, str] | None = None,
     ) -> Any:
-        """One request with the service key straight over the HTTP client: for the calls made
-        per customer (supabase-py's request builders and response models cost more CPU than
-        the request itself) and for what supabase-py does not offer. The answer is parsed once
-        the response is closed and released (freed after the parsed objects, a large body
-        left holes that the heap kept growing around); an empty answer is None."""
-        sent = {"apikey": self._key, "Authorization": f"Bearer {self._key}", **(headers or {})}
+        """One request with the service key, straight over the HTTP client (the response hook
+        has raised for a non-2xx answer). The answer is parsed once the response is closed
+        and released (freed after the parsed objects, a large body left holes that the heap
+        kept growing around); an empty answer is None."""
+        sent = {**self._key_headers, **(headers or {})}
         content = None
         if body is not None:
             content = json.dumps(body, separators=(",", ":")).encode()
@@ -345,7 +408,6 @@ class SupabaseApi:
             headers=sent,
         )
         try:
-            response.raise_for_status()
             answer = response.content
         finally:
             response.close()
@@ -353,8 +415,7 @@ class SupabaseApi:
         try:
             return json.loads(answer) if answer else None
         except ValueError as exc:
-            # Not what Supabase sends (a proxy's page, a cut body): like a lost connection,
-            # as supabase-py's Auth client treats it.
+            # Not what Supabase sends (a proxy's page, a cut body): like a lost connection.
             raise httpx.DecodingError(f"the answer is not JSON ({exc})") from exc
 
     # -- the edge --------------------------------------------------------------------------
@@ -363,95 +424,63 @@ class SupabaseApi:
         """Runs `fn` (one request) under the retry policy, translating its errors."""
 
         def attempt() -> T:
-            self._local.response = None
             try:
                 return fn()
-            except (AuthError, APIError, httpx.HTTPError) as exc:
-                raise self.translate(exc, operation) from exc
+            except (_Refusal, httpx.HTTPError) as exc:
+                raise _translate(exc, operation) from exc
 
         return (policy or self.policy).call(operation, attempt)
 
     def _pages(
-        self, operation: str, query: Callable[[], Any], *, limit: int | None, page_size: int | None
+        self,
+        operation: str,
+        page: Callable[[int, int], list[Row]],
+        *,
+        limit: int | None,
+        page_size: int | None,
     ) -> Iterator[Row]:
-        """The one pager: explicit ranges over a query with a total order."""
+        """The one pager: explicit ranges (first and last row) over a query with a total
+        order."""
         page_size = page_size or PAGE_SIZE
         start = 0
         while limit is None or start < limit:
             end = start + page_size - 1 if limit is None else min(start + page_size, limit) - 1
-            response = self.call(operation, partial(_page, query, start, end))
-            rows: list[Row] = response.data or []
+            rows = self.call(operation, partial(page, start, end))
             yield from rows
             if len(rows) < end - start + 1:
                 return
             start = end + 1
 
-    def _remember(self, response: httpx.Response) -> None:
-        # Only what `translate` needs: holding the response itself kept its whole body alive.
-        self._local.response = _Answer(response.status_code, response.headers.get("retry-after"))
-
-    def translate(self, exc: BaseException, operation: str) -> SupabaseError:
-        """Turns a library exception into a `SupabaseError` (never with a secret in it)."""
-        answer: _Answer | None = getattr(self._local, "response", None)
-        status: int | None = answer.status if answer is not None else None
-        retry_after = answer.retry_after if answer is not None else None
-        code: str | None = None
-        message = str(exc) or type(exc).__name__
-        if isinstance(exc, AuthApiError):
-            status = exc.status
-            code = exc.code
-            message = exc.message
-        elif isinstance(exc, AuthRetryableError):
-            status = exc.status or status or 0
-            message = exc.message
-        elif isinstance(exc, AuthError):
-            message = exc.message
-        elif isinstance(exc, APIError):
-            code = exc.code
-            message = exc.message or message
-        elif isinstance(exc, httpx.HTTPStatusError):
-            status = exc.response.status_code
-            retry_after = exc.response.headers.get("retry-after")
-            answer = _Answer(status, retry_after)
-            message = f"HTTP {status}"
-            try:
-                body = exc.response.json()
-            except ValueError:
-                body = None
-            if isinstance(body, dict):
-                code = body.get("code") if isinstance(body.get("code"), str) else None
-                code = code or body.get("error_code")
-                message = str(body.get("message") or body.get("msg") or message)
-        elif isinstance(exc, httpx.HTTPError):
-            status = 0
-            message = f"{type(exc).__name__}: {exc}"
-        if answer is None and status is None:
-            status = 0
-        if status in (401, 403):
-            return KeyRefused(f"{operation}: {message}", status=status, code=code)
-        return SupabaseError(
-            f"{operation}: {message}",
-            status=status,
-            code=code,
-            retriable=is_retriable_status(status, message, code),
-            permanent=status in _PERMANENT_STATUS and code != "email_exists",
-            retry_after=retry_after_seconds(retry_after),
-        )
-
     def close(self) -> None:
         self._http.close()
 
 
-@dataclass(frozen=True, slots=True)
-class _Answer:
-    """The status and Retry-After of the last response a thread received."""
-
-    status: int
-    retry_after: str | None
+def _order_term(term: str) -> str:
+    """`"column"` or `"column.desc"` as PostgREST's order term (`column.asc`)."""
+    column, _, direction = term.partition(".")
+    return f"{column}.{'desc' if direction == 'desc' else 'asc'}"
 
 
-def _page(query: Callable[[], Any], first: int, last: int) -> Any:
-    return query().range(first, last).execute()
+def _user_path(user_id: str) -> str:
+    """admin/users/<id>, for a user id only (it goes into the path)."""
+    try:
+        uuid.UUID(user_id)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"Invalid id, {user_id!r} is not a valid uuid") from exc
+    return f"admin/users/{user_id}"
+
+
+def _proxy_status_code(header: str | None) -> str | None:
+    """The error PostgREST names in a Proxy-Status header (`PostgREST; error=PGRST002`)."""
+    for member in (header or "").split(","):
+        name, *params = member.split(";")
+        if name.strip().strip('"').lower() != "postgrest":
+            continue
+        for param in params:
+            key, _, value = param.partition("=")
+            if key.strip() == "error":
+                return value.strip().strip('"') or None
+    return None
 
 
 def _ordered(builder: Any, order: Sequence[str]) -> Any:
