@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Any
 
 from sync_worker.crm_text import clean_name, normalise_email
 
@@ -29,6 +29,13 @@ class AccountOrigin(StrEnum):
     # An unconfirmed account existed for the email (anyone can create one): crm-sync replaced
     # it with a fresh account (earlier versions took it over in place); docs/SECURITY.md.
     TAKEN_OVER = "taken_over"
+
+
+class EmailKind(StrEnum):
+    """Which welcome email a customer gets (stored as `welcome_email_kind` and in the history)."""
+
+    NEW_ACCOUNT = "new_account"  # an account crm-sync made: a temporary password or a setup link
+    CREDITS_ADDED = "credits_added"  # an account they already use: no credentials at all
 
 
 class CredentialsMode(StrEnum):
@@ -342,6 +349,6 @@ class Credentials:
     (an account the person already uses: no credentials at all).
     """
 
-    kind: Literal["new_account", "credits_added"]
+    kind: EmailKind
     temporary_password: str | None = field(default=None, repr=False)
     setup_link: str | None = field(default=None, repr=False)

@@ -23,7 +23,7 @@ from typing import TypeVar
 import structlog
 
 from sync_worker.customers import InvalidCrmRow, TrackedCustomer
-from sync_worker.errors import DependencyUnavailable, KeyRefused, SupabaseError
+from sync_worker.errors import Dependency, DependencyUnavailable, KeyRefused, SupabaseError
 from sync_worker.options import CycleOptions
 from sync_worker.pipeline import HandOff, batches, map_bounded
 from sync_worker.plan import (
@@ -138,7 +138,7 @@ def _reading_supabase(what: str) -> Iterator[None]:
     except KeyRefused:
         raise
     except SupabaseError as exc:
-        raise DependencyUnavailable("Supabase", f"reading {what}: {exc}") from exc
+        raise DependencyUnavailable(Dependency.SUPABASE, f"reading {what}: {exc}") from exc
 
 
 def _reading(what: str, rows: Iterable[T]) -> Iterator[T]:

@@ -22,7 +22,7 @@ and always exits 2.
 
 from __future__ import annotations
 
-from enum import IntEnum
+from enum import IntEnum, StrEnum
 
 
 class ExitCode(IntEnum):
@@ -34,6 +34,15 @@ class ExitCode(IntEnum):
     UNAVAILABLE = 69
     SOFTWARE = 70  # an internal error (a bug): reported, masked, never a traceback of secrets
     TEMPFAIL = 75
+
+
+class Dependency(StrEnum):
+    """What a cycle depends on, as errors, aborts and logs name it."""
+
+    CRM = "CRM database"
+    SUPABASE = "Supabase"
+    SUPABASE_DATABASE = "Supabase database"  # migrations connect to it directly
+    MAIL = "mail"
 
 
 class ConfigError(Exception):
@@ -55,7 +64,7 @@ class DependencyUnavailable(SyncError):
 
     exit_code = ExitCode.UNAVAILABLE
 
-    def __init__(self, dependency: str, reason: str) -> None:
+    def __init__(self, dependency: Dependency, reason: str) -> None:
         self.dependency = dependency
         self.reason = reason
         super().__init__(f"{dependency} is unreachable: {reason}")
@@ -166,4 +175,4 @@ def supabase_unavailable(exc: SupabaseError) -> DependencyUnavailable:
     hint = ""
     if exc.code in {"PGRST202", "PGRST205", "42883", "42P01"} or exc.status == 404:
         hint = " (are the migrations applied? run `crm-sync migrate`)"
-    return DependencyUnavailable("Supabase", f"{exc}{hint}")
+    return DependencyUnavailable(Dependency.SUPABASE, f"{exc}{hint}")

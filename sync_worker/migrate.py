@@ -14,7 +14,7 @@ from importlib import resources
 
 import psycopg
 
-from sync_worker.errors import DependencyUnavailable, MigrationError, first_line
+from sync_worker.errors import Dependency, DependencyUnavailable, MigrationError, first_line
 
 # An arbitrary constant shared by every crm-sync migrator: pg_advisory_lock(bigint).
 MIGRATION_LOCK_KEY = 0x63726D73796E63  # "crmsync"
@@ -114,7 +114,7 @@ def migrate(db_url: str, *, dry_run: bool = False) -> MigrationResult:
     try:
         conn = psycopg.connect(db_url, autocommit=True, connect_timeout=10)
     except psycopg.OperationalError as exc:
-        raise DependencyUnavailable("supabase database", first_line(exc)) from exc
+        raise DependencyUnavailable(Dependency.SUPABASE_DATABASE, first_line(exc)) from exc
     with conn:
         conn.execute("select pg_advisory_lock(%s)", (MIGRATION_LOCK_KEY,))
         try:

@@ -29,6 +29,7 @@ from sync_worker.customers import (
     Credentials,
     CredentialsMode,
     CrmCustomer,
+    EmailKind,
     IdentityHolder,
 )
 from sync_worker.errors import SupabaseError
@@ -250,23 +251,23 @@ def issue_credentials(
         SupabaseError: the Auth API failed (after retries).
     """
     if origin is AccountOrigin.LINKED:
-        return Credentials("credits_added")
+        return Credentials(EmailKind.CREDITS_ADDED)
     if mode is CredentialsMode.SETUP_LINK:
         if not just_created and provisioner.get_account(user_id).owner_signed_in:
             # They chose a password already: a new link would only reset it.
-            return Credentials("credits_added")
+            return Credentials(EmailKind.CREDITS_ADDED)
         token_hash = provisioner.recovery_token_hash(
             email, user_id, reuse_seconds=setup_link_reuse_seconds
         )
-        return Credentials("new_account", setup_link=setup_link_url(setup_url, token_hash))
+        return Credentials(EmailKind.NEW_ACCOUNT, setup_link=setup_link_url(setup_url, token_hash))
     if fresh_password is not None:
-        return Credentials("new_account", temporary_password=fresh_password)
+        return Credentials(EmailKind.NEW_ACCOUNT, temporary_password=fresh_password)
     account = provisioner.get_account(user_id)
     if account.owner_signed_in:
         # They already have working credentials: never reset a used account's password.
-        return Credentials("credits_added")
+        return Credentials(EmailKind.CREDITS_ADDED)
     # A retried email carries the password an earlier one may have delivered: the same one,
     # set again right before (an account of an earlier version had a random one).
     password = temporary_password(key, email, account.credential_nonce)
     provisioner.set_temporary_password(user_id, password)
-    return Credentials("new_account", temporary_password=password)
+    return Credentials(EmailKind.NEW_ACCOUNT, temporary_password=password)

@@ -8,7 +8,13 @@ from collections.abc import Callable
 from sync_worker.clock import SYSTEM_CLOCK, Clock
 from sync_worker.customers import Outcome
 from sync_worker.cycle import run_cycle
-from sync_worker.errors import DependencyUnavailable, KeyRefused, SupabaseError, SyncError
+from sync_worker.errors import (
+    Dependency,
+    DependencyUnavailable,
+    KeyRefused,
+    SupabaseError,
+    SyncError,
+)
 from sync_worker.lease import SyncLease
 from sync_worker.report import CycleReport
 from sync_worker.runs import RunHistory
@@ -70,4 +76,4 @@ def run_guarded_cycle(
     except KeyRefused:
         raise
     except SupabaseError as exc:
-        raise DependencyUnavailable("Supabase", str(exc)) from exc
+        raise DependencyUnavailable(Dependency.SUPABASE, str(exc)) from exc

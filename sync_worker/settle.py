@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import Any
 
 from sync_worker.customers import AccountOrigin, CustomerFailure, EnrolmentResult, Outcome
+from sync_worker.errors import Dependency
 from sync_worker.plan import Action, Skip, SyncPlan, next_attempt_delay
 
 # After this many customers in a row fail for a reason that says "the service is down", the
@@ -28,7 +29,7 @@ MAX_REASON_LENGTH = 1000
 class Abort:
     """Why a cycle was cut short: a dependency that is down."""
 
-    dependency: str
+    dependency: Dependency
     reason: str
 
     def __str__(self) -> str:
@@ -82,7 +83,11 @@ class CycleTally:
             return self.halted
 
     def fail(
-        self, failure: CustomerFailure, dependency: str = "Supabase", *, in_a_row: bool = True
+        self,
+        failure: CustomerFailure,
+        dependency: Dependency = Dependency.SUPABASE,
+        *,
+        in_a_row: bool = True,
     ) -> None:
         """Notes one customer's failure; with `in_a_row`, enough outages one after another
         abort the cycle (a batch call's failure, noted per customer, does not count so)."""
@@ -116,7 +121,7 @@ class CycleTally:
             for email in emails:
                 self._note(email, deactivated=True)
 
-    def abort(self, dependency: str, reason: str) -> None:
+    def abort(self, dependency: Dependency, reason: str) -> None:
         """Cuts the cycle short (the first reason wins)."""
         with self._lock:
             if self.aborted is None:

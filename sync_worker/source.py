@@ -18,7 +18,13 @@ import psycopg
 from psycopg import sql
 
 from sync_worker.customers import CrmGroup, CrmRow
-from sync_worker.errors import CrmDataError, CrmSourceError, DependencyUnavailable, first_line
+from sync_worker.errors import (
+    CrmDataError,
+    CrmSourceError,
+    Dependency,
+    DependencyUnavailable,
+    first_line,
+)
 from sync_worker.shards import Shard
 
 STATEMENT_TIMEOUT_MS = 120_000
@@ -124,7 +130,7 @@ def stream_groups(
     try:
         conn = psycopg.connect(database_url, connect_timeout=10)
     except psycopg.OperationalError as exc:
-        raise DependencyUnavailable("CRM database", first_line(exc)) from exc
+        raise DependencyUnavailable(Dependency.CRM, first_line(exc)) from exc
     try:
         with conn:
             conn.read_only = True
@@ -144,7 +150,7 @@ def stream_groups(
             "check CRM_TABLE and the CRM_*_COLUMN variables"
         ) from exc
     except psycopg.OperationalError as exc:
-        raise DependencyUnavailable("CRM database", first_line(exc)) from exc
+        raise DependencyUnavailable(Dependency.CRM, first_line(exc)) from exc
     except psycopg.errors.DataError as exc:
         # Data, not configuration: never exit 2 for it.
         raise CrmDataError(f"reading the CRM failed on its data: {first_line(exc)}") from exc

@@ -11,7 +11,14 @@ from __future__ import annotations
 import structlog
 
 from sync_worker.customers import CustomerFailure, Step
-from sync_worker.errors import MailError, MailUnavailable, SupabaseError, SyncError, is_outage
+from sync_worker.errors import (
+    Dependency,
+    MailError,
+    MailUnavailable,
+    SupabaseError,
+    SyncError,
+    is_outage,
+)
 from sync_worker.options import CycleOptions
 from sync_worker.plan import Provision
 from sync_worker.ports import ENROL_BATCH_SIZE, CycleServices, Provisioner
@@ -63,7 +70,7 @@ def enrol(
     once Supabase is down; a mail server that is down stops the emails, not the enrolments."""
     enrolled: list[CustomerWork] = []
     for start in range(0, len(works), ENROL_BATCH_SIZE):
-        if tally.aborted is not None and tally.aborted.dependency == "Supabase":
+        if tally.aborted is not None and tally.aborted.dependency is Dependency.SUPABASE:
             break
         chunk = {work.email: work for work in works[start : start + ENROL_BATCH_SIZE]}
         try:
@@ -72,7 +79,7 @@ def enrol(
             )
         except SupabaseError as exc:
             if exc.retriable:
-                tally.abort("Supabase", f"enrolment: {exc}")
+                tally.abort(Dependency.SUPABASE, f"enrolment: {exc}")
             for email in chunk:
                 tally.fail(failure_of(services, email, Step.ENROL, exc), in_a_row=False)
             continue
@@ -118,7 +125,7 @@ def send_welcome_emails(
                 mailer.send(message)
             except MailUnavailable as exc:
                 # Every later message would fail too; they stay owed for the next cycle.
-                tally.abort("mail", str(exc))
+                tally.abort(Dependency.MAIL, str(exc))
                 log.error("mail_unavailable", error=str(exc))
                 break
             except (MailError, SupabaseError) as exc:

@@ -18,7 +18,7 @@ from pydantic import BaseModel, Field
 from sync_worker.auth_admin import account_from
 from sync_worker.clock import SYSTEM_CLOCK, Clock
 from sync_worker.crm_text import normalise_email
-from sync_worker.customers import CrmCustomer, Outcome
+from sync_worker.customers import CrmCustomer, EmailKind, Outcome
 from sync_worker.display import printable
 from sync_worker.errors import ConfigError
 from sync_worker.lease import SyncLease
@@ -104,7 +104,7 @@ def resend(
 
 
 class SentWelcomeEmail(BaseModel):
-    kind: str
+    kind: EmailKind
     sent_at: datetime
     run_id: str | None = None
     message_id: str | None = None

@@ -25,10 +25,10 @@ from email.mime.nonmultipart import MIMENonMultipart
 from email.utils import formataddr, formatdate, parseaddr
 from html import escape
 from string import Template
-from typing import Literal, NamedTuple
+from typing import NamedTuple
 
 from sync_worker.crm_text import clean_name
-from sync_worker.customers import Credentials
+from sync_worker.customers import Credentials, EmailKind
 from sync_worker.masking import MASK
 
 __all__ = [
@@ -40,8 +40,6 @@ __all__ = [
     "render_bodies",
     "render_subject",
 ]
-
-EmailKind = Literal["new_account", "credits_added"]
 
 # The seed's pricing for CRM customers: every pack is 3 credits for $9.99.
 MORE_CREDITS = 3
@@ -89,7 +87,7 @@ class WelcomeEmail:
     digest_key: bytes = field(default=b"", repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if self.kind not in ("new_account", "credits_added"):
+        if self.kind not in tuple(EmailKind):
             raise ValueError(
                 f"WelcomeEmail.kind must be new_account or credits_added, not {self.kind!r}"
             )
@@ -98,11 +96,11 @@ class WelcomeEmail:
         if self.credits < 0 or (self.credits_granted or 0) < 0:
             raise ValueError("WelcomeEmail credits must not be negative")
         given = (self.temporary_password is not None) + (self.setup_link is not None)
-        if self.kind == "new_account" and given != 1:
+        if self.kind == EmailKind.NEW_ACCOUNT and given != 1:
             raise ValueError(
                 "a new_account email needs exactly one of temporary_password and setup_link"
             )
-        if self.kind == "credits_added" and given:
+        if self.kind == EmailKind.CREDITS_ADDED and given:
             raise ValueError("a credits_added email carries no password and no setup link")
 
     @property
@@ -241,7 +239,7 @@ def compose(
 ) -> WelcomeEmail:
     """The welcome email of one customer (pure): their credentials, or the credits added to
     an account they already use, with the reset path for such an account."""
-    added = credentials.kind == "credits_added"
+    added = credentials.kind == EmailKind.CREDITS_ADDED
     return WelcomeEmail(
         to=to,
         name=name,
@@ -258,7 +256,7 @@ def compose(
 
 def render_subject(email: WelcomeEmail) -> str:
     """The subject line for `email`."""
-    if email.kind == "new_account":
+    if email.kind == EmailKind.NEW_ACCOUNT:
         return "Your CareerCast Digital Resume account is ready"
     granted = email.credits_granted
     if granted is None:
@@ -271,7 +269,7 @@ def render_bodies(email: WelcomeEmail) -> tuple[str, str]:
     """The (text, html) bodies of `email`, as the Resend API takes them."""
     values = _values(email)
     html_values = _html_values(values)
-    if email.kind == "credits_added":
+    if email.kind == EmailKind.CREDITS_ADDED:
         reset_text, reset_html = _reset_texts(email)
         text = _TEXT_CREDITS_ADDED.substitute(values, reset_text=reset_text)
         content = _HTML_CREDITS_ADDED.substitute(html_values, reset_html=reset_html)
@@ -346,7 +344,7 @@ class SentEmail(NamedTuple):
     Message-ID (kept in the history, `crm_sync_welcome_emails`)."""
 
     email: str
-    kind: str
+    kind: EmailKind
     run_id: str | None = None
     message_id: str | None = None
 

@@ -60,8 +60,8 @@ def test_a_policy_tells_its_own_listeners_of_every_retry_and_only_them() -> None
 
 def test_the_mailer_of_a_cycle_retries_under_the_listeners_of_its_supabase_policy() -> None:
     from sync_worker.config import Settings
-    from sync_worker.smtp_mailer import SmtpMailer
     from sync_worker.services import LiveServices
+    from sync_worker.smtp_mailer import SmtpMailer
 
     settings = Settings(
         _env_file=None,  # type: ignore[call-arg]
