@@ -265,6 +265,21 @@ def test_every_table_has_row_level_security(db: psycopg.Connection[Any]) -> None
     assert rows == []
 
 
+def test_no_sequence_is_usable_by_anon_or_a_signed_in_user(db: psycopg.Connection[Any]) -> None:
+    """A sequence a visitor may read or advance tells how many rows its table ever had."""
+    open_ = db.execute(
+        "select c.relname, r.rolname from pg_class c"
+        " join pg_namespace n on n.oid = c.relnamespace"
+        " cross join (values ('anon'), ('authenticated')) as r(rolname)"
+        " where n.nspname = 'public' and c.relkind = 'S'"
+        " and (has_sequence_privilege(r.rolname, c.oid, 'USAGE')"
+        "      or has_sequence_privilege(r.rolname, c.oid, 'SELECT')"
+        "      or has_sequence_privilege(r.rolname, c.oid, 'UPDATE'))"
+        " order by 1, 2"
+    ).fetchall()
+    assert open_ == []
+
+
 def test_service_role_has_full_access(db: psycopg.Connection[Any], people: dict[str, User]) -> None:
     assert people
     with acting_as(db, "service_role"):
