@@ -14,6 +14,7 @@ from psycopg import sql
 
 from supabase_sandbox import database
 from sync_worker import crm_changes
+from sync_worker.cli import main
 from sync_worker.crm_changes import (
     change_capture_installed,
     install,
@@ -183,6 +184,28 @@ def table_definition(conn: psycopg.Connection[Any], table: str) -> dict[str, Any
         "policies": fetch("select polname from pg_policy where polrelid = %(t)s::regclass"),
         "data": fetch(f"select md5(string_agg(t::text, ',' order by t::text)) from {table} t"),
     }
+
+
+def run_cli(
+    monkeypatch: pytest.MonkeyPatch,
+    url: str,
+    *args: str,
+    columns: CrmColumns = LIVE,
+) -> int:
+    monkeypatch.setenv("CRM_DATABASE_URL", url)
+    monkeypatch.setenv("CRM_TABLE", columns.table)
+    monkeypatch.setenv("CRM_EMAIL_COLUMN", columns.email)
+    monkeypatch.setenv("CRM_ELIGIBILITY_COLUMN", columns.eligibility)
+    monkeypatch.setenv("CRM_NAME_COLUMN", columns.name)
+    monkeypatch.setenv("CRM_ID_COLUMN", columns.lead_id)
+    return main(["crm-setup", *args])
+
+
+@pytest.fixture(autouse=True)
+def _no_dotenv(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    monkeypatch.chdir(tmp_path)  # no .env here
+    for name in ("CRM_TABLE", "CRM_NAME_COLUMN", "CRM_ID_COLUMN", "LOG_LEVEL"):
+        monkeypatch.delenv(name, raising=False)
 
 
 # -- installing ---------------------------------------------------------------------------
@@ -435,6 +458,58 @@ def test_a_notification_arrives_at_commit_once_per_transaction(
 # -- dry run, uninstall, the CRM table ----------------------------------------------------
 
 
+def test_dry_run_executes_nothing_and_prints_the_sql(
+    crm: str,
+    owner: psycopg.Connection[Any],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    before = table_definition(owner, "sales_closure")
+    assert run_cli(monkeypatch, crm, "--dry-run") == 0
+    out = capsys.readouterr().out
+    assert 'create schema if not exists "crm_sync"' in out
+    assert 'create table if not exists "crm_sync"."changes"' in out
+    assert 'create or replace trigger "crm_sync_changes"' in out
+    assert out.splitlines()[1] == "begin;"
+    assert out.splitlines()[-1] == "commit;"
+    assert not schema_exists(owner)
+    assert triggers(owner) == []
+    assert table_definition(owner, "sales_closure") == before
+
+    install(crm, LIVE)
+    assert run_cli(monkeypatch, crm, "--uninstall", "--dry-run") == 0
+    out = capsys.readouterr().out
+    assert 'drop trigger if exists "crm_sync_changes" on "public"."sales_closure"' in out
+    assert 'drop schema if exists "crm_sync"' in out
+    assert change_capture_installed(owner, LIVE)
+
+
+def test_uninstall_removes_everything_and_the_crm_table_is_never_altered(
+    crm: str,
+    owner: psycopg.Connection[Any],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    before = table_definition(owner, "sales_closure")
+    assert run_cli(monkeypatch, crm) == 0
+    assert "change capture installed: trigger crm_sync_changes on public.sales_closure" in (
+        capsys.readouterr().out
+    )
+    assert table_definition(owner, "sales_closure") == before
+    owner.execute("insert into sales_closure (email) values ('kept@example.com')")
+    owner.execute("delete from sales_closure where email = 'kept@example.com'")
+
+    assert run_cli(monkeypatch, crm, "--uninstall") == 0
+    assert "change capture uninstalled" in capsys.readouterr().out
+    assert not schema_exists(owner)
+    assert triggers(owner) == []
+    assert table_definition(owner, "sales_closure") == before
+    assert not change_capture_installed(owner, LIVE)
+    # Again: nothing to do, still fine.
+    assert run_cli(monkeypatch, crm, "--uninstall") == 0
+    assert "not installed" in capsys.readouterr().out
+
+
 def test_a_failed_install_leaves_nothing_behind(
     crm: str, owner: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -485,6 +560,23 @@ def test_installed_means_installed_as_configured(crm: str, owner: psycopg.Connec
     assert not change_capture_installed(owner, without_name)
 
 
+def test_someone_elses_trigger_of_that_name_is_left_alone(
+    crm: str,
+    owner: psycopg.Connection[Any],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    owner.execute(
+        "create function public.theirs() returns trigger language plpgsql"
+        " as $$ begin return null; end $$;"
+        " create trigger crm_sync_changes after insert on sales_closure"
+        " for each row execute function public.theirs()"
+    )
+    assert run_cli(monkeypatch, crm) == 2
+    assert "already has a trigger named crm_sync_changes" in capsys.readouterr().err
+    assert not schema_exists(owner)
+
+
 def test_uninstall_keeps_everything_when_the_schema_holds_something_else(
     crm: str, owner: psycopg.Connection[Any]
 ) -> None:
@@ -495,7 +587,103 @@ def test_uninstall_keeps_everything_when_the_schema_holds_something_else(
     assert change_capture_installed(owner, LIVE)
 
 
+def test_a_wrong_table_or_column_is_a_configuration_error(
+    crm: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run_cli(monkeypatch, crm, columns=CrmColumns(table="no_such")) == 2
+    assert "CRM_TABLE: the CRM database has no table no_such" in capsys.readouterr().err
+    wrong = CrmColumns(email="mail", eligibility="digital_sale_resume", name="nom")
+    assert run_cli(monkeypatch, crm, columns=wrong) == 2
+    err = capsys.readouterr().err
+    assert "CRM_EMAIL_COLUMN: the CRM table sales_closure has no column 'mail'" in err
+    assert "CRM_NAME_COLUMN: the CRM table sales_closure has no column 'nom'" in err
+    assert run_cli(monkeypatch, "postgresql://postgres:hunter22@127.0.0.1:1/crm") == 69
+    captured = capsys.readouterr()
+    assert "hunter22" not in captured.out + captured.err
+
+
 # -- rights -------------------------------------------------------------------------------
+
+
+def test_a_role_without_rights_is_told_what_to_grant_and_nothing_is_created(
+    crm: str,
+    owner: psycopg.Connection[Any],
+    make_role: MakeRole,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    reader = make_role("grant select on sales_closure to {role}")
+    before = table_definition(owner, "sales_closure")
+    role = urlsplit(reader).username
+    assert run_cli(monkeypatch, reader) == 2
+    err = capsys.readouterr().err
+    problems = [line for line in err.splitlines() if line.startswith("configuration error:")]
+    assert len(problems) == 3, err
+    database_name = urlsplit(crm).path.lstrip("/")
+    assert f"lacks CREATE on database {database_name}" in problems[0]
+    assert f'GRANT CREATE ON DATABASE "{database_name}" TO "{role}";' in problems[0]
+    assert f'CREATE SCHEMA "crm_sync" AUTHORIZATION "{role}";' in problems[0]
+    assert "lacks TRIGGER on table public.sales_closure" in problems[1]
+    assert f'GRANT TRIGGER ON TABLE "public"."sales_closure" TO "{role}";' in problems[1]
+    assert "nothing was installed" in problems[2]
+    assert not schema_exists(owner)
+    assert triggers(owner) == []
+    assert table_definition(owner, "sales_closure") == before
+
+    # The dry run shows the SQL all the same, and what is missing to run it.
+    assert run_cli(monkeypatch, reader, "--dry-run") == 2
+    captured = capsys.readouterr()
+    assert "create or replace trigger" in captured.out
+    assert "lacks TRIGGER on table public.sales_closure" in captured.err
+    assert not schema_exists(owner)
+
+
+def test_the_documented_grants_are_enough(
+    crm: str,
+    owner: psycopg.Connection[Any],
+    make_role: MakeRole,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """docs/CHANGE-CAPTURE.md: the schema created for the worker's role and TRIGGER on the
+    table; installing again needs nothing more; the CRM's writers need nothing at all."""
+    worker = make_role(
+        "grant select on sales_closure to {role}",
+        "create schema crm_sync authorization {role}",
+        "grant trigger on table public.sales_closure to {role}",
+    )
+    with psycopg.connect(worker, autocommit=True) as conn:
+        assert missing_rights(conn, LIVE) == []
+    assert run_cli(monkeypatch, worker) == 0
+    assert run_cli(monkeypatch, worker) == 0
+    capsys.readouterr()
+
+    writer = make_role(
+        "grant select, insert, update, delete on sales_closure to {role}",
+        "grant usage on sequence sales_closure_id_seq to {role}",
+    )
+    with psycopg.connect(writer, autocommit=True) as conn:
+        conn.execute("insert into sales_closure (email) values ('w@example.com')")
+        conn.execute(
+            "update sales_closure set email = 'w2@example.com' where email = 'w@example.com'"
+        )
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("select * from crm_sync.changes")
+    with psycopg.connect(worker, autocommit=True) as conn:
+        read = pending(conn, limit=10)
+        assert [c.email for c in read] == ["w@example.com", "w2@example.com", "w@example.com"]
+        assert crm_changes.delete(conn, [c.id for c in read]) == 3
+
+        # Dropping a trigger takes the table's ownership: the table's owner drops it.
+        assert [m for m in missing_rights(conn, LIVE, uninstall=True) if "ownership" in m]
+    assert run_cli(monkeypatch, worker, "--uninstall") == 2
+    err = capsys.readouterr().err
+    assert "lacks the ownership of table public.sales_closure (owned by 'postgres')" in err
+    assert 'DROP TRIGGER IF EXISTS "crm_sync_changes" ON "public"."sales_closure";' in err
+    assert change_capture_installed(owner, LIVE)
+    owner.execute('DROP TRIGGER IF EXISTS "crm_sync_changes" ON "public"."sales_closure"')
+    assert run_cli(monkeypatch, worker, "--uninstall") == 0
+    assert not schema_exists(owner)
 
 
 def test_create_on_the_database_lets_the_role_create_the_schema(
@@ -518,3 +706,9 @@ def test_create_on_the_database_lets_the_role_create_the_schema(
     assert len(problems) == 2
     assert "lacks the ownership of table crm_sync.changes" in problems[0]
     assert "lacks the ownership of function crm_sync.record_change" in problems[1]
+
+
+def test_help_lists_the_command(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "  crm-setup [--dry-run] [--uninstall]" in capsys.readouterr().out
