@@ -28,6 +28,9 @@ commands:
   deactivations [--json]     the deactivations a tripped guard held back, per run
   deactivations --approve RUN_ID   deactivate exactly that run's held-back set
   verify [--repair]          check credits, stats and isolation; --repair fixes stats and mirrors
+  crm-setup [--dry-run] [--uninstall]
+                             install change capture on the CRM (a trigger and a change
+                             table in the schema crm_sync); --uninstall removes it
   config                     print the effective configuration, secrets masked
 
 exit codes of a one-off run:
@@ -79,6 +82,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     verify = commands.add_parser("verify", help="check the success metrics")
     verify.add_argument("--repair", action="store_true", help="fix stats and mirrors")
+
+    crm_setup = commands.add_parser(
+        "crm-setup", help="install change capture on the CRM database (optional)"
+    )
+    crm_setup.add_argument(
+        "--dry-run", action="store_true", default=argparse.SUPPRESS, help="print the SQL only"
+    )
+    crm_setup.add_argument("--uninstall", action="store_true", help="remove change capture")
 
     commands.add_parser("config", help="print the effective configuration, secrets masked")
     return parser

@@ -82,6 +82,36 @@ def _cmd_migrate(args: argparse.Namespace, edge: _Edge) -> int:
     return ExitCode.OK
 
 
+def _cmd_crm_setup(args: argparse.Namespace, edge: _Edge) -> int:
+    """`crm-sync crm-setup [--dry-run] [--uninstall]`: installs (or removes) change capture on
+    the CRM database; it needs the CRM settings only."""
+    from sync_worker import crm_changes  # noqa: PLC0415 (this command's own)
+    from sync_worker.services import crm_columns  # noqa: PLC0415
+
+    settings = edge.load(config.CrmSettings)
+    columns = crm_columns(settings)
+    act = crm_changes.uninstall if args.uninstall else crm_changes.install
+    plan = act(settings.crm_database_url.get_secret_value(), columns, dry_run=args.dry_run)
+    if args.dry_run:
+        print("-- what crm-sync crm-setup would run, in one transaction")
+        print("begin;")
+        for statement in plan.statements:
+            print(f"{statement};")
+        print("commit;")
+        if plan.missing:
+            raise ConfigError(list(plan.missing))
+    else:
+        print(plan.summary)
+    log.info(
+        "crm_setup_finished",
+        uninstall=args.uninstall,
+        dry_run=args.dry_run,
+        statements=len(plan.statements),
+        missing=len(plan.missing),
+    )
+    return ExitCode.OK
+
+
 def _cmd_run(args: argparse.Namespace, edge: _Edge) -> int:
     settings = edge.load(config.Settings)
     if not args.once and not args.dry_run:
@@ -192,6 +222,7 @@ def _cmd_verify(args: argparse.Namespace, edge: _Edge) -> int:
 
 _COMMANDS: dict[str, Callable[[argparse.Namespace, _Edge], int]] = {
     "config": _cmd_config,
+    "crm-setup": _cmd_crm_setup,
     "migrate": _cmd_migrate,
     "deactivations": _cmd_deactivations,
     "resend": _cmd_resend,

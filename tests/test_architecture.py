@@ -24,7 +24,16 @@ def test_the_core_imports_no_io_library() -> None:
 
 
 # The modules that talk to the world: Supabase, the CRM, the mail server.
-ADAPTERS = ("supabase_api", "record", "auth_admin", "mailers", "source", "state", "services")
+ADAPTERS = (
+    "supabase_api",
+    "record",
+    "auth_admin",
+    "mailers",
+    "source",
+    "crm_changes",
+    "state",
+    "services",
+)
 
 
 def test_the_cycle_imports_no_adapter() -> None:
