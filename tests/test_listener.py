@@ -34,6 +34,7 @@ from sync_worker.listener import (
     describe_target,
 )
 from sync_worker.logs import configure_logging
+from sync_worker.metrics import SyncMetrics
 
 FAST = Backoff(initial=0.01, factor=2.0, cap=0.05)
 WAIT = 5.0  # the longest any condition is waited for; met within a fraction of it
@@ -513,10 +514,15 @@ class Muffled(psycopg.Connection[Any]):
                 yield note
 
 
-def test_deaf_then_hearing_probes_again_it_is_listening(
+def test_deaf_then_hearing_probes_again_it_is_listening_and_the_gauge_follows(
     db: psycopg.Connection[Any], channel: str, make_listener: Any, lines: Lines
 ) -> None:
+    metrics = SyncMetrics()
     recorder = Recorder()
+
+    def on_state(state: ListenerState, reason: str) -> None:
+        metrics.observe_listener_state(state)
+        recorder.on_state(state, reason)
 
     class Muted(Muffled):
         muffled = threading.Event()
@@ -524,15 +530,20 @@ def test_deaf_then_hearing_probes_again_it_is_listening(
     Muted.muffled.set()
     listener = make_listener(
         recorder,
+        on_state=on_state,
         connection_class=Muted,
         probe_seconds=0.1,
         probe_timeout=0.15,
     )
     recorder.wait_for(lambda: listener.state is ListenerState.DEAF, "deaf")
+    exposition = metrics.exposition().decode()
+    assert 'crm_sync_listener_state{state="deaf"} 1.0' in exposition
+    assert 'crm_sync_listener_state{state="listening"} 0.0' in exposition
 
     Muted.muffled.clear()
     recorder.wait_for(listening(listener), "listening again")
     assert lines.events("listener_hearing_again")
+    assert 'crm_sync_listener_state{state="listening"} 1.0' in metrics.exposition().decode()
     commit_change(db, channel)
     recorder.wait_for(lambda: bool(recorder.reasons(WakeReason.NOTIFIED)), "a notified wake")
     assert [s for s, _ in recorder.states][-2:] == [ListenerState.DEAF, ListenerState.LISTENING]
