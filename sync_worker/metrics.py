@@ -7,6 +7,7 @@ import time
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from sync_worker.customers import Outcome, Step
+from sync_worker.listener import ListenerState
 from sync_worker.report import CycleReport
 
 
@@ -57,6 +58,14 @@ class SyncMetrics:
             registry=self.registry,
         )
 
+        self.listener_state = Gauge(
+            "crm_sync_listener_state",
+            "The change listener's state: 1 for the current one (listening, deaf, down, "
+            "stopped), 0 for the others; absent while the daemon does not listen.",
+            ["state"],
+            registry=self.registry,
+        )
+
     def observe_cycle(self, report: CycleReport) -> None:
         outcome = report.outcome
         self.cycles.labels(outcome.value).inc()
@@ -82,6 +91,11 @@ class SyncMetrics:
         self.deactivation_guard.set(1 if report.deactivation_blocked else 0)
         if outcome is Outcome.SUCCEEDED:
             self.last_success.set(time.time())
+
+    def observe_listener_state(self, state: ListenerState) -> None:
+        """One series per state, so `crm_sync_listener_state{state="deaf"} == 1` alerts."""
+        for each in ListenerState:
+            self.listener_state.labels(each.value).set(1 if each is state else 0)
 
     def observe_retry(self, operation: str) -> None:
         self.retries.labels(operation).inc()
