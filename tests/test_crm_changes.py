@@ -23,8 +23,8 @@ from sync_worker.crm_changes import (
     pending,
     uninstall,
 )
-from sync_worker.customers import shard_of
 from sync_worker.errors import CrmSourceError, DependencyUnavailable
+from sync_worker.shards import shard_of
 from sync_worker.source import CrmColumns, stream_groups
 
 LIVE = CrmColumns(
