@@ -21,6 +21,7 @@ Provision CareerCast (Supabase) accounts for CRM customers with a Digital Resume
 
 commands:
   run [--once] [--dry-run]   daemon (scheduler + health server) until SIGTERM; --once: one cycle
+  --once --email EMAIL ...   one targeted cycle for these customers only (support)
   migrate [--dry-run]        apply the SQL migrations to SUPABASE_DB_URL
   status [EMAIL] [--json]    last runs, pending and failed customers, monitoring queries;
                              with EMAIL: that customer's story (account, enrolment, emails)
@@ -57,12 +58,20 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="with --once: let this one cycle deactivate more than the guard allows",
     )
+    parser.add_argument(
+        "--email",
+        action="append",
+        dest="emails",
+        metavar="EMAIL",
+        help="with --once: a targeted cycle for this customer only (repeatable)",
+    )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     run = commands.add_parser("run", help="daemon, or one cycle with --once")
     run.add_argument("--once", action="store_true", default=argparse.SUPPRESS)
     run.add_argument("--dry-run", action="store_true", default=argparse.SUPPRESS)
     run.add_argument("--allow-mass-deactivation", action="store_true", default=argparse.SUPPRESS)
+    run.add_argument("--email", action="append", dest="emails", default=argparse.SUPPRESS)
 
     migrate = commands.add_parser("migrate", help="apply the SQL migrations")
     migrate.add_argument(

@@ -114,6 +114,9 @@ def _cmd_crm_setup(args: argparse.Namespace, edge: _Edge) -> int:
 
 def _cmd_run(args: argparse.Namespace, edge: _Edge) -> int:
     settings = edge.load(config.Settings)
+    keys = targeted_keys(args.emails, settings) if args.emails else None
+    if keys is not None and not (args.once or args.dry_run):
+        raise ConfigError(["--email: works with --once (or --dry-run): one targeted cycle"])
     if not args.once and not args.dry_run:
         from sync_worker.daemon import Daemon  # noqa: PLC0415 (the scheduler: the daemon's own)
 
@@ -136,6 +139,7 @@ def _cmd_run(args: argparse.Namespace, edge: _Edge) -> int:
                 should_stop=stop.requested.is_set,
                 lease_ttl_seconds=settings.sync_lease_ttl_seconds,
                 in_flight=in_flight,
+                keys=keys,
             ),
             stop=stop.requested,
             grace=settings.sync_shutdown_grace_seconds,
@@ -145,6 +149,35 @@ def _cmd_run(args: argparse.Namespace, edge: _Edge) -> int:
         )
     print(report.render())
     return report.exit_code
+
+
+def targeted_keys(emails: list[str], settings: config.Settings) -> list[str]:
+    """The CRM order keys of the customers `--email` names (trimmed, lower-cased, as the CRM
+    reader and the change table key them), each checked to be this worker's shard's.
+
+    Raises:
+        ConfigError: an email that cannot be one, or of another shard (exit 2).
+    """
+    from sync_worker.crm_text import normalise_email  # noqa: PLC0415
+    from sync_worker.shards import shard_of  # noqa: PLC0415
+
+    count = settings.sync_shard_count
+    keys, problems = [], []
+    for raw in emails:
+        email, reason = normalise_email(raw)
+        if email is None:
+            problems.append(f"--email {raw!r}: {reason}")
+            continue
+        if shard_of(email, count) != settings.sync_shard_index:
+            problems.append(
+                f"--email {email}: belongs to shard {shard_of(email, count)} of {count}; run"
+                f" with SYNC_SHARD_INDEX={shard_of(email, count)}"
+            )
+            continue
+        keys.append(raw.strip(" \t\r\n").lower())
+    if problems:
+        raise ConfigError(problems)
+    return sorted(set(keys))
 
 
 def _cmd_status(args: argparse.Namespace, edge: _Edge) -> int:

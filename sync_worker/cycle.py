@@ -23,6 +23,7 @@ from typing import TypeVar
 import structlog
 
 from sync_worker.customers import InvalidCrmRow, TrackedCustomer
+from sync_worker.deactivations import full_cycle_allows, targeted_cycle_allows
 from sync_worker.errors import Dependency, DependencyUnavailable, KeyRefused, SupabaseError
 from sync_worker.options import CycleOptions
 from sync_worker.pipeline import HandOff, batches, map_bounded
@@ -33,9 +34,7 @@ from sync_worker.plan import (
     Reenrol,
     ResumeEmail,
     SyncPlan,
-    deactivation_guard,
     plan_cycle,
-    shard_figures,
 )
 from sync_worker.ports import CycleServices, EnrolmentStore
 from sync_worker.progress import ProgressReporter
@@ -65,9 +64,19 @@ T = TypeVar("T")
 
 
 def run_cycle(
-    options: CycleOptions, services: CycleServices, *, run_id: str, dry_run: bool = False
+    options: CycleOptions,
+    services: CycleServices,
+    *,
+    run_id: str,
+    dry_run: bool = False,
+    targeted: bool = False,
 ) -> CycleReport:
     """Runs one cycle and reports what it did; never raises for one customer's failure.
+
+    `targeted`: the services read a few customers only (their changes in the CRM): the same
+    stages, but the deactivation guard counts the last window's deactivations (the cycle
+    sees too few customers to judge a share), and neither the shard's figures nor its list
+    of invalid rows is replaced by what so few customers show.
 
     Raises:
         DependencyUnavailable: the CRM or Supabase could not be read at the start.
@@ -76,11 +85,14 @@ def run_cycle(
     started = services.clock()
     began = time.monotonic()
     with structlog.contextvars.bound_contextvars(run_id=run_id):
-        log.info("cycle_started", dry_run=dry_run)
+        log.info("cycle_started", dry_run=dry_run, targeted=targeted)
         plan, crm = _read_and_plan(options, services, started)
         report = CycleReport.begin(run_id, started, dry_run, crm, plan)
-        only = _deactivations_allowed(options, services, plan, report, started)
-        for row in _newly_invalid(options, services, crm.invalid, dry_run):
+        if targeted:
+            only = targeted_cycle_allows(options, services, plan, report, started)
+        else:
+            only = full_cycle_allows(options, services, plan, report, started)
+        for row in _newly_invalid(options, services, crm.invalid, dry_run or targeted):
             log.warning("crm_row_invalid", email=row.raw_email, reason=row.reason)
         if dry_run:
             report.finish(services.clock(), time.monotonic() - began, plan_preview=plan)
@@ -144,57 +156,6 @@ def _reading_supabase(what: str) -> Iterator[None]:
 def _reading(what: str, rows: Iterable[T]) -> Iterator[T]:
     with _reading_supabase(what):
         yield from rows
-
-
-# -- guard the deactivations -----------------------------------------------------------------
-
-
-def _deactivations_allowed(
-    options: CycleOptions,
-    services: CycleServices,
-    plan: SyncPlan,
-    report: CycleReport,
-    started: datetime,
-) -> frozenset[str] | None:
-    """Which planned deactivations may go ahead (None: all). An operator approved exactly
-    this set (`deactivations --approve`), or the mass-deactivation guard lets through part of
-    the plan, or holds it all back (then kept for `crm-sync deactivations`). A shard decides
-    over its layout's figures, recorded first (not in a dry run); without them it defers."""
-    layout = None
-    if options.shard[1] > 1:
-        try:
-            layout = services.store.layout_figures(
-                options.shard,
-                report.run_id,
-                shard_figures(plan),
-                started,
-                record=not report.dry_run,
-            )
-        except SupabaseError as exc:
-            log.warning("shard_figures_unavailable", error=str(exc))
-    guard = deactivation_guard(
-        plan,
-        limit=options.deactivation_limit,
-        max_percent=options.deactivation_max_percent,
-        shard_count=options.shard[1],
-        layout=layout,
-    )
-    if options.approved_deactivations is not None or options.allow_mass_deactivation:
-        return options.approved_deactivations
-    if guard.held:
-        log.warning("deactivation_held_back", reason=guard.held)
-        report.deactivation_blocked = guard.held
-        emails = [s.email for s in plan.of(Deactivate)]
-        try:
-            if not report.dry_run:
-                services.store.hold_deactivations(report.run_id, emails, shard_label(options.shard))
-        except SupabaseError as exc:
-            log.error("held_deactivations_not_recorded", error=str(exc), count=len(emails))
-        return None
-    if guard.deferred:
-        log.info("deactivation_deferred", reason=guard.deferred)
-        report.deactivation_deferred = guard.deferred
-    return guard.only
 
 
 def _newly_invalid(

@@ -32,5 +32,8 @@ class CycleOptions:
     outage_threshold: int = OUTAGE_THRESHOLD
     deactivation_limit: int = 10
     deactivation_max_percent: float = 10.0
+    # A targeted cycle deactivates only while the last window's deactivations stay within
+    # `deactivation_limit`; beyond, it leaves them to the full cycle and its guard.
+    deactivation_window_seconds: int = 3600
     allow_mass_deactivation: bool = False
     shard: tuple[int, int] = (0, 1)  # (index, count): this worker's share of the customers

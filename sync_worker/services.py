@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hmac
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
@@ -10,6 +11,7 @@ from types import TracebackType
 from sync_worker.auth_admin import SupabaseProvisioner
 from sync_worker.clock import SYSTEM_CLOCK, Clock
 from sync_worker.config import CrmSettings, EmailBackend, Settings
+from sync_worker.crm_text import normalise_email
 from sync_worker.cycle import CycleOptions, CycleServices
 from sync_worker.mailer import ConsoleMailer, Mailer
 from sync_worker.masking import SecretMasker
@@ -145,3 +147,32 @@ class LiveServices(AbstractContextManager["LiveServices"]):
         tb: TracebackType | None,
     ) -> None:
         self.api.close()
+
+    def for_keys(
+        self,
+        keys: Sequence[str],
+        should_stop: Callable[[], bool] = lambda: False,
+        *,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> CycleServices:
+        """The collaborators of a targeted cycle: the CRM rows, tracking rows and failures of
+        the customers these CRM order keys name (each key looked up as an email, and in its
+        normalised form), read as the full cycle reads everyone's."""
+        settings = self.settings
+        database_url = settings.crm_database_url.get_secret_value()
+        columns = crm_columns(settings)
+        ordered = sorted(set(keys))
+        emails = sorted({*ordered, *(e for e in map(_normalised, ordered) if e)})
+        full = self.for_cycle(should_stop, clock=clock)
+        return dataclasses.replace(
+            full,
+            read_crm=lambda: stream_groups(database_url, columns, self.options.shard, ordered),
+            stream_tracking=lambda: [
+                row for _, row in sorted(lookup_tracking(self.api, emails).items())
+            ],
+            load_failures=lambda: load_failures(self.api, emails),
+        )
+
+
+def _normalised(key: str) -> str | None:
+    return normalise_email(key)[0]

@@ -11,7 +11,7 @@ which `crm-sync verify` plans with too).
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import psycopg
@@ -51,7 +51,9 @@ class CrmColumns:
     lead_id: str = ""
 
 
-def eligible_rows_query(columns: CrmColumns, shard: Shard = (0, 1)) -> sql.Composed:
+def eligible_rows_query(
+    columns: CrmColumns, shard: Shard = (0, 1), keys: Sequence[str] | None = None
+) -> sql.Composed:
     """The SELECT of eligible rows and of rows whose value cannot be read, sorted by order key:
     every name quoted, nothing formatted into SQL text. The last column says whether the value
     is a plain decimal (eligible, > 0) or unreadable (reported as invalid).
@@ -59,6 +61,9 @@ def eligible_rows_query(columns: CrmColumns, shard: Shard = (0, 1)) -> sql.Compo
     With a shard (index, count), only the rows whose order key hashes to it, those whose key
     is not plain ASCII (their email is known only once normalised; the worker keeps its own),
     and for shard 0 the rows without an email (reported once, by it).
+
+    With `keys` (order keys: emails trimmed and lower-cased, as the change table records
+    them), only the rows of those keys: a targeted cycle's read.
     """
     table = sql.SQL(".").join(sql.Identifier(part) for part in columns.table.split("."))
     value = sql.SQL("{}::text").format(sql.Identifier(columns.eligibility))
@@ -68,7 +73,9 @@ def eligible_rows_query(columns: CrmColumns, shard: Shard = (0, 1)) -> sql.Compo
 
     index, count = shard
     sharding: sql.Composable = sql.SQL("")
-    if count > 1:
+    if keys is not None:
+        sharding = sql.SQL(" where order_key = any({keys})").format(keys=sql.Literal(list(keys)))
+    elif count > 1:
         # A row without an email hashes to no shard: shard 0 reports it.
         sharding = sql.SQL(
             " where mod(('x' || substr(md5(order_key), 1, 8))::bit(32)::bigint, {count}) = {index}"
@@ -117,7 +124,10 @@ def group_rows(rows: Iterable[Row]) -> Iterator[CrmGroup]:
 
 
 def stream_groups(
-    database_url: str, columns: CrmColumns, shard: Shard = (0, 1)
+    database_url: str,
+    columns: CrmColumns,
+    shard: Shard = (0, 1),
+    keys: Sequence[str] | None = None,
 ) -> Iterator[CrmGroup]:
     """Every eligible (or unreadable) CRM row, grouped per order key, in order, in one
     read-only transaction that stays open while the caller consumes the stream.
@@ -142,7 +152,7 @@ def stream_groups(
                 )
                 with conn.cursor(name="crm_sync_eligible_rows") as cursor:
                     cursor.itersize = FETCH_SIZE
-                    cursor.execute(eligible_rows_query(columns, shard))
+                    cursor.execute(eligible_rows_query(columns, shard, keys))
                     yield from group_rows(cursor)
     except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn) as exc:
         raise CrmSourceError(

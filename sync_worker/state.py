@@ -92,9 +92,23 @@ def read_failures(api: SupabaseApi) -> Iterator[CustomerFailure]:
         yield failure_from(row)
 
 
-def load_failures(api: SupabaseApi) -> dict[str, CustomerFailure]:
-    """Every recorded failure, by email."""
-    return {failure.email: failure for failure in read_failures(api)}
+def load_failures(
+    api: SupabaseApi, emails: Sequence[str] | None = None
+) -> dict[str, CustomerFailure]:
+    """Every recorded failure by email; with `emails`, those of these emails only."""
+    if emails is None:
+        return {failure.email: failure for failure in read_failures(api)}
+    found: dict[str, CustomerFailure] = {}
+    for start in range(0, len(emails), LOOKUP_BATCH):
+        for row in api.select(
+            "crm_sync_failures",
+            FAILURE_COLUMNS,
+            order=("email",),
+            where_in=("email", list(emails[start : start + LOOKUP_BATCH])),
+            operation="read failures",
+        ):
+            found[row["email"]] = failure_from(row)
+    return found
 
 
 def failure_from(row: dict[str, Any]) -> CustomerFailure:

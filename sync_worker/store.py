@@ -168,6 +168,14 @@ class SupabaseStore:
         )
         return _scalars(data)
 
+    def recent_deactivations(self, since: datetime) -> int:
+        """How many customers were deactivated since `since` (their tracking rows)."""
+        return self._api.count(
+            "digital_resume_by_crm",
+            where={"is_active": False},
+            at_least=("deactivated_at", since.isoformat()),
+        )
+
     def record_welcome_emails(self, sent: Sequence[SentEmail]) -> list[str]:
         """Records emails the server accepted, in one call; returns those recorded now (one
         already recorded is not). It is idempotent, and each lost record means a second

@@ -257,15 +257,26 @@ class SupabaseApi:
 
         return self._pages(operation or f"read {table}", page, limit=limit, page_size=page_size)
 
-    def count(self, table: str) -> int:
-        """The exact number of rows in `table` (a HEAD request)."""
-        response = self.call(
-            f"count {table}",
-            lambda: (
-                self._client.table(table).select("*", count=CountMethod.exact, head=True).execute()
-            ),
-        )
-        return int(response.count or 0)
+    def count(
+        self,
+        table: str,
+        *,
+        where: Mapping[str, Any] | None = None,
+        at_least: tuple[str, str] | None = None,
+    ) -> int:
+        """The exact number of rows in `table` (a HEAD request) matching `where` (column =
+        value) and `at_least` (column, value: column >= value)."""
+        filters = dict(where or {})
+
+        def query() -> Any:
+            builder = self._client.table(table).select("*", count=CountMethod.exact, head=True)
+            for column, value in filters.items():
+                builder = builder.eq(column, value)
+            if at_least is not None:
+                builder = builder.gte(at_least[0], at_least[1])
+            return builder.execute()
+
+        return int(self.call(f"count {table}", query).count or 0)
 
     def upsert(
         self,

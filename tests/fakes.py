@@ -181,6 +181,9 @@ class FakeStore:
     pending: dict[tuple[int, int], dict[str, int]] = field(default_factory=dict)
     held: dict[str, set[str]] = field(default_factory=dict)  # crm_sync_held_deactivations
     invalid_rows: dict[str, dict[str, InvalidCrmRow]] = field(default_factory=dict)
+    # Who was deactivated when (the project's clock): the targeted cycle's window.
+    deactivated_at: list[tuple[str, datetime]] = field(default_factory=list)
+    clock: Callable[[], datetime] = lambda: NOW
 
     def report_invalid_rows(
         self, reported_by: str, rows: Sequence[InvalidCrmRow]
@@ -278,6 +281,9 @@ class FakeStore:
             )
         return results
 
+    def recent_deactivations(self, since: datetime) -> int:
+        return sum(1 for _, at in self.deactivated_at if at >= since)
+
     def deactivate(self, emails: Sequence[str]) -> list[str]:
         self.writes.append("deactivate")
         if self.deactivate_error is not None:
@@ -288,6 +294,7 @@ class FakeStore:
             if row is not None and row.is_active:
                 self.tracking[email] = replace(row, is_active=False)
                 changed.append(email)
+                self.deactivated_at.append((email, self.clock()))
         return changed
 
     def record_welcome_emails(self, sent: Sequence[SentEmail]) -> list[str]:
@@ -416,6 +423,8 @@ class FakeProject:
         def mine(email: str) -> bool:
             return shard_of(email, shard[1]) == shard[0]
 
+        self.store.clock = lambda: self.clock
+
         return CycleServices(
             read_crm=lambda: crm_groups([r for rows in self.crm.values() for r in rows], shard),
             stream_tracking=lambda: [
@@ -431,4 +440,22 @@ class FakeProject:
             clock=lambda: self.clock,
             should_stop=lambda: self.stop(),  # noqa: PLW0108 (read when called)
             masker=self.masker,
+        )
+
+    def services_for(self, *keys: str) -> CycleServices:
+        """A targeted cycle's services: the CRM rows, tracking rows and failures of these
+        customers only (`keys`: emails as the change table records them)."""
+        wanted = set(keys)
+        rows = [r for rows in self.crm.values() for r in rows]
+
+        def key(row: CrmRow) -> str | None:
+            return None if row.raw_email is None else row.raw_email.strip(_BLANKS).lower()
+
+        return replace(
+            self.services(),
+            read_crm=lambda: crm_groups([r for r in rows if key(r) in wanted]),
+            stream_tracking=lambda: [
+                self.store.tracking[e] for e in sorted(wanted) if e in self.store.tracking
+            ],
+            load_failures=lambda: {e: f for e, f in self.store.failures.items() if e in wanted},
         )

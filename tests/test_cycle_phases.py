@@ -964,3 +964,60 @@ def test_two_spellings_of_one_email_are_one_customer_with_one_email() -> None:
     assert report.eligible_customers == 1
     assert len(project.mailer.to("new@example.com")) == 1
     assert project.store.tracking["new@example.com"].crm_lead_id == "L1"
+
+
+# -- the targeted cycle: a few changed customers, the same stages ---------------------------
+
+
+def targeted(project: FakeProject, *keys: str, options: CycleOptions = OPTIONS) -> CycleReport:
+    return run_cycle(options, project.services_for(*keys), run_id="targeted", targeted=True)
+
+
+def test_a_targeted_cycle_serves_the_changed_customer_and_nobody_else() -> None:
+    project = FakeProject()
+    project.sell("old@example.com", "waiting@example.com")
+    run(project)
+    project.sell("new@example.com")
+    project.sell("later@example.com")
+    report = targeted(project, "new@example.com")
+    assert (report.created, report.emails_sent) == (1, 1)
+    assert "later@example.com" not in project.auth.accounts
+    assert report.planned["provision"] == 1
+    # A change that needs nothing writes nothing.
+    project.store.writes.clear()
+    nothing = targeted(project, "old@example.com")
+    assert nothing.planned["nothing"] == 1
+    assert project.store.writes == []
+
+
+def test_a_refund_seen_by_a_targeted_cycle_deactivates_within_the_window() -> None:
+    project = FakeProject()
+    project.sell(*(f"c{i}@example.com" for i in range(30)))
+    run(project)
+    options = dataclasses.replace(OPTIONS, deactivation_limit=3)
+    for i in range(3):
+        del project.crm[f"c{i}@example.com"]
+        assert targeted(project, f"c{i}@example.com", options=options).deactivated == 1
+    # A fourth within the hour passes the limit: left to the full cycle and its guard.
+    del project.crm["c3@example.com"]
+    held = targeted(project, "c3@example.com", options=options)
+    assert held.deactivated == 0
+    assert held.deactivation_deferred is not None
+    assert project.store.tracking["c3@example.com"].is_active
+    # An hour later the window is clear again.
+    project.clock = NOW + timedelta(hours=1, seconds=1)
+    assert targeted(project, "c3@example.com", options=options).deactivated == 1
+
+
+def test_a_targeted_cycle_keeps_the_shards_figures_and_invalid_rows_list() -> None:
+    project = FakeProject()
+    project.sell("ok@example.com")
+    project.sell_row("usd@example.com", value="49 USD")
+    run(project)
+    listed = dict(project.store.invalid_rows["0/1"])
+    report = targeted(project, "ok@example.com")
+    assert report.invalid == []
+    assert project.store.invalid_rows["0/1"] == listed
+    sharded = dataclasses.replace(OPTIONS, shard=(0, 2))
+    run_cycle(sharded, project.services_for("ok@example.com"), run_id="t", targeted=True)
+    assert project.store.shard_figures == {}
