@@ -14,7 +14,7 @@ import re
 from collections.abc import Iterator
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from email_validator import EmailNotValidError, validate_email
@@ -230,6 +230,14 @@ class Settings(VerifySettings):
     # AND more than this share of the active ones deactivates nobody (docs/OPERATIONS.md).
     sync_deactivation_limit: int = Field(default=10, ge=0)
     sync_deactivation_max_percent: float = Field(default=10.0, ge=0, le=100)
+    # A targeted cycle (a change the CRM's trigger recorded) deactivates while the
+    # deactivations of this window stay within SYNC_DEACTIVATION_LIMIT; beyond, the full cycle.
+    sync_deactivation_window_seconds: int = Field(default=3600, ge=1)
+    # The daemon listens for the CRM's change notifications when change capture is installed
+    # (`crm-sync crm-setup`): auto (the default) or off; the change table is polled every
+    # SYNC_EVENT_POLL_SECONDS in any case, so nothing waits for the full cycle.
+    sync_listen: Literal["auto", "off"] = "auto"
+    sync_event_poll_seconds: float = Field(default=5.0, gt=0, le=3600)
     health_port: int = Field(default=8080, ge=0, le=65535)
     # Where /healthz, /readyz and /metrics listen: every interface by default, since a pod's
     # probes and Prometheus reach it on the pod's own address; 127.0.0.1 outside a container.

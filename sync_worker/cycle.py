@@ -110,7 +110,7 @@ def run_cycle(
                 services.mailer.close()
         settlement = settle(plan, tally, services.clock(), options.max_attempts)
         _store_settlement(services.store, settlement)
-        report.apply(tally, settlement)
+        report.apply(tally, settlement, list_emailed=targeted)
         report.finish(services.clock(), time.monotonic() - began)
         log.info("cycle_finished", **report.log_fields())
         return report

@@ -66,10 +66,35 @@ class SyncMetrics:
             registry=self.registry,
         )
 
-    def observe_cycle(self, report: CycleReport) -> None:
-        outcome = report.outcome
-        self.cycles.labels(outcome.value).inc()
-        self.duration.observe(report.duration_seconds)
+        self.sale_to_email = Histogram(
+            "crm_sync_sale_to_email_seconds",
+            "From a CRM change's commit (its change row) to its welcome email's acceptance.",
+            buckets=(0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 1800),
+            registry=self.registry,
+        )
+        self.change_backlog = Gauge(
+            "crm_sync_change_backlog",
+            "Change rows of this shard waiting in the CRM's change table.",
+            registry=self.registry,
+        )
+        self.change_oldest = Gauge(
+            "crm_sync_change_oldest_pending_seconds",
+            "Age of the oldest change row of this shard still waiting (0 when none waits).",
+            registry=self.registry,
+        )
+        self.changes_caught_up = Counter(
+            "crm_sync_changes_caught_up",
+            "Change rows found by a poll or a reconnect's drain while the listener was"
+            " listening: notifications that did not arrive.",
+            registry=self.registry,
+        )
+
+    def observe_targeted(self, report: CycleReport) -> None:
+        """A targeted cycle: its counts, but not the gauges of the whole customer base."""
+        self.cycles.labels(f"targeted_{report.outcome.value}").inc()
+        self._count_customers(report)
+
+    def _count_customers(self, report: CycleReport) -> None:
         # The `action` label is the step, for successes and failures alike.
         for step, outcome_label, count in (
             (Step.ACCOUNT, "created", report.created),
@@ -86,6 +111,16 @@ class SyncMetrics:
         for failure in report.failures:
             self.customers.labels(failure.step.value, "failed").inc()
         self.emails.inc(report.emails_sent)
+
+    def observe_backlog(self, depth: int, oldest_seconds: float) -> None:
+        self.change_backlog.set(depth)
+        self.change_oldest.set(max(oldest_seconds, 0.0))
+
+    def observe_cycle(self, report: CycleReport) -> None:
+        outcome = report.outcome
+        self.cycles.labels(outcome.value).inc()
+        self.duration.observe(report.duration_seconds)
+        self._count_customers(report)
         self.pending.set(report.planned.get("wait", 0) + len(report.failures))
         self.failed.set(report.planned.get("parked", 0))
         self.deactivation_guard.set(1 if report.deactivation_blocked else 0)

@@ -60,6 +60,8 @@ class CycleReport(BaseModel):
     # Why a shard's deactivations wait for a later cycle (its layout's figures are not in yet).
     deactivation_deferred: str | None = None
     preview: dict[str, list[str]] = Field(default_factory=dict)
+    # A targeted cycle's emails accepted and recorded (for their sale-to-email latency).
+    emailed: list[str] = Field(default_factory=list, exclude=True)
 
     @classmethod
     def begin(
@@ -78,8 +80,11 @@ class CycleReport(BaseModel):
             planned=plan.counts(),
         )
 
-    def apply(self, tally: CycleTally, settlement: Settlement) -> None:
-        """Takes in what the stages did and how the cycle was settled."""
+    def apply(
+        self, tally: CycleTally, settlement: Settlement, *, list_emailed: bool = False
+    ) -> None:
+        """Takes in what the stages did and how the cycle was settled; `list_emailed`: keep
+        who was emailed (a targeted cycle's few)."""
         accounts: Counter[AccountOrigin | None] = Counter()
         outcomes: Counter[EnrolOutcome] = Counter()
         for outcome in tally.outcomes.values():
@@ -89,6 +94,8 @@ class CycleReport(BaseModel):
                 self.credits_granted += outcome.enrolment.credits_granted
             self.emails_sent += outcome.emailed
             self.deactivated += outcome.deactivated
+        if list_emailed:
+            self.emailed = sorted(e for e, outcome in tally.outcomes.items() if outcome.emailed)
         self.created = accounts[AccountOrigin.CREATED]
         self.linked = accounts[AccountOrigin.LINKED]
         self.taken_over = accounts[AccountOrigin.TAKEN_OVER]

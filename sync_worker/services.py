@@ -47,6 +47,7 @@ def cycle_options(settings: Settings, *, allow_mass_deactivation: bool = False) 
         max_attempts=settings.sync_max_attempts,
         deactivation_limit=settings.sync_deactivation_limit,
         deactivation_max_percent=settings.sync_deactivation_max_percent,
+        deactivation_window_seconds=settings.sync_deactivation_window_seconds,
         allow_mass_deactivation=allow_mass_deactivation,
         shard=(settings.sync_shard_index, settings.sync_shard_count),
         credential_key=credential_key(settings),

@@ -1021,3 +1021,30 @@ def test_a_targeted_cycle_keeps_the_shards_figures_and_invalid_rows_list() -> No
     sharded = dataclasses.replace(OPTIONS, shard=(0, 2))
     run_cycle(sharded, project.services_for("ok@example.com"), run_id="t", targeted=True)
     assert project.store.shard_figures == {}
+
+
+def test_once_email_names_customers_by_their_crm_key_and_refuses_other_shards() -> None:
+    from sync_worker.commands import targeted_keys
+    from sync_worker.config import Settings
+    from sync_worker.errors import ConfigError
+
+    def settings(**extra: object) -> Settings:
+        return Settings(
+            _env_file=None,  # type: ignore[call-arg]
+            crm_database_url="postgresql://crm@localhost/crm",
+            supabase_url="http://localhost:54321",
+            supabase_service_role_key="sb_secret_test",
+            app_login_url="https://app.example/login",
+            email_from="no-reply@example.com",
+            smtp_host="localhost",
+            **extra,
+        )
+
+    assert targeted_keys([" Ann@Example.com ", "ann@example.com"], settings()) == [
+        "ann@example.com"
+    ]
+    with pytest.raises(ConfigError, match="not an email"):
+        targeted_keys(["not an email"], settings())
+    other = next(e for e in (f"s{i}@example.com" for i in range(50)) if shard_of(e, 2) == 1)
+    with pytest.raises(ConfigError, match="SYNC_SHARD_INDEX=1"):
+        targeted_keys([other], settings(sync_shard_count=2, sync_shard_index=0))

@@ -359,3 +359,71 @@ def test_past_the_grace_the_run_is_settled_and_the_process_says_it_cut_work_off(
     assert rows(sandbox, "select count(*) from public.crm_sync_lease") == [(0,)]
     sandbox.faults.clear()
     assert once(env, tmp_path) == 0
+
+
+def changes_left(crm_url: str) -> int:
+    with psycopg.connect(crm_url, autocommit=True) as conn:
+        [(count,)] = conn.execute("select count(*) from crm_sync.changes").fetchall()
+    return int(count)
+
+
+def install_change_capture(env: dict[str, str], tmp_path: Path) -> None:
+    setup = subprocess.run(
+        [sys.executable, "-m", "sync_worker", "crm-setup"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert setup.returncode == 0, setup.stdout + setup.stderr
+
+
+def test_a_sale_is_emailed_seconds_after_its_commit_while_the_full_cycle_waits(
+    sandbox: Sandbox, crm_url: str, tmp_path: Path
+) -> None:
+    """Change capture installed: the daemon listens, and a sale committed between two full
+    cycles an hour apart is provisioned and emailed within seconds; its change row is gone."""
+    # The safety poll every 30 s: only the notification can make it within seconds.
+    env = environment(
+        sandbox,
+        crm_url,
+        SYNC_INTERVAL_SECONDS="3600",
+        SYNC_LEASE_TTL_SECONDS="60",
+        SYNC_EVENT_POLL_SECONDS="30",
+    )
+    add_customers(crm_url, 2, prefix="before")
+    install_change_capture(env, tmp_path)
+    worker = start(env, tmp_path)
+    try:
+        wait_for(lambda: len(sandbox.mail) == 2, what="the first full cycle's emails")
+        with psycopg.connect(crm_url, autocommit=True) as conn:
+            conn.execute("insert into sales_closure values ('fresh@example.com', 49)")
+        committed = time.monotonic()
+        wait_for(
+            lambda: any(m["To"] == "fresh@example.com" for m in sandbox.mail),
+            timeout=20,
+            what="the new sale's email",
+        )
+        assert time.monotonic() - committed < 10
+        wait_for(lambda: not changes_left(crm_url), timeout=10, what="the change row's deletion")
+        # A refund: the row deleted in the CRM deactivates the customer, also within seconds.
+        with psycopg.connect(crm_url, autocommit=True) as conn:
+            conn.execute("delete from sales_closure where email = 'fresh@example.com'")
+        wait_for(
+            lambda: (
+                rows(
+                    sandbox,
+                    "select is_active from public.digital_resume_by_crm"
+                    " where email = 'fresh@example.com'",
+                )
+                == [(False,)]
+            ),
+            timeout=20,
+            what="the refund's deactivation",
+        )
+        assert len(sandbox.mail) == 3
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=30) == 0
