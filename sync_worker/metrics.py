@@ -66,6 +66,12 @@ class SyncMetrics:
             registry=self.registry,
         )
 
+        self.targeted_cycles = Counter(
+            "crm_sync_targeted_cycles",
+            "Targeted cycles (the CRM's recorded changes), by outcome.",
+            ["outcome"],
+            registry=self.registry,
+        )
         self.sale_to_email = Histogram(
             "crm_sync_sale_to_email_seconds",
             "From a CRM change's commit (its change row) to its welcome email's acceptance.",
@@ -91,7 +97,7 @@ class SyncMetrics:
 
     def observe_targeted(self, report: CycleReport) -> None:
         """A targeted cycle: its counts, but not the gauges of the whole customer base."""
-        self.cycles.labels(f"targeted_{report.outcome.value}").inc()
+        self.targeted_cycles.labels(report.outcome.value).inc()
         self._count_customers(report)
 
     def _count_customers(self, report: CycleReport) -> None:
