@@ -69,9 +69,11 @@ def clean(sandbox: Sandbox) -> Iterator[None]:
     sandbox.requests.reset()
 
 
-def run(settings: Settings, policy: RetryPolicy = FAST) -> CycleReport:
+def run(settings: Settings, policy: RetryPolicy = FAST, *, dry_run: bool = False) -> CycleReport:
     with LiveServices(settings, policy=policy) as services:
-        return run_cycle(services.options, services.for_cycle(), run_id=new_run_id())
+        return run_cycle(
+            services.options, services.for_cycle(), run_id=new_run_id(), dry_run=dry_run
+        )
 
 
 def query(sandbox: Sandbox, sql: str, *params: Any) -> list[tuple[Any, ...]]:
@@ -139,6 +141,14 @@ def test_first_run_provisions_each_customer_once_and_second_run_does_nothing(
         (None, "Gus", Decimal("49.99"), "AWL-8"),  # no email
     )
     settings = settings_for(sandbox, crm_url)
+    # A dry run first: the plan, and not one write to the stack (invalid rows included) or email.
+    dry = run(settings, dry_run=True)
+    assert dry.planned["provision"] == 2
+    assert dry.preview["provision"] == ["ann@example.com", "bob.stone@example.com"]
+    assert "DRY RUN" in dry.render()
+    assert sandbox.requests.writes() == 0, sandbox.requests.snapshot()
+    assert sandbox.mail == []
+
     first = run(settings)
     assert (first.created, first.linked, first.enrolled, first.emails_sent) == (2, 0, 2, 2)
     assert first.credits_granted == 8
@@ -488,20 +498,6 @@ def test_an_unconfirmed_account_is_taken_over_and_its_creators_password_stops_wo
         sandbox, "select account_origin, credits_remaining from public.digital_resume_by_crm"
     ) == [("taken_over", 4)]
     assert run(settings_for(sandbox, crm_url)).emails_sent == 0
-
-
-def test_dry_run_writes_nothing(sandbox: Sandbox, crm_url: str) -> None:
-    add_sales(crm_url, ("dry@example.com", None, 1, None))
-    settings = settings_for(sandbox, crm_url)
-    with LiveServices(settings, policy=FAST) as services:
-        report = run_cycle(
-            services.options, services.for_cycle(), run_id=new_run_id(), dry_run=True
-        )
-    assert report.planned["provision"] == 1
-    assert report.preview["provision"] == ["dry@example.com"]
-    assert "DRY RUN" in report.render()
-    assert sandbox.requests.writes() == 0, sandbox.requests.snapshot()
-    assert sandbox.mail == []
 
 
 @pytest.mark.scale

@@ -366,6 +366,7 @@ def test_dry_run_writes_nothing_and_previews_the_plan() -> None:
     report = run(project, dry_run=True)
     assert report.planned["provision"] == 1
     assert report.preview["provision"] == ["dry@example.com"]
+    assert "DRY RUN" in report.render()
     assert project.auth.calls == []
     assert project.store.writes == []
     assert project.mailer.sent == []
