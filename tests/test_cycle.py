@@ -377,7 +377,11 @@ def test_an_unconfirmed_account_loses_every_way_in_its_creator_gave_it(
             "email": "oli@example.com",
             "password": "Squatters-Passw0rd",
             "email_confirm": False,
-            "user_metadata": {"name": "Oli (support)", "avatar_url": "https://evil.test/a.png"},
+            "user_metadata": {
+                "name": "Oli (support)",
+                "avatar_url": "https://evil.test/a.png",
+                "full_name": "Security team: call +1-555-0100 to verify your card",
+            },
         }
     ).user
     with psycopg.connect(sandbox.db_url, autocommit=True) as conn:
@@ -418,10 +422,19 @@ def test_an_unconfirmed_account_loses_every_way_in_its_creator_gave_it(
         (0,)
     ]
     assert query(sandbox, "select count(*) from auth.sessions") == [(0,)]
+    # Nothing the squatter chose at sign-up is shown to the customer as theirs.
+    assert query(sandbox, "select full_name from public.profiles") == [("Oli",)]
+    assert query(sandbox, "select raw_user_meta_data ->> 'full_name' from auth.users") == [("Oli",)]
     assert query(
-        sandbox, "select user_id::text, account_origin from public.digital_resume_by_crm"
-    ) == [(user_id, "taken_over")]
-    sign_in(sandbox, "oli@example.com", password_in(mail_to(sandbox, "oli@example.com")[0]))
+        sandbox,
+        "select user_id::text, account_origin, credits_remaining from public.digital_resume_by_crm",
+    ) == [(user_id, "taken_over", 4)]
+    [message] = mail_to(sandbox, "oli@example.com")
+    assert message["Subject"] == "Your CareerCast Digital Resume account is ready"
+    sign_in(sandbox, "oli@example.com", password_in(message))
+    with pytest.raises(AuthApiError):
+        sign_in(sandbox, "oli@example.com", "Squatters-Passw0rd")
+    assert run(settings_for(sandbox, crm_url)).emails_sent == 0
 
 
 def test_an_address_held_by_an_identity_of_another_account_is_a_conflict_named_at_once(
@@ -468,36 +481,6 @@ def test_an_address_held_by_an_identity_of_another_account_is_a_conflict_named_a
     shown = json.loads(capsys.readouterr().out)
     [listed_failure] = [f for f in shown["failed"] if f["email"] == "ida@example.com"]
     assert str(holder.id) in listed_failure["reason"]
-
-
-def test_an_unconfirmed_account_is_taken_over_and_its_creators_password_stops_working(
-    sandbox: Sandbox, crm_url: str
-) -> None:
-    admin = create_client(sandbox.url, sandbox.service_role_key).auth.admin
-    squatter_name = "Security team: call +1-555-0100 to verify your card"
-    admin.create_user(
-        {
-            "email": "vic@example.com",
-            "password": "Squatters-Passw0rd",
-            "email_confirm": False,
-            "user_metadata": {"full_name": squatter_name},
-        }
-    )
-    add_sales(crm_url, ("vic@example.com", "Vic", 1, None))
-    report = run(settings_for(sandbox, crm_url))
-    assert (report.created, report.linked, report.taken_over) == (0, 0, 1)
-    # Nothing the squatter chose at sign-up is shown to the customer as theirs.
-    assert query(sandbox, "select full_name from public.profiles") == [("Vic",)]
-    assert query(sandbox, "select raw_user_meta_data ->> 'full_name' from auth.users") == [("Vic",)]
-    [message] = mail_to(sandbox, "vic@example.com")
-    assert message["Subject"] == "Your CareerCast Digital Resume account is ready"
-    sign_in(sandbox, "vic@example.com", password_in(message))
-    with pytest.raises(AuthApiError):
-        sign_in(sandbox, "vic@example.com", "Squatters-Passw0rd")
-    assert query(
-        sandbox, "select account_origin, credits_remaining from public.digital_resume_by_crm"
-    ) == [("taken_over", 4)]
-    assert run(settings_for(sandbox, crm_url)).emails_sent == 0
 
 
 @pytest.mark.scale

@@ -474,7 +474,7 @@ def test_an_unconfirmed_account_is_taken_over_never_linked_as_it_is() -> None:
     created in its place."""
     project = FakeProject()
     squatter = project.auth.add("vic@example.com", confirmed=False, signed_in=False)
-    project.sell("vic@example.com")
+    project.sell("vic@example.com", name="Vic")
     report = run(project)
     assert (report.created, report.linked, report.taken_over) == (0, 0, 1)
     fresh = project.auth.accounts["vic@example.com"]
@@ -482,13 +482,17 @@ def test_an_unconfirmed_account_is_taken_over_never_linked_as_it_is() -> None:
     assert ("delete", "vic@example.com") in project.auth.calls
     [message] = project.mailer.sent
     assert message.kind == "new_account"
+    assert message.name == "Vic"
     assert message.temporary_password == fresh.password
     assert fresh.password not in (None, "their-own")
     assert fresh.email_confirmed
     assert fresh.taken_over
-    assert project.store.tracking["vic@example.com"].account_origin is AccountOrigin.TAKEN_OVER
-    assert project.store.tracking["vic@example.com"].user_id == fresh.id
+    tracked = project.store.tracking["vic@example.com"]
+    assert tracked.account_origin is AccountOrigin.TAKEN_OVER
+    assert tracked.user_id == fresh.id
+    assert (tracked.full_name, tracked.credits_remaining) == ("Vic", 4)
     assert "unconfirmed taken over" in report.render()
+    assert run(project).emails_sent == 0
 
 
 def test_an_unconfirmed_account_in_setup_link_mode_is_replaced_too() -> None:
