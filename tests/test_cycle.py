@@ -190,14 +190,40 @@ def test_an_existing_user_is_linked_and_keeps_their_password(
     )
     # A look-alike whose email contains Kim's: the substring filter finds it, we must not.
     admin.create_user({"email": "xkim@example.com.au", "password": "x" * 12, "email_confirm": True})
-    add_sales(crm_url, ("KIM@example.com ", "Kim", Decimal("49.99"), "AWL-9"))
+    # Auth's list filter is case-sensitive; a row written by SQL can differ in case.
+    admin.create_user(
+        {"email": "upper@example.com", "password": "Uppers-Own-Passw0rd", "email_confirm": True}
+    )
+    with psycopg.connect(sandbox.db_url, autocommit=True) as conn:
+        conn.execute(
+            "update auth.users set email = 'Upper@Example.COM' where email = 'upper@example.com'"
+        )
+    # One of ours, created right before a crash (never enrolled): resumed as ours, not linked.
+    admin.create_user(
+        {
+            "email": "cut@example.com",
+            "password": "Lost-in-the-crash-1",
+            "email_confirm": True,
+            "app_metadata": {"created_by": "crm-sync"},
+        }
+    )
+    add_sales(
+        crm_url,
+        ("KIM@example.com ", "Kim", Decimal("49.99"), "AWL-9"),
+        ("upper@example.com", "Up", 1),
+        ("cut@example.com", "Cut", 1, None),
+    )
     settings = settings_for(sandbox, crm_url)
     report = run(settings)
-    assert (report.created, report.linked, report.emails_sent) == (0, 1, 1)
+    assert (report.created, report.linked, report.emails_sent, report.failures) == (1, 2, 3, [])
     user_id = sign_in(sandbox, "kim@example.com", "Kims-Own-Passw0rd")
+    upper_id = sign_in(sandbox, "upper@example.com", "Uppers-Own-Passw0rd")
+    [cut_message] = mail_to(sandbox, "cut@example.com")
+    cut_id = sign_in(sandbox, "cut@example.com", password_in(cut_message))
     assert query(
-        sandbox, "select user_id::text, account_origin from public.digital_resume_by_crm"
-    ) == [(user_id, "linked")]
+        sandbox,
+        "select user_id::text, account_origin from public.digital_resume_by_crm order by email",
+    ) == [(cut_id, "created"), (user_id, "linked"), (upper_id, "linked")]
     [message] = mail_to(sandbox, "kim@example.com")
     assert "4 free credits were added" in message["Subject"]
     assert 'Use "Forgot password?" on the sign-in page' in text_of(message)
@@ -314,25 +340,6 @@ def test_a_failing_customer_never_stops_the_others_and_is_parked(
     finally:
         with psycopg.connect(sandbox.db_url, autocommit=True) as conn:
             conn.execute("drop trigger if exists block_signups on auth.users")
-
-
-def test_an_account_created_before_a_crash_is_resumed_as_ours(
-    sandbox: Sandbox, crm_url: str
-) -> None:
-    admin = create_client(sandbox.url, sandbox.service_role_key).auth.admin
-    admin.create_user(
-        {
-            "email": "cut@example.com",
-            "password": "Lost-in-the-crash-1",
-            "email_confirm": True,
-            "app_metadata": {"created_by": "crm-sync"},
-        }
-    )
-    add_sales(crm_url, ("cut@example.com", "Cut", 1, None))
-    report = run(settings_for(sandbox, crm_url))
-    assert (report.created, report.linked, report.emails_sent) == (1, 0, 1)
-    [message] = mail_to(sandbox, "cut@example.com")
-    sign_in(sandbox, "cut@example.com", password_in(message))
 
 
 def test_setup_link_mode(sandbox: Sandbox, crm_url: str) -> None:
@@ -502,22 +509,6 @@ def test_thousands_of_customers_past_every_page(sandbox: Sandbox, crm_url: str) 
     second = run(settings)
     assert second.planned["nothing"] == 2500
     assert sandbox.requests.writes() == 0
-
-
-def test_an_account_whose_email_sql_wrote_in_capitals_is_still_found(
-    sandbox: Sandbox, crm_url: str
-) -> None:
-    """Supabase Auth's list filter is case-sensitive; a row written by SQL can differ in case."""
-    admin = create_client(sandbox.url, sandbox.service_role_key).auth.admin
-    admin.create_user(
-        {"email": "upper@example.com", "password": "Uppers-Own-Passw0rd", "email_confirm": True}
-    )
-    with psycopg.connect(sandbox.db_url, autocommit=True) as conn:
-        conn.execute("update auth.users set email = 'Upper@Example.COM'")
-    add_sales(crm_url, ("upper@example.com", "Up", 1))
-    report = run(settings_for(sandbox, crm_url))
-    assert (report.created, report.linked, report.failures) == (0, 1, [])
-    sign_in(sandbox, "upper@example.com", "Uppers-Own-Passw0rd")
 
 
 def test_every_log_line_carries_the_run_id_and_no_secret(sandbox: Sandbox, crm_url: str) -> None:

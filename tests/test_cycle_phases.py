@@ -72,6 +72,9 @@ def test_a_linked_account_keeps_its_password_and_is_told_of_its_credits() -> Non
     assert kim.password == "their-own"
     assert ("set_password", "kim@example.com") not in project.auth.calls
     assert project.store.tracking["kim@example.com"].account_origin is AccountOrigin.LINKED
+    again = run(project)
+    assert (again.linked, again.emails_sent, again.credits_granted) == (0, 0, 0)
+    assert kim.password == "their-own"
 
 
 def test_an_account_of_ours_cut_off_before_enrolment_is_resumed_with_a_fresh_password() -> None:
@@ -79,7 +82,7 @@ def test_an_account_of_ours_cut_off_before_enrolment_is_resumed_with_a_fresh_pas
     cut = project.auth.add("cut@example.com", ours=True, signed_in=False)
     project.sell("cut@example.com")
     report = run(project)
-    assert (report.created, report.linked) == (1, 0)
+    assert (report.created, report.linked, report.emails_sent) == (1, 0, 1)
     [message] = project.mailer.sent
     assert message.kind == "new_account"
     assert message.temporary_password == cut.password != "their-own"
