@@ -294,29 +294,6 @@ def test_supabase_down_then_failing_for_a_while_costs_nobody_and_duplicates_noth
     assert sandbox.requests.count(group="auth", method="POST", route="/admin/users") >= 20
 
 
-def test_removed_from_the_crm_then_back(sandbox: Sandbox, crm_url: str) -> None:
-    add_sales(
-        crm_url, ("pat@example.com", "Pat", 1, "AWL-1"), ("stays@example.com", "St", 1, "AWL-2")
-    )
-    settings = settings_for(sandbox, crm_url)
-    run(settings)
-    with psycopg.connect(crm_url, autocommit=True) as conn:
-        conn.execute(
-            "update sales_closure set digital_resume_sale_value = 0 where lead_id = 'AWL-1'"
-        )
-    gone = run(settings)
-    assert gone.deactivated == 1
-    assert query(
-        sandbox,
-        "select is_active from public.digital_resume_by_crm where email = 'pat@example.com'",
-    ) == [(False,)]
-    with psycopg.connect(crm_url, autocommit=True) as conn:
-        conn.execute("update sales_closure set digital_resume_sale_value = 5")
-    back = run(settings)
-    assert (back.reactivated, back.emails_sent, back.credits_granted) == (1, 0, 0)
-    assert_provisioned_once(sandbox, "pat@example.com")
-
-
 def test_a_failing_customer_never_stops_the_others_and_is_parked(
     sandbox: Sandbox, crm_url: str
 ) -> None:

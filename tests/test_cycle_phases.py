@@ -344,6 +344,8 @@ def test_removed_from_the_crm_is_deactivated_and_coming_back_reactivates() -> No
     assert (back.reactivated, back.emails_sent, back.credits_granted) == (1, 0, 0)
     assert project.store.tracking["pat@example.com"].is_active
     assert project.store.tracking["pat@example.com"].credits_remaining == 4
+    assert project.store.tracking["pat@example.com"].welcome_email_sent
+    assert len(project.mailer.to("pat@example.com")) == 1
 
 
 def test_a_failed_deactivation_is_recorded_against_the_customer() -> None:

@@ -272,6 +272,7 @@ def test_deactivate_and_reactivate(db: psycopg.Connection[Any]) -> None:
     user = create_auth_user(db, "churn@example.com")
     enrol_user(db, user)
     with acting_as(db, "service_role"):
+        db.execute("select public.record_welcome_email(%s, 'new_account')", (user.email,))
         gone = db.execute(
             "select public.deactivate_crm_customers(array[' CHURN@example.com'])"
         ).fetchall()
@@ -281,11 +282,37 @@ def test_deactivate_and_reactivate(db: psycopg.Connection[Any]) -> None:
     assert (gone, again) == ([("churn@example.com",)], [])
     with acting_as(db, "service_role"):
         assert scalar(db, "select public.is_crm_user(%s)", user.id) is False
+    assert (
+        scalar(
+            db, "select is_active from public.digital_resume_by_crm where email = %s", user.email
+        )
+        is False
+    )
     row = enrol_user(db, user)
     assert (row["outcome"], row["credits_granted"], row["credits_remaining"]) == (
         "reactivated",
         0,
         4,
+    )
+    # Back as they were: no second grant, no second stats row, their email not owed again.
+    assert db.execute(
+        "select user_id, is_active, welcome_email_status, credits_remaining"
+        " from public.digital_resume_by_crm where email = %s",
+        (user.email,),
+    ).fetchall() == [(user.id, True, "sent", 4)]
+    assert balance(db, user) == 4
+    assert (
+        scalar(
+            db,
+            "select count(*) from public.credit_ledger"
+            " where user_id = %s and reason = 'crm_enrolment'",
+            user.id,
+        )
+        == 1
+    )
+    assert (
+        scalar(db, "select count(*) from public.crm_dashboard_stats where email = %s", user.email)
+        == 1
     )
 
 
