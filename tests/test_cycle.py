@@ -41,6 +41,7 @@ from tests.stack import (
 
 PATIENT = dataclasses.replace(FAST, attempts=20, deadline=60)
 PASSWORD_LINE = re.compile(r"Temporary password:\s*(\S+)")
+SETUP_LINK = re.compile(r"https?://\S+token_hash=\S+")
 
 
 @pytest.fixture(scope="module")
@@ -95,6 +96,10 @@ def password_in(message: EmailMessage) -> str:
     match = PASSWORD_LINE.search(text_of(message))
     assert match, text_of(message)
     return match.group(1)
+
+
+def token_of(link: str) -> str:
+    return parse_qs(urlsplit(link).query)["token_hash"][0]
 
 
 def sign_in(sandbox: Sandbox, email: str, password: str) -> str:
@@ -332,37 +337,6 @@ def test_a_failing_customer_never_stops_the_others_and_is_parked(
             conn.execute("drop trigger if exists block_signups on auth.users")
 
 
-def test_setup_link_mode(sandbox: Sandbox, crm_url: str) -> None:
-    """The email links to the app's page with the token as query parameters
-    (no /auth/v1/verify URL a mail scanner could burn); the app redeems it with verifyOtp."""
-    add_sales(crm_url, ("lin@example.com", "Lin", 1, None))
-    report = run(settings_for(sandbox, crm_url, credentials_mode="setup_link"))
-    assert report.emails_sent == 1
-    [message] = mail_to(sandbox, "lin@example.com")
-    body = text_of(message)
-    html = str(message.get_body(preferencelist=("html",)).get_content())  # type: ignore[union-attr]
-    assert not PASSWORD_LINE.search(body)
-    assert "/auth/v1/verify" not in body + html
-    assert sandbox.url not in body + html
-    [link] = re.findall(r"https?://\S+token_hash=\S+", body)
-    page = urlsplit(link)
-    assert f"{page.scheme}://{page.netloc}{page.path}" == LOGIN_URL
-    params = parse_qs(page.query)
-    assert params["type"] == ["recovery"]
-    # What the app's page does on its button press: one call, then the new password.
-    app = create_client(sandbox.url, sandbox.anon_key)
-    session = app.auth.verify_otp({"token_hash": params["token_hash"][0], "type": "recovery"})
-    assert session.user is not None
-    assert session.user.email == "lin@example.com"
-    app.auth.update_user({"password": "Lins-Own-Passw0rd", "data": {"must_change_password": False}})
-    sign_in(sandbox, "lin@example.com", "Lins-Own-Passw0rd")
-    # A link works once.
-    with pytest.raises(AuthApiError):
-        create_client(sandbox.url, sandbox.anon_key).auth.verify_otp(
-            {"token_hash": params["token_hash"][0], "type": "recovery"}
-        )
-
-
 def test_an_unconfirmed_account_loses_every_way_in_its_creator_gave_it(
     sandbox: Sandbox, crm_url: str
 ) -> None:
@@ -530,29 +504,64 @@ def test_a_ten_kilobyte_name_is_capped_and_the_email_still_goes_out(
     assert name.isprintable()
 
 
-def test_a_setup_link_sent_again_is_the_same_link_and_still_works(
+def test_setup_links_open_the_app_work_once_and_a_resent_one_is_the_same_link(
     sandbox: Sandbox, crm_url: str
 ) -> None:
-    """A re-sent setup link must not void one that may have arrived."""
-    add_sales(crm_url, ("lia@example.com", "Lia", 1, None))
+    """The email links to the app's page with the token as query parameters (no
+    /auth/v1/verify URL a mail scanner could burn); the app redeems it with verifyOtp. A
+    re-sent setup link must not void one that may have arrived."""
+    add_sales(crm_url, ("lin@example.com", "Lin", 1, None), ("lia@example.com", "Lia", 1, None))
     settings = settings_for(sandbox, crm_url, credentials_mode="setup_link")
-    assert run(settings).emails_sent == 1
-    # The record of the email was lost (a kill after the server's 250): it is sent again.
+    assert run(settings).emails_sent == 2
+    [message] = mail_to(sandbox, "lin@example.com")
+    body = text_of(message)
+    html = str(message.get_body(preferencelist=("html",)).get_content())  # type: ignore[union-attr]
+    assert not PASSWORD_LINE.search(body)
+    assert "/auth/v1/verify" not in body + html
+    assert sandbox.url not in body + html
+    [link] = SETUP_LINK.findall(body)
+    page = urlsplit(link)
+    assert f"{page.scheme}://{page.netloc}{page.path}" == LOGIN_URL
+    assert parse_qs(page.query)["type"] == ["recovery"]
+    [lia_link] = SETUP_LINK.findall(text_of(mail_to(sandbox, "lia@example.com")[0]))
+
+    # The record of the emails was lost (a kill after the server's 250): they are sent again,
+    # each with the link it had.
     with psycopg.connect(sandbox.db_url, autocommit=True) as conn:
         conn.execute("update public.digital_resume_by_crm set welcome_email_status = 'pending'")
-    assert run(settings).emails_sent == 1
-    first, second = (text_of(m) for m in mail_to(sandbox, "lia@example.com"))
-    [link] = re.findall(r"https?://\S+token_hash=\S+", first)
-    assert re.findall(r"https?://\S+token_hash=\S+", second) == [link]
-    token = parse_qs(urlsplit(link).query)["token_hash"][0]
-    app = create_client(sandbox.url, sandbox.anon_key)
-    assert app.auth.verify_otp({"token_hash": token, "type": "recovery"}).user is not None
-    # With reuse turned off, a re-sent link is a new one (and the one before is void).
+    assert run(settings).emails_sent == 2
+    assert SETUP_LINK.findall(text_of(mail_to(sandbox, "lin@example.com")[-1])) == [link]
+    assert SETUP_LINK.findall(text_of(mail_to(sandbox, "lia@example.com")[-1])) == [lia_link]
+
+    # With reuse turned off, a re-sent link is a new one, and the one before is void.
     with psycopg.connect(sandbox.db_url, autocommit=True) as conn:
-        conn.execute("update public.digital_resume_by_crm set welcome_email_status = 'pending'")
+        conn.execute(
+            "update public.digital_resume_by_crm set welcome_email_status = 'pending'"
+            " where email = 'lia@example.com'"
+        )
     run(settings_for(sandbox, crm_url, credentials_mode="setup_link", setup_link_reuse_seconds=0))
-    third = text_of(mail_to(sandbox, "lia@example.com")[-1])
-    assert re.findall(r"https?://\S+token_hash=\S+", third) != [link]
+    [new_link] = SETUP_LINK.findall(text_of(mail_to(sandbox, "lia@example.com")[-1]))
+    assert new_link != lia_link
+    with pytest.raises(AuthApiError):
+        create_client(sandbox.url, sandbox.anon_key).auth.verify_otp(
+            {"token_hash": token_of(lia_link), "type": "recovery"}
+        )
+    app = create_client(sandbox.url, sandbox.anon_key)
+    assert app.auth.verify_otp({"token_hash": token_of(new_link), "type": "recovery"}).user
+
+    # Lin's link, sent twice, still works. What the app's page does on its button press: one
+    # call, then the new password.
+    app = create_client(sandbox.url, sandbox.anon_key)
+    session = app.auth.verify_otp({"token_hash": token_of(link), "type": "recovery"})
+    assert session.user is not None
+    assert session.user.email == "lin@example.com"
+    app.auth.update_user({"password": "Lins-Own-Passw0rd", "data": {"must_change_password": False}})
+    sign_in(sandbox, "lin@example.com", "Lins-Own-Passw0rd")
+    # A link works once.
+    with pytest.raises(AuthApiError):
+        create_client(sandbox.url, sandbox.anon_key).auth.verify_otp(
+            {"token_hash": token_of(link), "type": "recovery"}
+        )
 
 
 def test_support_resends_a_welcome_email_and_tells_a_customers_story(

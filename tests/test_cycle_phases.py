@@ -139,7 +139,8 @@ def test_a_retried_email_to_someone_who_already_signed_in_changes_no_password() 
 def test_setup_link_mode_sends_a_link_and_no_password() -> None:
     project = FakeProject()
     project.sell("lin@example.com")
-    run(project, dataclasses.replace(OPTIONS, credentials_mode=CredentialsMode.SETUP_LINK))
+    report = run(project, dataclasses.replace(OPTIONS, credentials_mode=CredentialsMode.SETUP_LINK))
+    assert report.emails_sent == 1
     [message] = project.mailer.sent
     # The link opens the app's page with the token as query parameters: fetching it (a mail
     # scanner, a link preview) consumes nothing; the page redeems it with verifyOtp.
