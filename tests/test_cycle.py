@@ -425,26 +425,49 @@ def test_an_address_held_by_an_identity_of_another_account_is_a_conflict_named_a
             " values ('gg-77', %s, %s, 'google', now(), now())",
             (holder.id, json.dumps({"sub": "gg-77", "email": "Ida@Example.com"})),
         )
-    add_sales(crm_url, ("ida@example.com", "Ida", 1, None))
+    # An unconfirmed account holds the other address, and an identity of another account too:
+    # deleting the unconfirmed one would not free it (Auth counts the identity), so it is not
+    # deleted and the conflict is named at once as well.
+    squatter = admin.create_user(
+        {"email": "two@example.com", "password": "Squatters-Passw0rd", "email_confirm": False}
+    ).user
+    holder2 = admin.create_user(
+        {"email": "holder2@example.com", "password": "Holders-Passw0rd", "email_confirm": True}
+    ).user
+    with psycopg.connect(sandbox.db_url, autocommit=True) as conn:
+        conn.execute(
+            "insert into auth.identities (provider_id, user_id, identity_data, provider,"
+            " created_at, updated_at) values ('gh-9', %s, %s, 'github', now(), now())",
+            (holder2.id, json.dumps({"sub": "gh-9", "email": "two@example.com"})),
+        )
+    add_sales(crm_url, ("ida@example.com", "Ida", 1, None), ("two@example.com", None, 1, None))
     sandbox.requests.reset()
     report = run(settings_for(sandbox, crm_url, sync_max_attempts=8))
-    assert report.created == 0
-    [failure] = report.failures
-    assert failure.email == "ida@example.com"
+    assert (report.created, report.taken_over) == (0, 0)
+    assert sorted(f.email for f in report.failures) == ["ida@example.com", "two@example.com"]
     [(step, attempts, parked, reason)] = query(
         sandbox,
-        "select step, attempts, parked_at is not null, reason from public.crm_sync_failures",
+        "select step, attempts, parked_at is not null, reason from public.crm_sync_failures"
+        " where email = 'ida@example.com'",
     )
     assert (step, attempts, parked) == ("account", 1, True)
     assert str(holder.id) in reason
     assert "'google' identity" in reason
+    assert query(sandbox, "select count(*) from auth.users where id = %s", squatter.id) == [(1,)]
+    [(step, attempts, parked, reason)] = query(
+        sandbox,
+        "select step, attempts, parked_at is not null, reason from public.crm_sync_failures"
+        " where email = 'two@example.com'",
+    )
+    assert (step, attempts, parked) == ("account", 1, True)
+    assert str(holder2.id) in reason
     listed = [
         k for k in sandbox.requests.snapshot() if k.route == "/admin/users" and k.method == "GET"
     ]
     assert listed == [], listed
-    # Parked: the next cycle does not try again.
+    # Parked: the next cycle does not try again (nor delete the unconfirmed account then).
     sandbox.requests.reset()
-    assert run(settings_for(sandbox, crm_url)).planned["parked"] == 1
+    assert run(settings_for(sandbox, crm_url)).planned["parked"] == 2
     assert sandbox.requests.writes("auth") == 0
     # And support sees who holds the address.
     capsys.readouterr()
@@ -650,29 +673,3 @@ def test_an_invalid_crm_row_is_reported_when_it_appears_or_changes_and_listed_in
     assert [(r["raw_email"], r["lead_id"]) for r in listed] == [("still@@bad", "AWL-2")]
     assert status_command(settings, as_json=False) == 0
     assert "still@@bad" in capsys.readouterr().out
-
-
-def test_an_unconfirmed_account_is_not_deleted_when_an_identity_holds_the_address_too(
-    sandbox: Sandbox, crm_url: str
-) -> None:
-    """Deleting it would not free the address (Auth counts the other account's identity): the
-    conflict is named at once and nothing is deleted."""
-    admin = create_client(sandbox.url, sandbox.service_role_key).auth.admin
-    squatter = admin.create_user(
-        {"email": "two@example.com", "password": "Squatters-Passw0rd", "email_confirm": False}
-    ).user
-    holder = admin.create_user(
-        {"email": "holder2@example.com", "password": "Holders-Passw0rd", "email_confirm": True}
-    ).user
-    with psycopg.connect(sandbox.db_url, autocommit=True) as conn:
-        conn.execute(
-            "insert into auth.identities (provider_id, user_id, identity_data, provider,"
-            " created_at, updated_at) values ('gh-9', %s, %s, 'github', now(), now())",
-            (holder.id, json.dumps({"sub": "gh-9", "email": "two@example.com"})),
-        )
-    add_sales(crm_url, ("two@example.com", None, 1, None))
-    report = run(settings_for(sandbox, crm_url))
-    assert report.taken_over == 0
-    assert query(sandbox, "select count(*) from auth.users where id = %s", squatter.id) == [(1,)]
-    [(reason,)] = query(sandbox, "select reason from public.crm_sync_failures")
-    assert str(holder.id) in reason

@@ -527,13 +527,16 @@ def test_an_address_held_by_another_accounts_identity_is_parked_at_once_with_its
     project.sell("ida@example.com")
     report = run(project)
     assert report.created == 0
+    assert [f.email for f in report.failures] == ["ida@example.com"]
     failure = project.store.failures["ida@example.com"]
     assert (failure.step, failure.attempts, failure.parked) == (Step.ACCOUNT, 1, True)
     assert "user-holder" in failure.reason
     assert "'github' identity" in failure.reason
     # One exact look-up; nothing is retried.
     assert project.auth.calls.count(("find", "ida@example.com")) == 1
-    assert run(project).created == 0
+    again = run(project)
+    assert again.created == 0
+    assert again.planned["parked"] == 1
     assert project.auth.calls.count(("create", "ida@example.com")) == 1
 
 
