@@ -325,11 +325,16 @@ def test_mail_unavailable_aborts_and_every_email_stays_owed() -> None:
     assert report.aborted is not None
     assert report.aborted.startswith("mail is unreachable")
     assert report.exit_code is ExitCode.UNAVAILABLE
-    assert report.emails_sent == 0
+    assert (report.created, report.emails_sent) == (2, 0)
     assert project.store.failures == {}
     assert all(not row.welcome_email_sent for row in project.store.tracking.values())
+    assert {row.credits_remaining for row in project.store.tracking.values()} == {4}
     project.mailer.failing = {}
-    assert run(project).emails_sent == 2
+    back = run(project)
+    assert (back.created, back.emails_sent, back.failures) == (0, 2, [])
+    assert back.exit_code is ExitCode.OK
+    assert run(project).emails_sent == 0
+    assert len(project.mailer.sent) == 2
 
 
 def test_removed_from_the_crm_is_deactivated_and_coming_back_reactivates() -> None:
