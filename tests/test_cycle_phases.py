@@ -9,6 +9,7 @@ import time
 from datetime import timedelta
 
 import pytest
+from structlog.testing import capture_logs
 
 from sync_worker import cycle
 from sync_worker.customers import (
@@ -45,16 +46,25 @@ def test_a_new_customer_gets_an_account_credits_and_one_email() -> None:
     )
     assert report.outcome is Outcome.SUCCEEDED
     assert report.exit_code is ExitCode.OK
+    assert report.failures == []
     [message] = project.mailer.sent
     assert message.kind == "new_account"
     assert message.name == "Ann"
+    assert message.login_url == OPTIONS.login_url
     assert message.temporary_password == project.auth.accounts["ann@example.com"].password
-    assert project.store.tracking["ann@example.com"].welcome_email_sent
+    tracked = project.store.tracking["ann@example.com"]
+    assert (tracked.is_active, tracked.welcome_email_sent, tracked.credits_remaining) == (
+        True,
+        True,
+        4,
+    )
     assert project.mailer.closed == 1
 
     project.store.writes.clear()
     again = run(project)
     assert again.planned["nothing"] == 1
+    assert (again.created, again.enrolled, again.emails_sent) == (0, 0, 0)
+    assert again.exit_code is ExitCode.OK
     assert project.store.writes == []
     assert len(project.mailer.sent) == 1
 
@@ -180,6 +190,7 @@ def test_one_failing_customer_never_stops_the_others_and_is_parked_at_max_attemp
     project.auth.failing["no@example.com"] = refusal()
     first = run(project)
     assert first.created == 1
+    assert [(f.email, f.step) for f in first.failures] == [("no@example.com", Step.ACCOUNT)]
     assert first.outcome is Outcome.PARTIAL
     assert first.exit_code is ExitCode.CUSTOMERS_FAILED
     failure = project.store.failures["no@example.com"]
@@ -203,6 +214,7 @@ def test_one_failing_customer_never_stops_the_others_and_is_parked_at_max_attemp
     assert parked.planned["parked"] == 1
     assert parked.exit_code is ExitCode.OK
     assert project.auth.calls.count(("create", "no@example.com")) == 3
+    assert len(project.mailer.to("ok@example.com")) == 1
 
 
 def test_a_failure_is_cleared_once_the_customer_is_done() -> None:
@@ -938,16 +950,30 @@ def test_invalid_crm_rows_are_reported_and_cost_nobody_else_anything() -> None:
     project.sell_row("not an email")
     project.sell_row(None)
     project.sell_row("usd@example.com", value="49 USD")
-    report = run(project)
+    with capture_logs() as logs:
+        report = run(project)
     assert report.emails_sent == 1
     assert sorted((line.email or "", line.reason[:24]) for line in report.invalid) == [
         ("", "no email"),
         ("not an email", "An email address must ha"),
         ("usd@example.com", "the eligibility value is"),
     ]
+    assert sorted(str(e["email"]) for e in logs if e["event"] == "crm_row_invalid") == [
+        "None",
+        "not an email",
+        "usd@example.com",
+    ]
     # Kept for `crm-sync status`, and warned about once: a second cycle reports nothing new.
     assert len(project.store.invalid_rows["0/1"]) == 3
-    assert run(project).emails_sent == 0
+    with capture_logs() as logs:
+        assert run(project).emails_sent == 0
+    assert [e for e in logs if e["event"] == "crm_row_invalid"] == []
+    # A row that changed is new again.
+    del project.crm["not an email"]
+    project.sell_row("still@@bad")
+    with capture_logs() as logs:
+        run(project)
+    assert [e["email"] for e in logs if e["event"] == "crm_row_invalid"] == ["still@@bad"]
 
 
 def test_a_customer_whose_only_row_became_unreadable_is_not_deactivated() -> None:
