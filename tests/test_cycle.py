@@ -1,4 +1,10 @@
-"""The sync cycle end to end: a real CRM database, the local Supabase stack, a real SMTP sink."""
+"""The sync cycle end to end: a real CRM database, the local Supabase stack, a real SMTP sink.
+
+Every branch of a cycle is tested on in-memory fakes in test_cycle_phases.py; a test here
+checks what only the real components show (a password signing in at Auth, the rows SQL
+writes, the CRM query's rules, real retries under faults, the requests the stack sees),
+and a situation it sets up carries every such check that needs it.
+"""
 
 from __future__ import annotations
 
