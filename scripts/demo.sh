@@ -15,7 +15,12 @@ export CRM_SYNC_TEST_ADMIN_URL
 
 work="$(mktemp -d)"
 sandbox_pid=""
+daemon_pid=""
 cleanup() {
+  if [ -n "$daemon_pid" ] && kill -0 "$daemon_pid" 2>/dev/null; then
+    kill -TERM "$daemon_pid"
+    wait "$daemon_pid" 2>/dev/null || true
+  fi
   if [ -n "$sandbox_pid" ] && kill -0 "$sandbox_pid" 2>/dev/null; then
     kill -TERM "$sandbox_pid"
     wait "$sandbox_pid" 2>/dev/null || true
@@ -181,6 +186,42 @@ except Exception as exc:  # the token was redeemed
 else:
     raise SystemExit("a redeemed setup link worked twice")
 PY
+
+step "Change capture: the daemon runs, a sale arrives, its email follows within seconds"
+crm-sync crm-setup
+SYNC_INTERVAL_SECONDS=3600 crm-sync >"$work/daemon.log" 2>&1 &
+daemon_pid=$!
+python - "$work/mail" <<'PY'
+import os, pathlib, sys, time, psycopg
+mail = pathlib.Path(sys.argv[1])
+before = len(list(mail.glob("*.eml")))
+deadline = time.monotonic() + 60
+# The daemon's first full cycle finds nothing to do; its listener is up once the change
+# table is watched (the first drain after connecting empties it).
+with psycopg.connect(os.environ["CRM_DATABASE_URL"], autocommit=True) as conn:
+    while conn.execute(
+        "select count(*) from pg_stat_activity where application_name = 'crm-sync listener'"
+    ).fetchone()[0] == 0:
+        if time.monotonic() > deadline:
+            raise SystemExit("the daemon is not listening")
+        time.sleep(0.1)
+    conn.execute(
+        "insert into sales_closure (lead_id, lead_name, email, digital_sale_resume,"
+        " digital_resume_sale_value, sale_value, plan_name, sales_rep, closed_at)"
+        " values ('AWL-1047', 'Omar Haddad', 'omar.haddad@example.com', 49, 49, 399,"
+        " 'Standard', 'Anita', now())"
+    )
+committed = time.monotonic()
+print("sales_closure: AWL-1047 Omar Haddad <omar.haddad@example.com> committed")
+while len(list(mail.glob("*.eml"))) == before:
+    if time.monotonic() > deadline:
+        raise SystemExit("no email arrived")
+    time.sleep(0.05)
+print(f"his welcome email reached the SMTP sink {time.monotonic() - committed:.2f} s later"
+      " (the next full cycle is an hour away)")
+PY
+kill -TERM "$daemon_pid"
+wait "$daemon_pid" || { cat "$work/daemon.log" >&2; exit 1; }
 
 step "What the database says (the seed's monitoring queries)"
 python - <<'PY'
