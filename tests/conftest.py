@@ -30,14 +30,15 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-import psycopg
 import pytest
 import structlog
 
-from supabase_sandbox import database, postgres
-
 if TYPE_CHECKING:
+    import psycopg
     from xdist.workermanage import WorkerController
+
+# psycopg and the local stack (`supabase_sandbox`, a second of imports) are imported where they
+# are used, so a run that needs no database does not load them for nothing.
 
 # The fixture through which a test reaches the run's server, and the mark it gives the test.
 _SERVER_FIXTURE = "admin_url"
@@ -104,6 +105,8 @@ def _shared_directory(config: pytest.Config) -> Path:
 def _choose_server(config: pytest.Config) -> str:
     """Chooses the run's server (starting an embedded one if it comes to that), exports its
     URL in CRM_SYNC_TEST_ADMIN_URL and announces it."""
+    from supabase_sandbox import postgres
+
     choice = postgres.choose_server(os.environ.get(postgres.ADMIN_URL_VARIABLE))
     if choice.url is not None:
         url = choice.url
@@ -166,6 +169,8 @@ def admin_url(pytestconfig: pytest.Config) -> str:
             f" {_DB_MARK!r}; mark this one @pytest.mark.{_DB_MARK}",
             pytrace=False,
         )
+    from supabase_sandbox import postgres
+
     os.environ[postgres.ADMIN_URL_VARIABLE] = url  # for the processes the tests start
     config.stash[_SERVER_URL] = url
     return url
@@ -173,6 +178,8 @@ def admin_url(pytestconfig: pytest.Config) -> str:
 
 @pytest.fixture(scope="session")
 def supabase_template(admin_url: str) -> Iterator[str]:
+    from supabase_sandbox import database
+
     name = database.unique_name("crm_sync_tpl")
     database.create_supabase_database(admin_url, name)
     yield name
@@ -182,6 +189,8 @@ def supabase_template(admin_url: str) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def supabase_db(admin_url: str, supabase_template: str) -> Iterator[str]:
     """URL of a fresh, migrated Supabase-like database for this test module."""
+    from supabase_sandbox import database
+
     name = database.unique_name("crm_sync_test")
     url = database.create_database(admin_url, name, template=supabase_template)
     yield url
@@ -191,6 +200,8 @@ def supabase_db(admin_url: str, supabase_template: str) -> Iterator[str]:
 @pytest.fixture
 def db(supabase_db: str) -> Iterator[psycopg.Connection[Any]]:
     """An autocommit connection as the database owner (like a migration or `verify`)."""
+    import psycopg
+
     with psycopg.connect(supabase_db, autocommit=True) as conn:
         yield conn
 
