@@ -8,15 +8,16 @@ else an embedded PostgreSQL (`supabase_sandbox.postgres`), started once by the c
 process and stopped when the run ends. The choice is exported in CRM_SYNC_TEST_ADMIN_URL, which
 every process a test starts inherits, and announced before the first test.
 
-It is made only for a run that needs it. Every test that reaches the server uses the
-`admin_url` fixture (directly, or through `supabase_db`, `db`, a sandbox, ...) and is marked
-`db` for it; a run whose collected tests carry no `db` mark neither looks for a server nor
-starts one, so `pytest tests/test_plan.py` or `pytest -m "not db"` passes on a machine without
-PostgreSQL. The server is chosen once collection is over: by the run's own process, or with
-pytest-xdist by the controller, which collects nothing itself and sends no test to a worker
-before every worker has reported its collection. A worker that collected a `db` test says so
-in a directory of the run's own before it reports; the controller then chooses, and writes the
-URL there for the workers' `admin_url`.
+It is made only for a run that needs it. A test that uses the `admin_url` fixture (directly,
+or through `supabase_db`, `db`, a sandbox, ...) is marked `db` for it; one that reaches the
+server otherwise (a process it starts reads CRM_SYNC_TEST_ADMIN_URL) is marked
+`@pytest.mark.db` by hand. A run whose collected tests carry no `db` mark neither looks for a
+server nor starts one, so `pytest tests/test_plan.py` or `pytest -m "not db"` passes on a
+machine without a PostgreSQL server. The server is chosen once collection is over: by the
+run's own process, or with pytest-xdist by the controller, which collects nothing itself and
+sends no test to a worker before every worker has reported its collection. A worker that
+collected a `db` test says so in a directory of the run's own before it reports; the
+controller then chooses, and writes the URL there for the workers.
 """
 
 from __future__ import annotations
@@ -151,10 +152,18 @@ def _interrupt_on_sigterm(config: pytest.Config) -> None:
     config.add_cleanup(lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL))
 
 
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker(_DB_MARK) is not None:
+        _server_url(item.config)  # in CRM_SYNC_TEST_ADMIN_URL for a test marked by hand too
+
+
 @pytest.fixture(scope="session")
 def admin_url(pytestconfig: pytest.Config) -> str:
     """The admin URL of the run's server: see the module's docstring."""
-    config = pytestconfig
+    return _server_url(pytestconfig)
+
+
+def _server_url(config: pytest.Config) -> str:
     url = config.stash.get(_SERVER_URL, None)
     if url is not None:
         return url
