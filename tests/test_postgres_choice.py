@@ -1,11 +1,13 @@
 """Which PostgreSQL the tests, the demo and `serve` use (docs/DEVELOPMENT.md, "Which
 PostgreSQL"): a named server, else the local one if it answers, else an embedded one, started
-in a throw-away directory and deleted at the end."""
+in a throw-away directory and deleted at the end; and a test run that needs no database looks
+for none."""
 
 from __future__ import annotations
 
 import os
 import queue
+import shutil
 import signal
 import subprocess
 import sys
@@ -23,6 +25,7 @@ from supabase_sandbox.postgres import ServerChoice, Why, choose_server, describe
 from supabase_sandbox.stack import _with_user
 
 SOCKET_URL = "postgresql://postgres@/postgres?host=/run/postgresql"
+ROOT = Path(__file__).resolve().parent.parent
 
 
 class Probe:
@@ -212,3 +215,95 @@ def test_serve_with_an_embedded_server_stops_and_deletes_it(
     assert "PostgreSQL 18" in logged
     assert "embedded (--embedded-postgres)" in logged
     assert not socket_dir.exists()
+
+
+# A plugin that makes the test run's processes a machine without PostgreSQL: no connection is
+# answered (each one attempted is recorded in {record}), no embedded server is installed.
+BARE_MACHINE = """
+import psycopg
+
+def _refused(conninfo="", *args, **kwargs):
+    with open({record!r}, "a", encoding="utf-8") as record:
+        record.write(f"{{conninfo}}\\n")
+    raise psycopg.OperationalError("connection refused: no PostgreSQL on this machine")
+
+psycopg.connect = _refused
+"""
+POSTGRES_PROGRAMS = ("postgres", "pg_ctl", "initdb", "psql", "pg_config")
+
+
+class BareMachine:
+    """Runs pytest as on a laptop without PostgreSQL: CRM_SYNC_TEST_ADMIN_URL unset, no server
+    answering, no PostgreSQL program on PATH, the embedded server not installed."""
+
+    def __init__(self, directory: Path) -> None:
+        self.record = directory / "connections"
+        (directory / "bare_machine.py").write_text(BARE_MACHINE.format(record=str(self.record)))
+        (directory / "embedded_postgres.py").write_text(
+            'raise ImportError("embedded-postgres is not installed on this machine")\n'
+        )
+        path = [
+            entry
+            for entry in os.environ.get("PATH", "").split(os.pathsep)
+            if entry and not any(Path(entry, name).exists() for name in POSTGRES_PROGRAMS)
+        ]
+        self.env = {
+            **{k: v for k, v in os.environ.items() if k != postgres.ADMIN_URL_VARIABLE},
+            "PATH": os.pathsep.join(path),
+            "PYTHONPATH": os.pathsep.join(
+                entry for entry in (str(directory), os.environ.get("PYTHONPATH")) if entry
+            ),
+        }
+
+    def pytest(self, *args: str) -> subprocess.CompletedProcess[str]:
+        assert not any(shutil.which(name, path=self.env["PATH"]) for name in POSTGRES_PROGRAMS)
+        return subprocess.run(
+            [sys.executable, "-m", "pytest", "-p", "bare_machine", "-p", "no:cacheprovider", *args],
+            cwd=ROOT,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+
+    def connections(self) -> list[str]:
+        return self.record.read_text().splitlines() if self.record.exists() else []
+
+
+@pytest.fixture
+def bare_machine(tmp_path: Path) -> BareMachine:
+    return BareMachine(tmp_path)
+
+
+def test_tests_that_need_no_database_pass_without_postgresql_and_look_for_none(
+    bare_machine: BareMachine,
+) -> None:
+    pure = ("tests/test_plan.py", "tests/test_settle.py", "tests/test_welcome_email.py")
+    run = bare_machine.pytest("-q", "-n1", *pure)  # distributed, as the project's options do
+    output = run.stdout + run.stderr
+    assert run.returncode == 0, output
+    assert " passed" in output
+    assert "PostgreSQL" not in output
+    assert bare_machine.connections() == []
+
+
+def test_deselecting_the_db_tests_of_a_module_leaves_a_run_that_needs_no_postgresql(
+    bare_machine: BareMachine,
+) -> None:
+    run = bare_machine.pytest("-n0", "-q", "-m", "not db", "tests/sandbox/test_faults.py")
+    output = run.stdout + run.stderr
+    assert run.returncode == 0, output
+    assert "2 passed" in output
+    assert "deselected" in output
+    assert "PostgreSQL" not in output
+    assert bare_machine.connections() == []
+
+
+def test_on_a_machine_without_postgresql_a_run_that_needs_it_says_so(
+    bare_machine: BareMachine,
+) -> None:
+    run = bare_machine.pytest("-n0", "-q", "tests/test_source.py::test_live_crm_columns")
+    assert run.returncode == pytest.ExitCode.USAGE_ERROR, run.stdout + run.stderr
+    assert "no PostgreSQL to use" in run.stderr
+    assert bare_machine.connections() == [DEFAULT_ADMIN_URL]  # the local server was looked for
