@@ -1,7 +1,7 @@
 """Benchmark: sale-to-email latency of the daemon with change capture on the CRM.
 
     python bench/latency.py [--customers 100000] [--rate 10] [--seconds 60] [--burst 500]
-                            [--latency-ms 25] [--interval 30]
+                            [--latency-ms 25] [--interval 30] [--concurrency 16]
 
 A local stack (the given latency on every request) seeded by SQL with `--customers` synced
 customers, a CRM holding the same customers, change capture installed (`crm-sync
@@ -82,7 +82,7 @@ def bench(args: argparse.Namespace) -> None:
             sandbox,
             crm,
             CRM_ELIGIBILITY_COLUMN=COLUMN,
-            SYNC_CONCURRENCY="16",
+            SYNC_CONCURRENCY=str(args.concurrency),
             SYNC_INTERVAL_SECONDS=str(args.interval),
         )
         subprocess.run(
@@ -133,6 +133,7 @@ def bench(args: argparse.Namespace) -> None:
         cuts = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else [0.0] * 99
         print(
             f"customers={args.customers} latency_ms={args.latency_ms} interval={args.interval} s"
+            f" concurrency={args.concurrency}"
             f" sales={len(committed)} ({args.rate}/s for {args.seconds} s + a burst of"
             f" {args.burst})"
         )
@@ -150,6 +151,7 @@ def main() -> None:
     parser.add_argument("--burst", type=int, default=500)
     parser.add_argument("--latency-ms", type=int, default=25)
     parser.add_argument("--interval", type=int, default=30)
+    parser.add_argument("--concurrency", type=int, default=16)
     bench(parser.parse_args())
 
 
