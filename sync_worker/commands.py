@@ -160,6 +160,7 @@ def targeted_keys(emails: list[str], settings: config.Settings) -> list[str]:
     """
     from sync_worker.crm_text import normalise_email  # noqa: PLC0415
     from sync_worker.shards import shard_of  # noqa: PLC0415
+    from sync_worker.source import order_key  # noqa: PLC0415
 
     count = settings.sync_shard_count
     keys, problems = [], []
@@ -174,7 +175,7 @@ def targeted_keys(emails: list[str], settings: config.Settings) -> list[str]:
                 f" with SYNC_SHARD_INDEX={shard_of(email, count)}"
             )
             continue
-        keys.append(raw.strip(" \t\r\n").lower())
+        keys.append(order_key(raw))
     if problems:
         raise ConfigError(problems)
     return sorted(set(keys))

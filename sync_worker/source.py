@@ -40,6 +40,12 @@ _PREVIEW = 96
 _BLANKS = " \t\r\n"
 
 
+def order_key(raw_email: str) -> str:
+    """A CRM email's order key as the query computes it (trimmed of `_BLANKS`, lower-cased):
+    how a row is grouped, sharded, and named in the change table."""
+    return raw_email.strip(_BLANKS).lower()
+
+
 @dataclass(frozen=True, slots=True)
 class CrmColumns:
     """Where the CRM keeps what we read (the CRM_* variables of README.md, "Configuration")."""

@@ -72,18 +72,22 @@ def stream_tracking(
 
 def lookup_tracking(api: SupabaseApi, emails: Sequence[str]) -> dict[str, TrackedCustomer]:
     """The tracking rows of a few emails (those the merge could not place), by email."""
-    found: dict[str, TrackedCustomer] = {}
+    rows = _rows_of(api, "digital_resume_by_crm", TRACKING_COLUMNS, emails, "read tracking rows")
+    return {row["email"]: tracked_from(row) for row in rows}
+
+
+def _rows_of(
+    api: SupabaseApi, table: str, columns: str, emails: Sequence[str], operation: str
+) -> Iterator[dict[str, Any]]:
+    """The rows of `table` whose email is one of `emails`, `LOOKUP_BATCH` emails per read."""
     for start in range(0, len(emails), LOOKUP_BATCH):
-        chunk = list(emails[start : start + LOOKUP_BATCH])
-        for row in api.select(
-            "digital_resume_by_crm",
-            TRACKING_COLUMNS,
+        yield from api.select(
+            table,
+            columns,
             order=("email",),
-            where_in=("email", chunk),
-            operation="read tracking rows",
-        ):
-            found[row["email"]] = tracked_from(row)
-    return found
+            where_in=("email", list(emails[start : start + LOOKUP_BATCH])),
+            operation=operation,
+        )
 
 
 def read_failures(api: SupabaseApi) -> Iterator[CustomerFailure]:
@@ -98,17 +102,8 @@ def load_failures(
     """Every recorded failure by email; with `emails`, those of these emails only."""
     if emails is None:
         return {failure.email: failure for failure in read_failures(api)}
-    found: dict[str, CustomerFailure] = {}
-    for start in range(0, len(emails), LOOKUP_BATCH):
-        for row in api.select(
-            "crm_sync_failures",
-            FAILURE_COLUMNS,
-            order=("email",),
-            where_in=("email", list(emails[start : start + LOOKUP_BATCH])),
-            operation="read failures",
-        ):
-            found[row["email"]] = failure_from(row)
-    return found
+    rows = _rows_of(api, "crm_sync_failures", FAILURE_COLUMNS, emails, "read failures")
+    return {row["email"]: failure_from(row) for row in rows}
 
 
 def failure_from(row: dict[str, Any]) -> CustomerFailure:

@@ -37,7 +37,7 @@ from sync_worker.errors import MailError, SupabaseError
 from sync_worker.masking import SecretMasker
 from sync_worker.provision import AccountExists
 from sync_worker.shards import shard_of
-from sync_worker.source import group_rows
+from sync_worker.source import group_rows, order_key
 from sync_worker.welcome_email import SentEmail, WelcomeEmail
 
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
@@ -350,7 +350,12 @@ class FakeMailer:
         return [m for m in self.sent if m.to == email]
 
 
-# What the CRM query calls a plain decimal, and the blanks its order key trims.
+def key(row: CrmRow) -> str | None:
+    """A sale row's order key, as the CRM query computes it (None without an email)."""
+    return None if row.raw_email is None else order_key(row.raw_email)
+
+
+# What the CRM query calls a plain decimal, and the blanks it trims.
 _DECIMAL = re.compile(r"^[ \t]*[+-]?([0-9]{1,30}(\.[0-9]{0,30})?|\.[0-9]{1,30})[ \t]*$")
 _BLANKS = " \t\r\n"
 
@@ -360,9 +365,6 @@ def crm_groups(rows: Sequence[CrmRow], shard: tuple[int, int] = (0, 1)) -> Itera
     zero) or unreadable ones, keyed by the email trimmed and lower-cased, in byte order with
     rows without an email last, only the shard's (and every key that is not plain ASCII)."""
     index, count = shard
-
-    def key(row: CrmRow) -> str | None:
-        return None if row.raw_email is None else row.raw_email.strip(_BLANKS).lower()
 
     def listed(row: CrmRow) -> bool:
         if _DECIMAL.match(row.value):
@@ -447,9 +449,6 @@ class FakeProject:
         customers only (`keys`: emails as the change table records them)."""
         wanted = set(keys)
         rows = [r for rows in self.crm.values() for r in rows]
-
-        def key(row: CrmRow) -> str | None:
-            return None if row.raw_email is None else row.raw_email.strip(_BLANKS).lower()
 
         return replace(
             self.services(),
